@@ -1,0 +1,52 @@
+"""What exists: the catalog interface every source of series lists implements.
+
+A catalog answers "which studies and series are there", never "what is inside a
+series" (that is the slide model's job, from DICOMweb series metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SeriesEntry:
+    """One slide series as a catalog knows it."""
+
+    study_uid: str
+    series_uid: str
+    collection_id: str | None = None
+    # Catalog fields merged into the series' slide.json (collection, PatientID,
+    # licence, source DOI, IDC data version, ...). JSON-serialisable values only.
+    fields: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+class Catalog(Protocol):
+    """A read-only listing of slide series.
+
+    Implementations must be safe to call from several threads at once and may
+    block (network, database); the filesystem calls them off its event loop.
+    Methods return lists in a stable, sorted order.
+    """
+
+    def has_collections(self) -> bool:
+        """True when the catalog groups series into collections (a `collections/` tree)."""
+        ...
+
+    def collections(self) -> list[str]:
+        """All collection ids, sorted. Empty when has_collections() is False."""
+        ...
+
+    def collection_info(self, collection_id: str) -> dict[str, Any] | None:
+        """JSON-serialisable facts for collection.json; None when the collection is unknown."""
+        ...
+
+    def studies(self, collection_id: str | None = None) -> list[str]:
+        """StudyInstanceUIDs, sorted; only those of `collection_id` when it is given."""
+        ...
+
+    def series(self, study_uid: str, collection_id: str | None = None) -> list[SeriesEntry]:
+        """The slide series of one study (restricted to a collection when given), sorted by UID."""
+        ...

@@ -1,0 +1,319 @@
+"""The IDC catalog: slide microscopy series of the IDC index that idc-index-data bundles.
+
+DuckDB reads the bundled `idc_index.parquet` directly (idc-index's IDCClient costs
+seconds and gigabytes). At construction the SM rows (76,300 in IDC v25), restricted
+to the chosen collections and/or to the series a user's SQL query returns, are copied
+into one in-memory DuckDB table holding the columns slide.json shows; listings then
+come from Python structures (see `TableCatalog`).
+
+A query may use these views: `index` (idc_index.parquet, every modality), the other
+indices idc-index-data bundles (collections_index, prior_versions_index, ...), and the
+indices idc-index downloads with `IDCClient().fetch_index(name)` (sm_index,
+sm_instance_index, clinical_index, ...) when their files exist locally: see
+`downloaded_index_dirs()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import idc_index_data
+
+from idcfs.catalog.user_file import (
+    COLLECTION,
+    KEY_COLUMNS,
+    SERIES,
+    STUDY,
+    TableCatalog,
+    jsonable,
+    sql_ident,
+    sql_str,
+)
+
+log = logging.getLogger(__name__)
+
+INDEX_VIEW = "index"  # the name idc-index gives idc_index.parquet in SQL
+# Indices idc-index knows, for idc-index-data releases without INDEX_METADATA.
+KNOWN_INDICES = ("idc_index", "prior_versions_index", "sm_index", "sm_instance_index")
+REQUIRED_COLUMNS = (
+    COLLECTION,
+    "PatientID",
+    STUDY,
+    SERIES,
+    "Modality",
+    "instanceCount",
+    "series_size_MB",
+    "license_short_name",
+    "source_DOI",
+)
+# Columns of the index copied for slide.json (in this order) when the index has them.
+SERIES_COLUMNS = (
+    COLLECTION,
+    "PatientID",
+    "PatientAge",
+    "PatientSex",
+    STUDY,
+    SERIES,
+    "StudyDate",
+    "StudyDescription",
+    "SeriesDate",
+    "SeriesDescription",
+    "SeriesNumber",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "TransferSyntaxUID",
+    "transfer_syntax_name",
+    "PhotometricInterpretation",
+    "instanceCount",
+    "series_size_MB",
+    "license_short_name",
+    "source_DOI",
+    "series_init_idc_version",
+    "series_revised_idc_version",
+    "series_aws_url",
+)
+# Licence details per source DOI, from collections_index.
+LICENCES_SQL = """
+    SELECT DISTINCT ON (lower(src.source_doi)) lower(src.source_doi) AS doi,
+        src.license.license_long_name AS license_long_name,
+        src.license.license_url AS license_url
+    FROM (SELECT unnest(sources) AS src FROM collections_index)
+    WHERE src.source_doi IS NOT NULL
+"""
+STATS_SQL = """
+    SELECT count(DISTINCT PatientID) AS patient_count,
+        sum(instanceCount) AS instance_count,
+        round(sum(series_size_MB), 3) AS total_size_MB,
+        list_sort(list(DISTINCT license_short_name)
+            FILTER (WHERE license_short_name IS NOT NULL)) AS licenses,
+        list_sort(list(DISTINCT source_DOI) FILTER (WHERE source_DOI IS NOT NULL)) AS source_DOIs
+    FROM slides WHERE collection_id = ?
+"""
+METADATA_SQL = "SELECT * EXCLUDE (collection_id) FROM collections_index WHERE collection_id = ?"
+
+
+def index_parquet_path() -> Path:
+    """The `idc_index.parquet` that idc-index-data bundles (one row per DICOM series)."""
+    path = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
+    if path is None:
+        raise FileNotFoundError("idc-index-data has no idc_index.parquet")
+    return Path(path)
+
+
+def idc_data_version() -> str:
+    """The IDC data release of the bundled index, e.g. "v25".
+
+    idc-index-data's major version is the IDC release (25.0.5 holds IDC v25, queried
+    from BigQuery's `idc_v25`); idc-index's `get_idc_version()` derives it the same way.
+    """
+    return f"v{idc_index_data.__version__.split('.')[0]}"
+
+
+def downloaded_index_dirs() -> list[Path]:
+    """Where idc-index saves the indices `fetch_index()` downloads, in lookup order.
+
+    Recent idc-index releases use platformdirs' user data directory for
+    ("idc_index_data", version=<idc-index-data version>): on Linux
+    $XDG_DATA_HOME/idc_index_data/<version>, by default ~/.local/share/idc_index_data/25.0.5.
+    Older ones wrote next to the bundled parquet, in the idc_index_data package.
+    """
+    data_home = os.environ.get("XDG_DATA_HOME", "").strip() or Path.home() / ".local" / "share"
+    version = idc_index_data.__version__
+    return [Path(data_home) / "idc_index_data" / version, index_parquet_path().parent]
+
+
+def _index_names() -> list[str]:
+    """Names of the indices idc-index-data describes (bundled or downloadable)."""
+    return list(getattr(idc_index_data, "INDEX_METADATA", None) or KNOWN_INDICES)
+
+
+def _bundled_path(name: str) -> Path | None:
+    if name == "idc_index":
+        return index_parquet_path()
+    metadata = getattr(idc_index_data, "INDEX_METADATA", {}).get(name) or {}
+    path = metadata.get("parquet_filepath")
+    return Path(path) if path else None
+
+
+def index_files() -> dict[str, Path]:
+    """SQL view name -> parquet file of every IDC index present on this machine."""
+    found = {}
+    for name in _index_names():
+        candidates = [
+            _bundled_path(name),
+            *(d / f"{name}.parquet" for d in downloaded_index_dirs()),
+        ]
+        path = next((p for p in candidates if p is not None and p.is_file()), None)
+        if path is not None:
+            found[INDEX_VIEW if name == "idc_index" else name] = path
+    return found
+
+
+def _register_views(conn: duckdb.DuckDBPyConnection) -> dict[str, Path]:
+    files = index_files()
+    for view, path in files.items():
+        conn.execute(
+            f"CREATE VIEW {sql_ident(view)} AS SELECT * FROM read_parquet({sql_str(str(path))})"
+        )
+    return files
+
+
+def _index_columns(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """The columns of SERIES_COLUMNS the index has; ValueError when a required one is absent."""
+    present = {row[0] for row in conn.execute(f'DESCRIBE "{INDEX_VIEW}"').fetchall()}
+    missing = [name for name in REQUIRED_COLUMNS if name not in present]
+    if missing:
+        raise ValueError(f"{index_parquet_path()} lacks column(s) {', '.join(missing)}")
+    return [name for name in SERIES_COLUMNS if name in present]
+
+
+def _collection_ids(conn: duckdb.DuckDBPyConnection, modality: str | None) -> set[str]:
+    where = f"WHERE Modality = {sql_str(modality)}" if modality else ""
+    sql = f'SELECT DISTINCT collection_id FROM "{INDEX_VIEW}" {where}'
+    return {row[0] for row in conn.execute(sql).fetchall()}
+
+
+def _check_collections(
+    conn: duckdb.DuckDBPyConnection, collections: Sequence[str] | None
+) -> list[str] | None:
+    """The requested collection ids, sorted; ValueError naming those without SM series."""
+    if not collections:
+        return None
+    wanted = sorted({collections} if isinstance(collections, str) else set(collections))
+    with_slides = _collection_ids(conn, "SM")
+    if all(name in with_slides for name in wanted):
+        return wanted
+    known = _collection_ids(conn, None)
+    problems = [
+        f"{name!r} has no slide microscopy (SM) series" if name in known else f"unknown {name!r}"
+        for name in wanted
+        if name not in with_slides
+    ]
+    raise ValueError(f"IDC {idc_data_version()} collection(s): {'; '.join(problems)}")
+
+
+def _missing_index_hint(message: str, views: dict[str, Path]) -> str:
+    absent = [
+        name
+        for name in _index_names()
+        if name not in views and re.search(rf"\b{re.escape(name)}\b", message)
+    ]
+    if not absent:
+        return ""
+    return (
+        f" ({absent[0]} is not on this machine: idc-index downloads it with"
+        f" IDCClient().fetch_index({absent[0]!r}) into {downloaded_index_dirs()[0]})"
+    )
+
+
+def _user_sql(
+    conn: duckdb.DuckDBPyConnection, sql: str, views: dict[str, Path]
+) -> duckdb.DuckDBPyConnection:
+    """Runs SQL wrapping a user's query; DuckDB errors become ValueError with its message."""
+    try:
+        return conn.execute(sql)
+    except duckdb.Error as error:
+        raise ValueError(
+            f"query failed: {error}{_missing_index_hint(str(error), views)}"
+        ) from error
+
+
+def _single_select(conn: duckdb.DuckDBPyConnection, query: str) -> str:
+    """The text of `query`, which must be exactly one SELECT statement."""
+    try:
+        statements = conn.extract_statements(query)
+    except duckdb.Error as error:
+        raise ValueError(f"query failed: {error}") from error
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise ValueError("the query must be a single SELECT statement")
+    return statements[0].query.strip().rstrip(";")
+
+
+def _load_cohort(conn: duckdb.DuckDBPyConnection, query: str, views: dict[str, Path]) -> None:
+    """Runs a user's query into temp table `cohort` of distinct (study, series) UIDs."""
+    subquery = f"(\n{_single_select(conn, query)}\n) AS q"
+    cursor = _user_sql(conn, f"SELECT * FROM {subquery} LIMIT 0", views)
+    returned = [column[0] for column in cursor.description]
+    if not {name.lower() for name in KEY_COLUMNS} <= {name.lower() for name in returned}:
+        raise ValueError(
+            f"the query must return columns {' and '.join(KEY_COLUMNS)};"
+            f" it returns: {', '.join(returned)}"
+        )
+    keys = ", ".join(f"CAST({name} AS VARCHAR) AS {name}" for name in KEY_COLUMNS)
+    _user_sql(conn, f"CREATE TEMP TABLE cohort AS SELECT DISTINCT {keys} FROM {subquery}", views)
+
+
+def _slides_sql(
+    columns: list[str], licences: bool, collections: list[str] | None, cohort: bool
+) -> str:
+    """SQL creating table `slides`: the SM series to show, with their slide.json fields."""
+    select = [f"s.{sql_ident(name)}" for name in columns]
+    joins = []
+    where = ["s.Modality = 'SM'"]
+    if cohort:
+        on = " AND ".join(f"c.{name} = s.{name}" for name in KEY_COLUMNS)
+        joins.append(f"SEMI JOIN cohort AS c ON {on}")
+    if licences:
+        select += ["l.license_long_name", "l.license_url"]
+        joins.append(f"LEFT JOIN ({LICENCES_SQL}) AS l ON lower(s.source_DOI) = l.doi")
+    if collections:
+        where.append(f"s.collection_id IN ({', '.join(map(sql_str, collections))})")
+    select.append(f"{sql_str(idc_data_version())} AS idc_data_version")
+    return (
+        f'CREATE TABLE slides AS SELECT {", ".join(select)} FROM "{INDEX_VIEW}" AS s'
+        f" {' '.join(joins)} WHERE {' AND '.join(where)}"
+    )
+
+
+class IdcIndexCatalog(TableCatalog):
+    """The slide microscopy (Modality SM) series of the bundled IDC index.
+
+    `collections`: show only these collection ids (ValueError naming any that is
+    unknown or has no SM series). `query`: a DuckDB SELECT over the views named in the
+    module docstring returning StudyInstanceUID and SeriesInstanceUID; only those series
+    are shown, and only the SM ones in the index (ValueError with DuckDB's message when
+    it fails or lacks those columns). Both given: series satisfying both.
+    """
+
+    def __init__(self, collections: Sequence[str] | None = None, query: str | None = None) -> None:
+        conn = duckdb.connect()
+        self.views = _register_views(conn)
+        columns = _index_columns(conn)
+        chosen = _check_collections(conn, collections)
+        if query is not None:
+            _load_cohort(conn, query, self.views)
+        licences = "collections_index" in self.views
+        conn.execute(_slides_sql(columns, licences, chosen, cohort=query is not None))
+        conn.execute("DROP TABLE IF EXISTS cohort")
+        super().__init__(conn, "slides", has_collection_column=True)
+        if not self._studies:
+            log.warning("no IDC slide microscopy series match the collections and query given")
+
+    def collection_info(self, collection_id: str) -> dict[str, Any] | None:
+        """Counts, size, licences and DOIs of the collection's shown series, plus IDC's
+        description of the whole collection (collections_index: name, cancer types,
+        subjects, description, the sources of the shown series' DOIs); None if unknown.
+        """
+        info = super().collection_info(collection_id)
+        if info is None:
+            return None
+        info.update(self._record(STATS_SQL, [collection_id]))
+        if "collections_index" in self.views:
+            metadata = self._record(METADATA_SQL, [collection_id])
+            dois = {doi.lower() for doi in info["source_DOIs"]}
+            sources = metadata.get("sources") or []
+            metadata["sources"] = [s for s in sources if str(s.get("source_doi")).lower() in dois]
+            info.update(metadata)
+        info["idc_data_version"] = idc_data_version()
+        return info
+
+    def _record(self, sql: str, params: Sequence[Any]) -> dict[str, Any]:
+        """The first row of a query as a JSON-serialisable dict ({} when there is none)."""
+        names, rows = self._query(sql, params)
+        return jsonable(dict(zip(names, rows[0], strict=True))) if rows else {}

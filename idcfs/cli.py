@@ -1,0 +1,274 @@
+"""The `idcfs` command: mount (in the background by default) and unmount.
+
+Every usage or set-up error is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from idcfs import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from idcfs.mount import MountConfig
+
+USAGE_ERROR = 2
+READY_TIMEOUT = 120.0
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+DEFAULT_LOG = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "idcfs"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"idcfs: error: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '512M', '2G', '1.5G', '100000' (binary units; a trailing B/iB is allowed)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 512M, 2G)")
+    size = int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: must be more than 0")
+    return size
+
+
+def quality(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"bad JPEG quality {text!r} (1-100)")
+    return int(text)
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"bad number {text!r} (a whole number >= 1)")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="idcfs",
+        description="Mount DICOM whole-slide images from NCI Imaging Data Commons (IDC) or "
+        "any DICOMweb server as a read-only tree of directories and JPEG tiles.",
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_mount_parser(commands)
+    unmount = commands.add_parser("unmount", help="unmount an idcfs mount",
+                                  description="Unmount an idcfs mount (fusermount3 -u).")
+    unmount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    return parser
+
+
+def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
+    mount = commands.add_parser(
+        "mount",
+        help="mount slides (IDC by default)",
+        description="Mount slide-microscopy series as MOUNTPOINT/studies/<study>/<series>/ "
+        "(and MOUNTPOINT/collections/<id>/... with a catalog). Without --url: all of IDC "
+        "through its public DICOMweb proxy, the tree read from the offline IDC index. "
+        "Returns once the mount is ready and serves in the background, unless --foreground.",
+    )
+    mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    mount.add_argument("--url", help="DICOMweb base URL, e.g. http://127.0.0.1:8042/dicom-web "
+                       "(default: IDC's public proxy)")
+    mount.add_argument("--catalog", metavar="FILE",
+                       help="parquet or CSV of series (StudyInstanceUID, SeriesInstanceUID, "
+                       "optional collection_id); 'idc' means the bundled IDC index. "
+                       "Default with --url: search the server with QIDO-RS")
+    mount.add_argument("--collection", action="append", default=[], metavar="ID",
+                       help="only this IDC collection (repeatable)")
+    mount.add_argument("--query", metavar="SQL",
+                       help="DuckDB SQL over the IDC index (table 'index') returning "
+                       "StudyInstanceUID and SeriesInstanceUID: mount exactly those series")
+    mount.add_argument("--cache-size", type=parse_size, default="1G", metavar="SIZE",
+                       help="memory cache for tiles, e.g. 512M, 2G (default 1G)")
+    mount.add_argument("--quality", type=quality, default=None, metavar="Q",
+                       help="JPEG quality for tiles that must be re-encoded "
+                       "(non-JPEG transfer syntaxes; default 95, 4:4:4)")
+    mount.add_argument("--max-connections", type=positive_int, default=8, metavar="N",
+                       help="concurrent HTTP requests to the server (default 8; at most 16 "
+                       "for IDC)")
+    mount.add_argument("-f", "--foreground", action="store_true",
+                       help="serve in the foreground until SIGINT/SIGTERM, then unmount")
+    mount.add_argument("-o", dest="fuse_options", action="append", default=[],
+                       metavar="OPTIONS", help="FUSE mount options, comma-separated "
+                       "(e.g. allow_other)")
+    mount.add_argument("--log-file", type=Path, metavar="FILE",
+                       help="log file (default: stderr in the foreground, else "
+                       f"{DEFAULT_LOG}/idcfs.log)")
+    mount.add_argument("--pid-file", type=Path, metavar="FILE",
+                       help="write the serving process's PID here once mounted")
+    mount.add_argument("--debug", action="store_true", help="log every request")
+
+
+def version_text() -> str:
+    try:
+        from idcfs.catalog.idc_index import idc_data_version
+
+        data_version = idc_data_version()
+    except Exception as error:  # the version line must never fail
+        data_version = f"unavailable ({error})"
+    return f"idcfs {__version__} (IDC index data {data_version})"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "unmount":
+        unmount(args.mountpoint)
+    else:
+        mount(args)
+
+
+def unmount(mountpoint: Path) -> None:
+    path = mountpoint.resolve()
+    if not is_mounted(path):
+        fail(f"{mountpoint} is not mounted")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    command = [tool, "-u", str(path)] if tool else ["umount", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        fail(f"cannot unmount {mountpoint}: {result.stderr.strip() or result.returncode}")
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether `path` is a mount point, by /proc/self/mountinfo (works for dead FUSE mounts)."""
+    target = str(path)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+        for line in mounts:
+            fields = line.split(" ")
+            if len(fields) > 4 and _unescape(fields[4]) == target:
+                return True
+    return False
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
+def mount(args: argparse.Namespace) -> None:
+    from idcfs.mount import MountConfig
+
+    mountpoint = args.mountpoint.resolve()
+    if not mountpoint.is_dir():
+        fail(f"mountpoint {args.mountpoint} does not exist or is not a directory")
+    if is_mounted(mountpoint):
+        fail(f"{args.mountpoint} is already mounted")
+    if args.query and args.catalog not in (None, "idc"):
+        fail("--query works on the IDC index; it cannot be combined with --catalog FILE")
+    config = MountConfig(
+        mountpoint=mountpoint,
+        url=args.url,
+        catalog=args.catalog,
+        collections=args.collection,
+        query=args.query,
+        cache_bytes=args.cache_size,
+        max_connections=args.max_connections,
+        fuse_options=[opt for group in args.fuse_options for opt in group.split(",")],
+    )
+    if args.quality is not None:
+        config.quality = args.quality
+    if args.foreground:
+        _configure_logging(args.log_file, args.debug)
+        _serve_or_fail(config, on_ready=lambda: _write_pid(args.pid_file))
+    else:
+        log_file = args.log_file or DEFAULT_LOG / "idcfs.log"
+        _serve_in_background(config, log_file, args.debug, args.pid_file)
+
+
+def _serve_or_fail(config: MountConfig, on_ready: Callable[[], None]) -> None:
+    from idcfs.mount import SetupError, serve
+
+    try:
+        serve(config, on_ready)
+    except SetupError as error:
+        fail(str(error))
+
+
+def _write_pid(pid_file: Path | None) -> None:
+    if pid_file is not None:
+        pid_file.write_text(f"{os.getpid()}\n")
+
+
+def _serve_in_background(
+    config: MountConfig, log_file: Path, debug: bool, pid_file: Path | None
+) -> None:
+    """Fork; the child mounts and reports over a pipe; the parent exits once it is ready."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        raise SystemExit(_await_child(read_end))
+    os.close(read_end)
+    os.setsid()
+    _configure_logging(log_file, debug)
+    from idcfs.mount import SetupError, serve
+
+    def ready() -> None:
+        _write_pid(pid_file)
+        os.write(write_end, b"ok\n")
+        _detach_stdio()
+
+    try:
+        serve(config, ready)
+    except SetupError as error:
+        os.write(write_end, f"{error}\n".encode())
+        os._exit(USAGE_ERROR)
+    except BaseException as error:
+        logging.getLogger("idcfs").exception("daemon stopped")
+        os.write(write_end, f"{type(error).__name__}: {error}\n".encode())
+        os._exit(1)
+    os._exit(0)
+
+
+def _await_child(read_end: int) -> int:
+    ready, _, _ = select.select([read_end], [], [], READY_TIMEOUT)
+    message = os.read(read_end, 4096).decode(errors="replace").strip() if ready else ""
+    if message == "ok":
+        return 0
+    print(f"idcfs: error: {message or 'mount did not become ready'}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _detach_stdio() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _configure_logging(log_file: Path | None, debug: bool) -> None:
+    handler: logging.Handler
+    if log_file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Reading values out of DICOM JSON objects (PS3.18 F.2).
+
+Shape: `{"0020000D": {"vr": "UI", "Value": [...]}}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+DicomJson = Mapping[str, Any]
+
+
+def values(element_map: DicomJson, tag: str) -> list[Any]:
+    """All values of `tag`, or an empty list."""
+    element = element_map.get(tag)
+    if not isinstance(element, Mapping):
+        return []
+    return list(element.get("Value") or [])
+
+
+def first_value(element_map: DicomJson, tag: str, default: Any = None) -> Any:
+    """The first value of `tag`, or `default`."""
+    found = values(element_map, tag)
+    return found[0] if found else default
+
+
+def first_item(element_map: DicomJson, *sequence_tags: str) -> DicomJson:
+    """Follow nested sequences through their first items; an empty dict when absent."""
+    current: DicomJson = element_map
+    for tag in sequence_tags:
+        item = first_value(current, tag)
+        if not isinstance(item, Mapping):
+            return {}
+        current = item
+    return current

@@ -1,0 +1,23 @@
+"""Exceptions shared by the layers; the filesystem adapter maps them to errno values."""
+
+from __future__ import annotations
+
+
+class IdcfsError(Exception):
+    """Base class of every error idcfs raises on purpose."""
+
+
+class NotFoundError(IdcfsError):
+    """A path or object that does not exist (ENOENT). Never used for server trouble."""
+
+
+class FetchError(IdcfsError):
+    """The server could not give what was asked (EIO): HTTP error, timeout, bad answer."""
+
+
+class QuotaExhaustedError(FetchError):
+    """The server said its quota is spent (HTTP 429); no request is sent until reset."""
+
+
+class DecodeError(IdcfsError):
+    """A frame could not be decoded or converted to JPEG (EIO)."""

@@ -1,0 +1,196 @@
+"""The thin pyfuse3 adapter: FUSE requests to `Tree` calls, exceptions to errno.
+
+Anything that may block (catalog, series metadata, frames) runs in a worker thread;
+answers already in memory (listed directories, cached tiles, open files) are served
+on the event loop without a thread hop.
+
+Size scheme (docs/SEMANTICS.md): a tile not fetched yet shows a placeholder size with
+attribute timeout 0; `open()` fetches it, and from then on its exact size is shown
+with a long timeout and the page cache is kept (`keep_cache`).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from idcfs.errors import DecodeError, FetchError, NotFoundError
+from idcfs.fs.tree import Attributes, FileNode, Node, Tree
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+LONG_TIMEOUT = 3600.0
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+BLOCK_SIZE = 512
+
+
+def to_fuse_error(error: BaseException, what: str) -> pyfuse3.FUSEError:
+    """The errno a failure becomes, logging the reason for server and decode failures."""
+    if isinstance(error, pyfuse3.FUSEError):
+        return error
+    if isinstance(error, NotFoundError):
+        return pyfuse3.FUSEError(errno.ENOENT)
+    if isinstance(error, NotADirectoryError):
+        return pyfuse3.FUSEError(errno.ENOTDIR)
+    if isinstance(error, FetchError | DecodeError):
+        log.error("EIO on %s: %s", what, error)
+    else:
+        log.exception("EIO on %s: unexpected %s", what, type(error).__name__, exc_info=error)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
+class IdcfsOperations(pyfuse3.Operations):
+    """pyfuse3 operations over a `Tree`; read-only."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, worker_threads: int = 64) -> None:
+        super().__init__()
+        self.tree = tree
+        self._limiter = trio.CapacityLimiter(worker_threads)
+        self._open_files: dict[int, bytes] = {}
+        self._handles = itertools.count(1)
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    # -- helpers --------------------------------------------------------------------
+
+    async def _blocking(self, what: str, call: Callable[[], T]) -> T:
+        try:
+            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        except Exception as error:
+            raise to_fuse_error(error, what) from None
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        return self._to_entry(self.tree.attributes(node))
+
+    def _to_entry(self, attributes: Attributes) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = attributes.inode
+        entry.generation = 0
+        entry.entry_timeout = LONG_TIMEOUT
+        entry.attr_timeout = LONG_TIMEOUT if attributes.size_exact else 0
+        if attributes.is_dir:
+            entry.st_mode = stat.S_IFDIR | 0o555
+            entry.st_nlink = 2
+        else:
+            entry.st_mode = stat.S_IFREG | 0o444
+            entry.st_nlink = 1
+        entry.st_size = attributes.size
+        entry.st_blksize = 128 * 1024
+        entry.st_blocks = -(-attributes.size // BLOCK_SIZE)
+        entry.st_uid = self._uid
+        entry.st_gid = self._gid
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = attributes.mtime_ns
+        return entry
+
+    def _node(self, inode: int) -> Node:
+        try:
+            return self.tree.node(inode)
+        except Exception as error:
+            raise to_fuse_error(error, f"inode {inode}") from None
+
+    # -- lookups and listings ------------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        text = os.fsdecode(name)
+        try:
+            node = self.tree.lookup_cached(parent_inode, text)
+        except Exception as error:
+            raise to_fuse_error(error, f"lookup {text}") from None
+        if node is None:
+            node = await self._blocking(
+                f"lookup {text}", lambda: self.tree.lookup(parent_inode, text)
+            )
+        return self._entry(node)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(self._node(inode))
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if not self._node(inode).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        children = await self._blocking(f"readdir inode {fh}", lambda: self.tree.children(fh))
+        for index in range(start_id, len(children)):
+            child = children[index]
+            name = os.fsencode(child.name)
+            if not pyfuse3.readdir_reply(token, name, self._entry(child), index + 1):
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # -- files ---------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = self._node(inode)
+        if not isinstance(node, FileNode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        data = node.cached_content()
+        if data is None:
+            data = await self._blocking(f"open {node.name} (inode {inode})", node.content)
+        handle = next(self._handles)
+        self._open_files[handle] = data
+        return pyfuse3.FileInfo(fh=handle, keep_cache=True, direct_io=False)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        data = self._open_files.get(fh)
+        if data is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return data[off : off + size]
+
+    async def release(self, fh: int) -> None:
+        self._open_files.pop(fh, None)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = BLOCK_SIZE
+        data.f_namemax = 255
+        return data
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return not mode & os.W_OK
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return []
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        return None
+
+
+async def _read_only(*_args: Any) -> None:
+    raise pyfuse3.FUSEError(errno.EROFS)
+
+
+for _name in (
+    "setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
+    "create", "write", "setxattr", "removexattr",
+):  # fmt: skip
+    setattr(IdcfsOperations, _name, _read_only)

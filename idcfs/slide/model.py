@@ -1,0 +1,164 @@
+"""The slide model: a series as levels of tile grids, each tile a frame of an instance.
+
+Pure data, built once from series metadata by `idcfs.slide.parse`; nothing here
+touches the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from idcfs.tiles.pixels import PixelFormat
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One stored frame: the instance that holds it and its 1-based number there."""
+
+    instance_uid: str
+    number: int
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What the tile layer needs of one instance to turn its frames into JPEG files."""
+
+    uid: str
+    image_type: tuple[str, ...]
+    pixels: PixelFormat
+    transfer_syntax: str | None
+    frame_count: int
+    total_width: int
+    total_height: int
+
+    @property
+    def flavour(self) -> str:
+        """VOLUME, LABEL, OVERVIEW or THUMBNAIL (the third ImageType value)."""
+        return self.image_type[2].upper() if len(self.image_type) > 2 else "VOLUME"
+
+
+@dataclass(frozen=True)
+class TilePosition:
+    """A tile at zero-based column and row, and the frame that holds it."""
+
+    column: int
+    row: int
+    frame: FrameRef
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.column}_{self.row}.jpg"
+
+
+@dataclass
+class TileGrid:
+    """The tiles of one focal plane and optical path of a level, in frame order."""
+
+    plane_index: int
+    optical_path: str
+    tiles: list[TilePosition] = field(default_factory=list)
+
+    @property
+    def directory_name(self) -> str:
+        safe_path = self.optical_path.replace("/", "_") or "none"
+        return f"plane-{self.plane_index}_path-{safe_path}"
+
+
+@dataclass
+class Level:
+    """One pyramid level: its size, tiling and one grid per plane/path combination."""
+
+    index: int
+    width: int
+    height: int
+    tile_width: int
+    tile_height: int
+    downsample: float
+    pixel_spacing_mm: tuple[float, float] | None
+    grids: list[TileGrid]
+
+    @property
+    def columns(self) -> int:
+        return -(-self.width // self.tile_width)
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // self.tile_height)
+
+    @property
+    def directory_name(self) -> str:
+        return f"level-{self.index}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "directory": self.directory_name,
+            "width": self.width,
+            "height": self.height,
+            "tile_width": self.tile_width,
+            "tile_height": self.tile_height,
+            "columns": self.columns,
+            "rows": self.rows,
+            "downsample": self.downsample,
+            "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+            "tile_count": sum(len(grid.tiles) for grid in self.grids),
+        }
+
+
+@dataclass(frozen=True)
+class AssociatedImage:
+    """A label, overview or thumbnail image: one instance, maybe tiled over frames."""
+
+    kind: str
+    instance_uid: str
+    tiles: tuple[TilePosition, ...]
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.kind}.jpg"
+
+
+@dataclass
+class Slide:
+    """A whole-slide series: levels in decreasing resolution plus associated images."""
+
+    study_uid: str
+    series_uid: str
+    instances: dict[str, InstanceInfo]
+    levels: list[Level]
+    associated: list[AssociatedImage]
+    focal_planes: list[float | None]
+    optical_paths: list[str]
+
+    @property
+    def has_plane_directories(self) -> bool:
+        """True when tiles live in one subdirectory per plane/path combination."""
+        return len(self.focal_planes) > 1 or len(self.optical_paths) > 1
+
+    def describe(self) -> dict[str, Any]:
+        """The content of slide.json (before catalog fields are added)."""
+        return {
+            "StudyInstanceUID": self.study_uid,
+            "SeriesInstanceUID": self.series_uid,
+            "levels": [level.describe() for level in self.levels],
+            "focal_planes": [
+                {"index": index, "z_offset_um": z} for index, z in enumerate(self.focal_planes)
+            ],
+            "optical_paths": self.optical_paths,
+            "tile_directories": self._tile_directories(),
+            "photometric_interpretation": self._distinct(lambda i: i.pixels.photometric),
+            "transfer_syntax": self._distinct(lambda i: i.transfer_syntax),
+            "image_types": self._distinct(lambda i: "\\".join(i.image_type)),
+            "associated_images": [image.file_name for image in self.associated],
+        }
+
+    def _tile_directories(self) -> list[str]:
+        if not self.has_plane_directories:
+            return []
+        names = {grid.directory_name for level in self.levels for grid in level.grids}
+        return sorted(names)
+
+    def _distinct(self, value_of: Any) -> list[Any]:
+        values = {value_of(info) for info in self.instances.values()}
+        return sorted(value for value in values if value)

@@ -1,0 +1,45 @@
+"""Slides by series: one series-metadata request each, parsed once and kept."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol
+
+from idcfs.dicom_json import DicomJson
+from idcfs.singleflight import SingleFlight
+from idcfs.slide.model import Slide
+from idcfs.slide.parse import parse_slide
+
+log = logging.getLogger(__name__)
+
+
+class MetadataSource(Protocol):
+    def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]: ...
+
+
+class SlideStore:
+    """Thread-safe cache of parsed slides; failures are not cached (retried next time)."""
+
+    def __init__(self, source: MetadataSource) -> None:
+        self._source = source
+        self._slides: dict[tuple[str, str], Slide] = {}
+        self._lock = threading.Lock()
+        self._flights: SingleFlight[Slide] = SingleFlight()
+
+    def get(self, study_uid: str, series_uid: str) -> Slide:
+        key = (study_uid, series_uid)
+        with self._lock:
+            slide = self._slides.get(key)
+        if slide is not None:
+            return slide
+        return self._flights.run(key, lambda: self._load(study_uid, series_uid))
+
+    def _load(self, study_uid: str, series_uid: str) -> Slide:
+        metadata = self._source.series_metadata(study_uid, series_uid)
+        slide = parse_slide(study_uid, series_uid, metadata)
+        with self._lock:
+            self._slides[(study_uid, series_uid)] = slide
+        log.info("series %s: %d levels, %d instances", series_uid, len(slide.levels),
+                 len(slide.instances))
+        return slide
