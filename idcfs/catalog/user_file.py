@@ -18,7 +18,7 @@ import os
 import threading
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,14 @@ SERIES = "SeriesInstanceUID"
 COLLECTION = "collection_id"
 KEY_COLUMNS = (STUDY, SERIES)
 
-BLOCK_STUDIES = 64  # studies whose fields one query fetches
+BLOCK_STUDIES = 128  # studies whose fields one query fetches
 CACHE_STUDIES = 2048  # (collection, study) series lists kept
+
+# DuckDB types whose Python values are JSON-serialisable as they are.
+PLAIN_TYPES = frozenset(
+    ["VARCHAR", "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT"]
+    + ["UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"]
+)
 
 Key = tuple[str | None, str]  # (collection_id, series_uid) within one study
 
@@ -73,26 +79,52 @@ def jsonable(value: Any) -> Any:
     return str(value)  # UUID, timedelta, ...
 
 
+def row_reader(
+    description: Sequence[tuple[Any, ...]],
+) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
+    """A function turning a row of a result described by `description` (a DB-API cursor
+    description) into a JSON-serialisable dict of its columns other than the two UIDs."""
+    columns = [
+        (at, column[0], str(column[1]) not in PLAIN_TYPES)
+        for at, column in enumerate(description)
+        if column[0] not in KEY_COLUMNS
+    ]
+
+    def read(row: tuple[Any, ...]) -> dict[str, Any]:
+        return {name: jsonable(row[at]) if convert else row[at] for at, name, convert in columns}
+
+    return read
+
+
 class TableCatalog:
     """A read-only `Catalog` over DuckDB table `table` of `conn` (one row per series).
 
     The table needs columns StudyInstanceUID and SeriesInstanceUID (non-null VARCHAR)
     and, when `has_collection_column`, collection_id (NULL: the series is in no
     collection). Every other column except the two UIDs goes into `SeriesEntry.fields`.
-    The catalog owns `conn`; all DuckDB use goes through one lock.
+    `key_rows`, when given, are the table's (collection, study, series) sorted by study
+    and series, so that the table itself may still be loading (see `_wait_for_table`).
+    The catalog owns `conn`; all its DuckDB use goes through one lock.
     """
 
     def __init__(
-        self, conn: duckdb.DuckDBPyConnection, table: str, *, has_collection_column: bool
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        table: str,
+        *,
+        has_collection_column: bool,
+        key_rows: Iterable[tuple[str | None, str, str]] | None = None,
     ) -> None:
         self._conn = conn
         self._table = table
         self._has_collection_column = has_collection_column
         self._lock = threading.Lock()
         self._cache: LRUCache[tuple[str | None, str], list[SeriesEntry]] = LRUCache(CACHE_STUDIES)
-        collection = COLLECTION if has_collection_column else "NULL"
-        _, rows = self._query(f"SELECT {collection}, {STUDY}, {SERIES} FROM {table} ORDER BY 2, 3")
-        self._index_keys(rows)
+        if key_rows is None:
+            collection = COLLECTION if has_collection_column else "NULL"
+            sql = f"SELECT {collection}, {STUDY}, {SERIES} FROM {table} ORDER BY 2, 3"
+            _, key_rows = self._query(sql)
+        self._index_keys(key_rows)
 
     def _index_keys(self, rows: Iterable[tuple[str | None, str, str]]) -> None:
         """Builds the listings from (collection, study, series) rows sorted by study, series."""
@@ -158,6 +190,7 @@ class TableCatalog:
         ordered = self._studies if collection_id is None else self._by_collection[collection_id]
         start = bisect_left(ordered, study_uid) // BLOCK_STUDIES * BLOCK_STUDIES
         block = ordered[start : start + BLOCK_STUDIES]
+        self._wait_for_table()
         fields = self._block_fields(block[0], block[-1], collection_id)
         for study in block:
             self._cache[(collection_id, study)] = [
@@ -177,16 +210,21 @@ class TableCatalog:
             params.append(collection_id)
         cursor = self._conn.execute(sql, params)
         names = [column[0] for column in cursor.description]
+        series_at = names.index(SERIES)
+        collection_at = names.index(COLLECTION) if self._has_collection_column else None
+        read = row_reader(cursor.description)
         fields = {}
         for row in cursor.fetchall():
-            record = dict(zip(names, row, strict=True))
-            collection = record.get(COLLECTION) if self._has_collection_column else None
-            key = (collection or None, record[SERIES])
-            fields[key] = {n: jsonable(v) for n, v in record.items() if n not in KEY_COLUMNS}
+            collection = row[collection_at] if collection_at is not None else None
+            fields[(collection or None, row[series_at])] = read(row)
         return fields
+
+    def _wait_for_table(self) -> None:
+        """Returns once the table exists: a hook for subclasses that load it in the background."""
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
         """Runs `sql` under the lock: (column names, rows)."""
+        self._wait_for_table()
         with self._lock:
             cursor = self._conn.execute(sql, list(params))
             return [column[0] for column in cursor.description], cursor.fetchall()
