@@ -42,7 +42,7 @@ def peak_rss_mb() -> float:
 
 
 class Stopwatch:
-    """Times successive steps into a dict of seconds."""
+    """Times successive steps into a dict of milliseconds."""
 
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
@@ -50,7 +50,7 @@ class Stopwatch:
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
-        self.times[name] = now - self._last
+        self.times[name] = (now - self._last) * 1000
         self._last = now
 
 
@@ -63,7 +63,7 @@ def walk(catalog: Catalog) -> int:
     )
 
 
-STARTUP = ("import idcfs.catalog.idc_index (s)", "IdcIndexCatalog() (s)", "list collections (s)")
+STARTUP = ("import idcfs.catalog.idc_index (ms)", "IdcIndexCatalog() (ms)", "list collections (ms)")
 
 
 def run_full() -> dict[str, float]:
@@ -76,14 +76,14 @@ def run_full() -> dict[str, float]:
     catalog.collections()
     clock.lap(STARTUP[2])
     catalog.studies("gtex")
-    clock.lap("list gtex studies (s)")
+    clock.lap("list gtex studies (ms)")
     catalog.series(catalog.studies("gtex")[0], "gtex")
-    clock.lap("first series() incl. wait for fields (s)")
+    clock.lap("first series() incl. wait for fields (ms)")
     count = walk(catalog)
-    clock.lap(f"walk all {count} series (s)")
+    clock.lap(f"walk all {count} series (ms)")
     startup = sum(clock.times[name] for name in STARTUP)
     return {
-        "import + construct + list collections (s)": startup,
+        "import + construct + list collections (ms)": startup,
         **clock.times,
         "RSS after walk (MB)": rss_mb(),
         "peak RSS (MB)": peak_rss_mb(),
@@ -96,9 +96,9 @@ def run_query() -> dict[str, float]:
 
     catalog = IdcIndexCatalog(query=PANCREAS_QUERY)
     catalog.collections()
-    clock.lap("--query pancreas: import + construct + list collections (s)")
+    clock.lap("--query pancreas: import + construct + list collections (ms)")
     count = walk(catalog)
-    clock.lap(f"--query pancreas: walk all {count} series (s)")
+    clock.lap(f"--query pancreas: walk all {count} series (ms)")
     return {**clock.times, "--query pancreas: peak RSS (MB)": peak_rss_mb()}
 
 
@@ -123,7 +123,7 @@ def print_table(runs: list[dict[str, float]]) -> None:
     for name in names:
         values = [run[name] for run in runs]
         cells = (statistics.median(values), min(values), max(values))
-        print(f"{name:<{width}}  " + "  ".join(f"{value:9.3f}" for value in cells))
+        print(f"{name:<{width}}  " + "  ".join(f"{value:9.1f}" for value in cells))
 
 
 def main() -> None:

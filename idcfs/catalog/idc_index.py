@@ -162,12 +162,22 @@ def index_files() -> dict[str, Path]:
 
 
 def _register_views(conn: duckdb.DuckDBPyConnection) -> dict[str, Path]:
-    files = index_files()
-    for view, path in files.items():
-        conn.execute(
-            f"CREATE VIEW {sql_ident(view)} AS SELECT * FROM read_parquet({sql_str(str(path))})"
-        )
-    return files
+    """Creates a view per local index file; returns those registered (view -> file).
+
+    An unreadable downloaded index (say, a partial download) is skipped with a warning.
+    """
+    registered = {}
+    for view, path in index_files().items():
+        sql = f"CREATE VIEW {sql_ident(view)} AS SELECT * FROM read_parquet({sql_str(str(path))})"
+        try:
+            conn.execute(sql)
+        except duckdb.Error as error:
+            if view == INDEX_VIEW:
+                raise
+            log.warning("IDC index %s not usable: %s", path, error)
+            continue
+        registered[view] = path
+    return registered
 
 
 def _index_columns(conn: duckdb.DuckDBPyConnection) -> list[str]:
@@ -282,21 +292,31 @@ def _slides_sql(table: str, columns: list[str], licences: bool, where: str) -> s
     )
 
 
-def _table_name(conn: duckdb.DuckDBPyConnection) -> str:
-    """Name for the slides table: in a compressed in-memory database when DuckDB has them.
-
-    Compressed, the v25 table takes ~6 MB instead of ~53 MB (DuckDB >= 1.3).
-    """
+def _tune(conn: duckdb.DuckDBPyConnection) -> None:
+    """Applies the OPTIONAL_SETTINGS this DuckDB version knows."""
     for sql in OPTIONAL_SETTINGS:
         try:
             conn.execute(sql)
         except duckdb.Error as error:
             log.debug("DuckDB setting not applied (%s): %s", sql, error)
+
+
+def _table_name(conn: duckdb.DuckDBPyConnection) -> str:
+    """Name for the slides table: in a compressed in-memory database when DuckDB has them.
+
+    Compressed, the v25 table takes ~6 MB instead of ~53 MB (DuckDB >= 1.3).
+    """
     try:
         conn.execute("ATTACH ':memory:' AS packed (COMPRESS)")
     except duckdb.Error:
         return "slides"
     return "packed.slides"
+
+
+def _key_rows(conn: duckdb.DuckDBPyConnection, where: str) -> list[tuple[str, str, str]]:
+    """(collection, study, series) of the index rows matching `where`, by study and series."""
+    select = f'SELECT s.{COLLECTION}, s.{STUDY}, s.{SERIES} FROM "{INDEX_VIEW}" AS s'
+    return conn.execute(f"{select} WHERE {where} ORDER BY 2, 3").fetchall()
 
 
 class _BackgroundSQL(threading.Thread):
@@ -306,14 +326,14 @@ class _BackgroundSQL(threading.Thread):
         super().__init__(name="idcfs-catalog-load", daemon=True)
         self._cursor = cursor
         self._statements = statements
-        self._error: duckdb.Error | None = None
+        self._error: Exception | None = None
         self.start()
 
     def run(self) -> None:
         try:
             for sql in self._statements:
                 self._cursor.execute(sql)
-        except duckdb.Error as error:
+        except Exception as error:  # re-raised by wait(), in the caller's thread
             self._error = error
         finally:
             self._cursor.close()
@@ -333,26 +353,27 @@ class IdcIndexCatalog(TableCatalog):
     module docstring returning StudyInstanceUID and SeriesInstanceUID; only those series
     are shown, and only the SM ones in the index (ValueError with DuckDB's message when
     it fails or lacks those columns). Both given: series satisfying both.
+    `views` maps the SQL views a query may use to their parquet files.
     """
 
     def __init__(self, collections: Sequence[str] | None = None, query: str | None = None) -> None:
         conn = duckdb.connect()
+        _tune(conn)
         self.views = _register_views(conn)
         columns = _index_columns(conn)
         chosen = _check_collections(conn, collections)
         if query is not None:
             _load_cohort(conn, query, self.views)
         where = _where_sql(chosen, cohort=query is not None)
-        keys_sql = f'SELECT s.{COLLECTION}, s.{STUDY}, s.{SERIES} FROM "{INDEX_VIEW}" AS s'
-        keys = conn.execute(f"{keys_sql} WHERE {where} ORDER BY 2, 3").fetchall()
+        keys = _key_rows(conn, where)
         table = _table_name(conn)
-        licences = "collections_index" in self.views
+        fields_sql = _slides_sql(table, columns, "collections_index" in self.views, where)
         # The fields table takes a second scan of the parquet: off the startup path.
         self._loader = _BackgroundSQL(
             conn.cursor(),
             [
                 "SET threads = 1",  # the parquet is one row group: no gain, more memory
-                _slides_sql(table, columns, licences, where),
+                fields_sql,
                 "DROP TABLE IF EXISTS cohort",
             ],
         )

@@ -104,7 +104,8 @@ class TableCatalog:
     collection). Every other column except the two UIDs goes into `SeriesEntry.fields`.
     `key_rows`, when given, are the table's (collection, study, series) sorted by study
     and series, so that the table itself may still be loading (see `_wait_for_table`).
-    The catalog owns `conn`; all its DuckDB use goes through one lock.
+    The catalog owns `conn`; all its DuckDB use goes through one lock. Entries are
+    cached and shared between calls: callers must not mutate their `fields`.
     """
 
     def __init__(
@@ -252,7 +253,7 @@ class FileCatalog(TableCatalog):
             columns = self._columns(conn, self._source(()))
             has_collection = COLLECTION.lower() in (name.lower() for name in columns)
             conn.execute(self._table_sql(columns, has_collection))
-        except duckdb.Error as error:
+        except (duckdb.Error, OSError) as error:
             raise ValueError(
                 f"cannot read catalog file {self.path}: {first_line(error)}"
             ) from error
