@@ -102,8 +102,8 @@ def test_writes_are_erofs(relayed, test_slides) -> None:
     folder = series_dir(relayed.path, named(test_slides, "jpeg_ybr"))
     tile = folder / "level-0" / "0_0.jpg"
     attempts = [
-        lambda: open(tile, "r+b"),
-        lambda: open(folder / "new.txt", "wb"),
+        lambda: os.open(tile, os.O_RDWR),
+        lambda: os.open(folder / "new.txt", os.O_WRONLY | os.O_CREAT),
         lambda: os.mkdir(folder / "dir"),
         lambda: os.rename(tile, folder / "moved.jpg"),
         lambda: os.chmod(tile, 0o777),

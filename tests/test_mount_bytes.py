@@ -38,7 +38,8 @@ def frames_by_path(url: str, slide, nested: bool) -> dict[str, bytes]:  # type: 
     for instance_uid, members in by_instance.items():
         numbers = [tile.frame_number for tile in members]
         frames = direct_frames(url, slide.study_uid, slide.series_uid, instance_uid, numbers)
-        found.update({tile.relative_path: frame for tile, frame in zip(members, frames, strict=True)})
+        pairs = zip(members, frames, strict=True)
+        found.update({tile.relative_path: frame for tile, frame in pairs})
     return found
 
 
@@ -135,7 +136,7 @@ def test_every_tool_gets_exact_bytes(mounted, orthanc, test_slides, tmp_path) ->
         "cp": lambda p: _via_copy(["cp", str(p), str(tmp_path / "cp.jpg")], tmp_path / "cp.jpg"),
         "rsync": lambda p: _via_copy(["rsync", str(p), str(tmp_path / "rs.jpg")],
                                      tmp_path / "rs.jpg"),
-        "read": lambda p: open(p, "rb").read(),
+        "read": _read_with_open,
         "shutil": lambda p: Path(shutil.copy(p, tmp_path / "sh.jpg")).read_bytes(),
         "mmap": _read_with_mmap,
         "pillow": lambda p: _pillow_check(p, expected),
@@ -149,6 +150,11 @@ def test_every_tool_gets_exact_bytes(mounted, orthanc, test_slides, tmp_path) ->
 def _via_copy(command: list[str], target: Path) -> bytes:
     subprocess.run(command, check=True, capture_output=True)
     return target.read_bytes()
+
+
+def _read_with_open(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def _read_with_mmap(path: Path) -> bytes:

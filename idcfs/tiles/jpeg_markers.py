@@ -1,4 +1,7 @@
-"""Reading and editing JPEG marker segments without touching the entropy-coded data."""
+"""Reading and editing JPEG marker segments without touching the entropy-coded data.
+
+Only the header (SOI up to the first SOS) is parsed; the scan data is copied verbatim.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 SOI = b"\xff\xd8"
+EOI = b"\xff\xd9"
 SOS = 0xDA
 APP0 = 0xE0
 APP14 = 0xEE
-SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
-STANDALONE = {0x01, *range(0xD0, 0xD8)}
+# SOF0-3, 5-7, 9-11, 13-15 (not DHT C4, JPG C8, DAC CC) and SOF55 (JPEG-LS, F7).
+SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
+STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+JFIF_IDS = (b"JFIF\0", b"JFXX\0")
 # Adobe APP14: "Adobe", version 100, flags0 0, flags1 0, transform 0 (no colour transform).
-ADOBE_RGB_SEGMENT = b"\xff\xee" + struct.pack(">H", 14) + b"Adobe" + struct.pack(">HHHB", 100, 0, 0, 0)
+ADOBE_RGB_SEGMENT = b"\xff\xee\x00\x0eAdobe" + struct.pack(">HHHB", 100, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -27,22 +33,32 @@ class Segment:
 
 @dataclass(frozen=True)
 class JpegInfo:
-    """What the header says: the SOF marker, sample precision, component count, markers."""
+    """What the header says: the SOF marker, sample precision, components, markers seen."""
 
     sof_marker: int
     precision: int
     components: int
     has_app14: bool
     has_jfif: bool
+    height: int = 0
+    width: int = 0
+    adobe_transform: int | None = None
+    has_sos: bool = True
+    has_eoi: bool = True
 
     @property
     def is_baseline_8bit(self) -> bool:
         """DCT Huffman (SOF0/SOF1) with 8-bit samples: what every JPEG viewer shows."""
         return self.sof_marker in (0xC0, 0xC1) and self.precision == 8
 
+    @property
+    def is_complete(self) -> bool:
+        """A scan is present and the data ends with EOI (not truncated)."""
+        return self.has_sos and self.has_eoi
+
 
 def header_segments(data: bytes) -> Iterator[Segment]:
-    """Marker segments from SOI up to and including SOS."""
+    """Marker segments from SOI up to and including SOS; stops early on malformed data."""
     if not data.startswith(SOI):
         return
     position = 2
@@ -56,50 +72,72 @@ def header_segments(data: bytes) -> Iterator[Segment]:
         if marker in STANDALONE:
             position += 2
             continue
-        length = struct.unpack_from(">H", data, position + 2)[0]
-        yield Segment(marker, position, position + 2 + length)
+        end = position + 2 + struct.unpack_from(">H", data, position + 2)[0]
+        if end > len(data):
+            return
+        yield Segment(marker, position, end)
         if marker == SOS:
             return
-        position += 2 + length
+        position = end
 
 
 def jpeg_info(frame: bytes) -> JpegInfo | None:
-    """The header facts of a JPEG frame, or None when it is not a (readable) JPEG."""
-    sof: tuple[int, int, int] | None = None
-    app14 = jfif = False
+    """The header facts of a JPEG frame, or None when it has no readable frame header."""
+    sof: Segment | None = None
+    app14: Segment | None = None
+    jfif = sos = False
     for segment in header_segments(frame):
         if segment.marker in SOF_MARKERS and segment.end - segment.start >= 10:
-            precision = frame[segment.start + 4]
-            components = frame[segment.start + 9]
-            sof = (segment.marker, precision, components)
-        app14 |= segment.marker == APP14 and _payload(frame, segment).startswith(b"Adobe")
-        jfif |= segment.marker == APP0 and _payload(frame, segment).startswith(b"JFIF\0")
+            sof = segment
+        elif segment.marker == APP14 and _payload(frame, segment).startswith(b"Adobe"):
+            app14 = segment
+        jfif |= _is_jfif(frame, segment)
+        sos |= segment.marker == SOS
     if sof is None:
         return None
-    return JpegInfo(sof[0], sof[1], sof[2], app14, jfif)
+    precision, height, width, components = struct.unpack_from(">BHHB", frame, sof.start + 4)
+    transform = None
+    if app14 is not None and app14.end - app14.start >= 16:
+        transform = frame[app14.start + 15]
+    return JpegInfo(
+        sof_marker=sof.marker,
+        precision=precision,
+        components=components,
+        has_app14=app14 is not None,
+        has_jfif=jfif,
+        height=height,
+        width=width,
+        adobe_transform=transform,
+        has_sos=sos,
+        has_eoi=frame.rstrip(b"\0").endswith(EOI),
+    )
 
 
 def with_rgb_app14(frame: bytes) -> bytes:
     """The frame with an Adobe APP14 (transform 0) so decoders keep its RGB components.
 
-    A JFIF APP0 is dropped as well: libjpeg lets JFIF (which implies YCbCr) win over
-    APP14. A frame that has an Adobe APP14 already is returned unchanged.
+    JFIF APP0 segments are dropped as well: libjpeg (Pillow, browsers) lets JFIF, which
+    implies YCbCr, win over APP14. A frame that has an Adobe APP14 already keeps it (and
+    its transform) and is returned unchanged unless it also has a JFIF APP0.
+    Raises ValueError for data without a readable JPEG header.
     """
     info = jpeg_info(frame)
-    if info is None or info.has_app14:
+    if info is None:
+        raise ValueError("not a JPEG frame with a readable header")
+    if info.has_app14 and not info.has_jfif:
         return frame
-    jfif_ranges = [
-        (segment.start, segment.end)
-        for segment in header_segments(frame)
-        if segment.marker == APP0 and _payload(frame, segment).startswith(b"JFIF\0")
-    ]
-    pieces = [SOI, ADOBE_RGB_SEGMENT]
+    pieces = [SOI] if info.has_app14 else [SOI, ADOBE_RGB_SEGMENT]
     position = 2
-    for start, end in jfif_ranges:
-        pieces.append(frame[position:start])
-        position = end
+    for segment in header_segments(frame):
+        if _is_jfif(frame, segment):
+            pieces.append(frame[position : segment.start])
+            position = segment.end
     pieces.append(frame[position:])
     return b"".join(pieces)
+
+
+def _is_jfif(data: bytes, segment: Segment) -> bool:
+    return segment.marker == APP0 and _payload(data, segment).startswith(JFIF_IDS)
 
 
 def _payload(data: bytes, segment: Segment) -> bytes:
