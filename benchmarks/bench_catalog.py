@@ -123,7 +123,7 @@ def print_table(runs: list[dict[str, float]]) -> None:
     for name in names:
         values = [run[name] for run in runs]
         cells = (statistics.median(values), min(values), max(values))
-        print(f"{name:<{width}}  " + "  ".join(f"{value:9.1f}" for value in cells))
+        print(f"{name:<{width}}  " + "  ".join(f"{value:9.3f}" for value in cells))
 
 
 def main() -> None:

@@ -44,13 +44,18 @@ def fail(message: str) -> NoReturn:
 
 def parse_size(text: str) -> int:
     """Bytes from '512M', '2G', '1.5G', '100000' (binary units; a trailing B/iB is allowed)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 512M, 2G)")
-    size = int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+    size = size_or_zero(text)
     if size <= 0:
         raise argparse.ArgumentTypeError(f"bad size {text!r}: must be more than 0")
     return size
+
+
+def size_or_zero(text: str) -> int:
+    """Like parse_size, but 0 is allowed (it turns a feature off)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 512M, 2G)")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
 
 
 def quality(text: str) -> int:
@@ -103,6 +108,14 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
                        "StudyInstanceUID and SeriesInstanceUID: mount exactly those series")
     mount.add_argument("--cache-size", type=parse_size, default="1G", metavar="SIZE",
                        help="memory cache for tiles, e.g. 512M, 2G (default 1G)")
+    mount.add_argument("--cache-dir", type=Path, metavar="DIR",
+                       help="persistent disk cache of tiles and series metadata (mode 0700); "
+                       "survives remounts")
+    mount.add_argument("--disk-cache-size", type=parse_size, default="10G", metavar="SIZE",
+                       help="bound of the disk cache, LRU (default 10G)")
+    mount.add_argument("--readahead-size", type=size_or_zero, default="64M", metavar="SIZE",
+                       help="memory for tiles read ahead of sequential readers and not read "
+                       "yet (default 64M; 0 turns read-ahead off)", dest="readahead_size")
     mount.add_argument("--quality", type=quality, default=None, metavar="Q",
                        help="JPEG quality for tiles that must be re-encoded "
                        "(non-JPEG transfer syntaxes; default 95, 4:4:4)")
@@ -185,6 +198,9 @@ def mount(args: argparse.Namespace) -> None:
         cache_bytes=args.cache_size,
         max_connections=args.max_connections,
         fuse_options=[opt for group in args.fuse_options for opt in group.split(",")],
+        cache_dir=args.cache_dir.resolve() if args.cache_dir else None,
+        disk_cache_bytes=args.disk_cache_size,
+        readahead_bytes=args.readahead_size,
     )
     if args.quality is not None:
         config.quality = args.quality

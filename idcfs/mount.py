@@ -14,6 +14,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from idcfs.cache.disk import DiskCache
 from idcfs.cache.memory import ByteLRU
 from idcfs.catalog.base import Catalog
 from idcfs.errors import IdcfsError
@@ -21,6 +22,7 @@ from idcfs.fetch.dicomweb import ClientSettings, DicomWebClient
 from idcfs.fetch.loader import TileLoader
 from idcfs.fs.adapter import IdcfsOperations
 from idcfs.fs.tree import Tree
+from idcfs.prefetch import ReadAhead, ReadAheadSettings
 from idcfs.slide.store import SlideStore
 from idcfs.tiles.convert import DEFAULT_QUALITY
 
@@ -51,6 +53,9 @@ class MountConfig:
     quality: int = DEFAULT_QUALITY
     max_connections: int = 8
     fuse_options: list[str] = field(default_factory=list)
+    cache_dir: Path | None = None
+    disk_cache_bytes: int = 10 << 30
+    readahead_bytes: int = 64 << 20
 
     @property
     def server_url(self) -> str:
@@ -95,8 +100,19 @@ def build_operations(config: MountConfig) -> IdcfsOperations:
     except IdcfsError as error:
         raise SetupError(f"cannot reach DICOMweb server {config.server_url}: {error}") from None
     catalog = build_catalog(config, client)
-    loader = TileLoader(client, ByteLRU(config.cache_bytes), quality=config.quality)
-    tree = Tree(catalog, SlideStore(client), loader)
+    disk = DiskCache(config.cache_dir, config.disk_cache_bytes) if config.cache_dir else None
+    loader = TileLoader(
+        client,
+        ByteLRU(config.cache_bytes),
+        quality=config.quality,
+        staged=ByteLRU(config.readahead_bytes),
+        disk=disk,
+    )
+    readahead = None
+    if config.readahead_bytes > 0:
+        workers = max(1, min(4, config.connection_limit // 2))
+        readahead = ReadAhead(loader, ReadAheadSettings(workers=workers))
+    tree = Tree(catalog, SlideStore(client, disk), loader, readahead)
     return IdcfsOperations(tree)
 
 
@@ -120,8 +136,17 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
         trio.run(_main_until_signal)
     finally:
         pyfuse3.close(unmount=True)
-        operations.tree.loader.client.close()
+        _close(operations)
         log.info("unmounted %s", config.mountpoint)
+
+
+def _close(operations: IdcfsOperations) -> None:
+    tree = operations.tree
+    if tree.readahead is not None:
+        tree.readahead.close()
+    if tree.loader.disk is not None:
+        tree.loader.disk.close()
+    tree.loader.client.close()
 
 
 async def _main_until_signal() -> None:

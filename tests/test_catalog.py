@@ -10,6 +10,7 @@ import duckdb
 import idc_index_data
 import pytest
 
+from idcfs.catalog import idc_index
 from idcfs.catalog.base import Catalog, SeriesEntry
 from idcfs.catalog.idc_index import (
     IdcIndexCatalog,
@@ -240,6 +241,14 @@ def test_concurrent_series(full: IdcIndexCatalog) -> None:
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda s: fresh.series(s, "tcga_brca"), studies * 4))
     assert results == [full.series(s, "tcga_brca") for s in studies] * 4
+
+
+def test_failed_background_load_is_reported(monkeypatch) -> None:
+    monkeypatch.setattr(idc_index, "_slides_sql", lambda *args: "SELECT no_such_column")
+    catalog = IdcIndexCatalog(collections=["cmb_gec"])
+    assert catalog.studies("cmb_gec")  # listings need no fields
+    with pytest.raises(RuntimeError, match="no_such_column"):
+        catalog.series(catalog.studies("cmb_gec")[0])
 
 
 # -- catalogs from users' files --------------------------------------------------------

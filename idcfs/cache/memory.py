@@ -36,6 +36,11 @@ class ByteLRU:
         with self._lock:
             self._entries[key] = value
 
+    def pop(self, key: Hashable) -> bytes | None:
+        """Remove and return a value (None when absent); not counted as a hit or miss."""
+        with self._lock:
+            return self._entries.pop(key, None)
+
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
             return key in self._entries

@@ -282,7 +282,11 @@ def _where_sql(collections: list[str] | None, cohort: bool) -> str:
 
 
 def _slides_sql(table: str, columns: list[str], licences: bool, where: str) -> str:
-    """SQL creating `table`: the series to show with their slide.json fields, by study."""
+    """SQL creating `table`: the series to show with their slide.json fields.
+
+    Rows stay in the parquet's order, grouped by collection, so that DuckDB's zone maps
+    make the per-collection lookups cheap; sorting by study cost ~40 MB more peak RSS.
+    """
     select = [f"s.{sql_ident(name)}" for name in columns]
     join = ""
     if licences:
@@ -291,7 +295,7 @@ def _slides_sql(table: str, columns: list[str], licences: bool, where: str) -> s
     select.append(f"{sql_str(idc_data_version())} AS idc_data_version")
     return (
         f'CREATE TABLE {table} AS SELECT {", ".join(select)} FROM "{INDEX_VIEW}" AS s {join}'
-        f" WHERE {where} ORDER BY s.{STUDY}, s.{SERIES}"
+        f" WHERE {where}"
     )
 
 

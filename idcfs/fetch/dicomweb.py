@@ -98,8 +98,11 @@ class DicomWebClient:
 
     def series_metadata(self, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
         """The DICOM JSON metadata of every instance of a series."""
-        body = self._get(f"/studies/{study_uid}/series/{series_uid}/metadata", JSON_ACCEPT)
-        return _parse_json_list(body, "series metadata")
+        return parse_json_list(self.series_metadata_json(study_uid, series_uid), "metadata")
+
+    def series_metadata_json(self, study_uid: str, series_uid: str) -> bytes:
+        """The series metadata answer as sent (DICOM JSON)."""
+        return self._get(f"/studies/{study_uid}/series/{series_uid}/metadata", JSON_ACCEPT)
 
     def frames(
         self, study_uid: str, series_uid: str, instance_uid: str, numbers: Sequence[int]
@@ -128,7 +131,7 @@ class DicomWebClient:
         previous_first: str | None = None
         while True:
             params = {**query, "limit": QIDO_PAGE, "offset": offset}
-            page = _parse_json_list(
+            page = parse_json_list(
                 self._get(f"{path}?{urlencode(params)}", JSON_ACCEPT, ok=(200, 204)), "search"
             )
             first = json.dumps(page[:1], sort_keys=True)
@@ -204,7 +207,8 @@ def _frames_from_response(response: urllib3.BaseHTTPResponse) -> list[Frame]:
     ]
 
 
-def _parse_json_list(body: bytes, what: str) -> list[dict[str, Any]]:
+def parse_json_list(body: bytes, what: str) -> list[dict[str, Any]]:
+    """A DICOM JSON list from an answer body (empty body: empty list); FetchError if bad."""
     if not body.strip():
         return []
     try:

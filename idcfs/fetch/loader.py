@@ -1,8 +1,12 @@
-"""Tile bytes on demand: cache first, then one batched DICOMweb request per instance.
+"""Tile bytes on demand: caches first, then one batched DICOMweb request per instance.
 
 Concurrent requests for the same frame share one fetch (single-flight). Frames are
 converted to the served JPEG bytes (`idcfs.tiles.convert`) before they are cached,
 so a cached tile costs no CPU to serve again.
+
+Where a tile can be: the memory cache (tiles that were read), the staging area (tiles
+read ahead and not read yet: a separate bounded LRU, so read-ahead never evicts what
+readers use; a read moves a tile to the memory cache), and the disk cache.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from idcfs.cache.disk import DiskCache
 from idcfs.cache.memory import ByteLRU
 from idcfs.errors import DecodeError
 from idcfs.fetch.dicomweb import DicomWebClient, Frame
@@ -48,41 +53,78 @@ class TileLoader:
         cache: ByteLRU,
         quality: int = DEFAULT_QUALITY,
         max_frames_per_request: int = MAX_FRAMES_PER_REQUEST,
+        staged: ByteLRU | None = None,
+        disk: DiskCache | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
+        self.staged = staged if staged is not None else ByteLRU(64 << 20)
+        self.disk = disk
         self.quality = quality
         self.max_frames_per_request = max_frames_per_request
         self._flights: SingleFlight[bytes] = SingleFlight()
 
     def tile(self, slide: Slide, frame: FrameRef) -> bytes:
-        """The served bytes of one tile."""
-        cached = self.cache.get(tile_key(slide, frame))
-        if cached is not None:
-            return cached
-        return self.tiles(slide, [frame])[frame]
+        """The served bytes of one tile (may block on disk or network)."""
+        found = self.cached(slide, frame)
+        if found is None:
+            found = self._from_disk(slide, frame)
+        if found is not None:
+            return found
+        return self._load(slide, [frame], for_reading=True)[frame]
 
     def cached(self, slide: Slide, frame: FrameRef) -> bytes | None:
-        return self.cache.get(tile_key(slide, frame))
+        """A tile from memory (a staged tile moves to the memory cache), never blocking."""
+        key = tile_key(slide, frame)
+        found = self.cache.get(key)
+        if found is None:
+            found = self.staged.pop(key)
+            if found is not None:
+                self.cache.put(key, found)
+        return found
 
-    def tiles(self, slide: Slide, frames: Sequence[FrameRef]) -> dict[FrameRef, bytes]:
-        """Served bytes of several tiles, fetching the missing ones in batches."""
-        results: dict[FrameRef, bytes] = {}
+    def is_present(self, slide: Slide, frame: FrameRef) -> bool:
+        """Whether a tile is in memory or being fetched (read-ahead skips those)."""
+        key = tile_key(slide, frame)
+        return key in self.cache or key in self.staged or self._flights.in_flight(key)
+
+    def prefetch(self, slide: Slide, frames: Sequence[FrameRef]) -> None:
+        """Fetch tiles into the staging area (for read-ahead); tiles present are skipped."""
+        missing = [frame for frame in frames if not self.is_present(slide, frame)]
+        on_disk = {frame: self._from_disk(slide, frame, stage=True) for frame in missing}
+        remaining = [frame for frame, data in on_disk.items() if data is None]
+        if remaining:
+            self._load(slide, remaining, for_reading=False)
+
+    def _from_disk(self, slide: Slide, frame: FrameRef, stage: bool = False) -> bytes | None:
+        if self.disk is None:
+            return None
+        data = self.disk.get(self._disk_key(slide, frame))
+        if data is not None:
+            (self.staged if stage else self.cache).put(tile_key(slide, frame), data)
+        return data
+
+    def _disk_key(self, slide: Slide, frame: FrameRef) -> str:
+        return f"tile/{slide.series_uid}/{frame.instance_uid}/{frame.number}/q{self.quality}"
+
+    def _load(
+        self, slide: Slide, frames: Sequence[FrameRef], for_reading: bool
+    ) -> dict[FrameRef, bytes]:
+        """Fetch the tiles nobody is fetching yet, wait for the others."""
         owned: dict[FrameRef, Future[bytes]] = {}
         shared: dict[FrameRef, Future[bytes]] = {}
         for frame in frames:
-            cached = self.cache.get(tile_key(slide, frame))
-            if cached is not None:
-                results[frame] = cached
-                continue
             future, owner = self._flights.claim(tile_key(slide, frame))
             (owned if owner else shared)[frame] = future
         try:
-            self._fetch_owned(slide, owned)
+            self._fetch_owned(slide, owned, self.cache if for_reading else self.staged)
         finally:
             self._release(slide, owned)
+        results = {}
         for frame, future in {**owned, **shared}.items():
             results[frame] = wait(future, self._flights.wait_timeout)
+            if for_reading and frame in shared:
+                self.cached(slide, frame)  # a tile read ahead and now read: keep it
         return results
 
     def associated(self, slide: Slide, image: AssociatedImage) -> bytes:
@@ -100,7 +142,9 @@ class TileLoader:
 
     # -- fetching -----------------------------------------------------------------
 
-    def _fetch_owned(self, slide: Slide, owned: dict[FrameRef, Future[bytes]]) -> None:
+    def _fetch_owned(
+        self, slide: Slide, owned: dict[FrameRef, Future[bytes]], target: ByteLRU
+    ) -> None:
         for instance_uid, numbers in _group_by_instance(owned):
             info = slide.instances[instance_uid]
             for batch in _chunks(numbers, self.max_frames_per_request):
@@ -108,7 +152,9 @@ class TileLoader:
                 for number, frame in zip(batch, raw, strict=True):
                     ref = FrameRef(instance_uid, number)
                     data = self._convert(frame, info, ref)
-                    self.cache.put(tile_key(slide, ref), data)
+                    target.put(tile_key(slide, ref), data)
+                    if self.disk is not None:
+                        self.disk.put(self._disk_key(slide, ref), data)
                     owned[ref].set_result(data)
 
     def _convert(self, frame: Frame, info: InstanceInfo, ref: FrameRef) -> bytes:

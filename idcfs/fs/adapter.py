@@ -144,6 +144,7 @@ class IdcfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, FileNode):
             raise pyfuse3.FUSEError(errno.EISDIR)
+        node.note_open()
         data = node.cached_content()
         if data is None:
             data = await self._blocking(f"open {node.name} (inode {inode})", node.content)

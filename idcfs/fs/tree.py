@@ -17,7 +17,8 @@ from typing import Any
 from idcfs.catalog.base import Catalog, SeriesEntry
 from idcfs.errors import NotFoundError
 from idcfs.fetch.loader import TileLoader
-from idcfs.slide.model import AssociatedImage, Level, Slide, TileGrid, TilePosition
+from idcfs.prefetch import ReadAhead
+from idcfs.slide.model import AssociatedImage, Level, Slide, TileGrid
 from idcfs.slide.store import SlideStore
 
 ROOT_INODE = 1
@@ -58,6 +59,9 @@ class FileNode(Node):
     def cached_content(self) -> bytes | None:
         """The whole file when it is at hand without blocking, else None."""
         return None
+
+    def note_open(self) -> None:
+        """Called on every open, before the content is asked for (read-ahead hook)."""
 
 
 class StaticFile(FileNode):
@@ -109,13 +113,22 @@ class FetchedFile(FileNode):
 
 
 class TileFile(FetchedFile):
-    """One tile of a level: one frame of an instance."""
+    """One tile of a level: one frame of an instance, at `index` in its grid's order."""
 
-    def __init__(self, slide: Slide, tile: TilePosition, loader: TileLoader, placeholder: int):
-        super().__init__(tile.file_name, placeholder)
+    def __init__(
+        self, tree: Tree, slide: Slide, grid: TileGrid, index: int, placeholder: int
+    ) -> None:
+        self.tile = grid.tiles[index]
+        super().__init__(self.tile.file_name, placeholder)
         self.slide = slide
-        self.tile = tile
-        self.loader = loader
+        self.grid = grid
+        self.index = index
+        self.loader = tree.loader
+        self.readahead = tree.readahead
+
+    def note_open(self) -> None:
+        if self.readahead is not None:
+            self.readahead.on_open(self.slide, self.grid.tiles, self.index)
 
     def fetch(self) -> bytes:
         return self.loader.tile(self.slide, self.tile.frame)
@@ -174,11 +187,13 @@ class Tree:
         catalog: Catalog,
         slides: SlideStore,
         loader: TileLoader,
+        readahead: ReadAhead | None = None,
         placeholder_size: Callable[[int, int, int], int] | None = None,
     ) -> None:
         self.catalog = catalog
         self.slides = slides
         self.loader = loader
+        self.readahead = readahead
         self.mtime_ns = time.time_ns()
         self._placeholder = placeholder_size or default_placeholder
         self._nodes: dict[int, Node] = {}
@@ -289,7 +304,7 @@ class Tree:
 
     def _tiles(self, slide: Slide, level: Level, grid: TileGrid) -> list[Node]:
         placeholder = self._placeholder(level.tile_width, level.tile_height, 3)
-        return [TileFile(slide, tile, self.loader, placeholder) for tile in grid.tiles]
+        return [TileFile(self, slide, grid, index, placeholder) for index in range(len(grid.tiles))]
 
 
 def default_placeholder(width: int, height: int, samples: int) -> int:

@@ -1,0 +1,122 @@
+"""Read-ahead: when opens walk a tile grid in order, fetch the next tiles before they
+are asked for, in growing batches, several requests in flight.
+
+Each grid keeps a few streams (one per reader walking it: `cp -r`, `tar`, or 8
+readers over 8 slices of a level). An open that continues a stream lengthens its
+window (16, 32, ... up to 256 tiles); an open that continues none starts a new stream
+with no read-ahead, so random reads (an ML loader) fetch only what they ask for.
+Read-ahead lands in the loader's staging area, which is bounded in bytes and separate
+from the memory cache; when the staging area is nearly full (nobody consumes what was
+read ahead) no more is scheduled, and batches of a dropped stream are cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from idcfs.fetch.loader import TileLoader
+from idcfs.slide.model import FrameRef, Slide, TilePosition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stream:
+    """One reader's walk through a grid."""
+
+    last: int
+    ahead_until: int
+    streak: int = 0
+    window: int = 0
+    alive: bool = True
+
+
+@dataclass(frozen=True)
+class ReadAheadSettings:
+    workers: int = 4
+    first_window: int = 16
+    max_window: int = 256
+    min_streak: int = 2
+    streams_per_grid: int = 16
+    max_batch: int = 64
+    min_batch: int = 8
+
+
+class ReadAhead:
+    """Schedules read-ahead for tile opens; thread-safe and never blocking the caller."""
+
+    def __init__(self, loader: TileLoader, settings: ReadAheadSettings | None = None) -> None:
+        self.loader = loader
+        self.settings = settings or ReadAheadSettings()
+        self._executor = ThreadPoolExecutor(self.settings.workers, "idcfs-readahead")
+        self._streams: dict[int, list[Stream]] = {}
+        self._lock = threading.Lock()
+        self.scheduled_tiles = 0
+
+    def on_open(self, slide: Slide, tiles: Sequence[TilePosition], index: int) -> None:
+        """Note that tile `index` of a grid was opened; maybe fetch the ones after it."""
+        with self._lock:
+            stream = self._stream_for(id(tiles), index)
+            span = self._advance(stream, index, len(tiles))
+        if span is not None:
+            self._schedule(slide, tiles, span, stream)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _stream_for(self, grid: int, index: int) -> Stream:
+        streams = self._streams.setdefault(grid, [])
+        for stream in streams:
+            if stream.last < index <= max(stream.last + 2, stream.ahead_until - 1):
+                stream.streak += 1
+                stream.last = index
+                return stream
+            if stream.last == index:
+                return stream
+        stream = Stream(last=index, ahead_until=index + 1)
+        streams.append(stream)
+        if len(streams) > self.settings.streams_per_grid:
+            streams.pop(0).alive = False
+        return stream
+
+    def _advance(self, stream: Stream, index: int, count: int) -> tuple[int, int] | None:
+        settings = self.settings
+        if stream.streak < settings.min_streak or self._staging_nearly_full():
+            return None
+        if stream.window == 0:
+            stream.window = settings.first_window
+        else:
+            stream.window = min(stream.window * 2, settings.max_window)
+        start = max(stream.ahead_until, index + 1)
+        end = min(index + 1 + stream.window, count)
+        if end <= start:
+            return None
+        stream.ahead_until = end
+        return start, end
+
+    def _staging_nearly_full(self) -> bool:
+        staged = self.loader.staged
+        return staged.current_bytes > staged.max_bytes * 3 // 4
+
+    def _schedule(
+        self, slide: Slide, tiles: Sequence[TilePosition], span: tuple[int, int], stream: Stream
+    ) -> None:
+        start, end = span
+        settings = self.settings
+        size = max(settings.min_batch, min(settings.max_batch, (end - start) // settings.workers))
+        for first in range(start, end, size):
+            frames = [tile.frame for tile in tiles[first : min(first + size, end)]]
+            self.scheduled_tiles += len(frames)
+            self._executor.submit(self._fetch, slide, frames, stream)
+
+    def _fetch(self, slide: Slide, frames: list[FrameRef], stream: Stream) -> None:
+        if not stream.alive:
+            return
+        try:
+            self.loader.prefetch(slide, frames)
+        except Exception as error:  # a reader that needs the tile will see the error
+            log.debug("read-ahead of %d tiles failed: %s", len(frames), error)
