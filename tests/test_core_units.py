@@ -1,0 +1,178 @@
+"""Unit tests of the core pieces with small fakes (the end-to-end tests use real mounts)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from idcfs.cache.disk import DiskCache, seal, unseal
+from idcfs.cache.memory import ByteLRU
+from idcfs.errors import FetchError
+from idcfs.fetch.dicomweb import next_utc_midnight
+from idcfs.fetch.multipart import parse_content_type, split_multipart
+from idcfs.prefetch import ReadAhead, ReadAheadSettings
+from idcfs.singleflight import SingleFlight
+from idcfs.slide.model import FrameRef, TilePosition
+from idcfs.slide.parse import parse_slide
+
+WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+def element(vr: str, *values: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": list(values)}
+
+
+def instance(uid: str, width: int, height: int, frames: int, flavour: str = "VOLUME",
+             **extra: dict[str, Any]) -> dict[str, Any]:
+    meta = {
+        "00080016": element("UI", WSI), "00080018": element("UI", uid),
+        "00080008": element("CS", "ORIGINAL", "PRIMARY", flavour, "NONE"),
+        "00280010": element("US", 256), "00280011": element("US", 256),
+        "00280002": element("US", 3), "00280100": element("US", 8),
+        "00280004": element("CS", "YBR_FULL_422"), "00280008": element("IS", frames),
+        "00480006": element("UL", width), "00480007": element("UL", height),
+    }
+    meta.update(extra)
+    return meta
+
+
+def test_multipart_split_and_truncation() -> None:
+    body = (b"--XyZ\r\nContent-Type: application/octet-stream; transfer-syntax=1.2.3\r\n\r\n"
+            b"\xff\xd8one\r\n--XyZ\r\nContent-Type: application/octet-stream\r\n\r\n"
+            b"two\r\n--XyZ--\r\n")
+    parts = split_multipart(body, "XyZ")
+    assert [part.content for part in parts] == [b"\xff\xd8one", b"two"]
+    assert parse_content_type(parts[0].content_type)[1]["transfer-syntax"] == "1.2.3"
+    with pytest.raises(FetchError):
+        split_multipart(body[:60], "XyZ")
+
+
+def test_tiled_full_levels_order_and_edges() -> None:
+    metadata = [instance("1.1", 600, 300, 6), instance("1.2", 300, 150, 2),
+                instance("1.3", 100, 50, 1, "LABEL")]
+    slide = parse_slide("s", "r", metadata)
+    assert [(level.width, level.columns, level.rows) for level in slide.levels] == [
+        (600, 3, 2), (300, 2, 1)]
+    tiles = slide.levels[0].grids[0].tiles
+    assert [(t.column, t.row, t.frame.number) for t in tiles] == [
+        (0, 0, 1), (1, 0, 2), (2, 0, 3), (0, 1, 4), (1, 1, 5), (2, 1, 6)]
+    assert [image.kind for image in slide.associated] == ["label"]
+    assert not slide.has_plane_directories
+
+
+def test_sparse_and_focal_planes() -> None:
+    def position(col: int, row: int, z: float) -> dict[str, Any]:
+        return {"0048021A": element("SQ", {"0048021E": element("SL", col),
+                                           "0048021F": element("SL", row),
+                                           "0040074A": element("DS", z)})}
+    sparse = instance("2.1", 768, 512, 3, **{
+        "00209311": element("CS", "TILED_SPARSE"),
+        "52009230": element("SQ", position(513, 257, 0.0), position(1, 1, 0.0),
+                            position(1, 1, 2.5)),
+    })
+    slide = parse_slide("s", "r", [sparse])
+    assert slide.focal_planes == [0.0, 2.5]
+    grids = slide.levels[0].grids
+    assert [(g.plane_index, [(t.column, t.row) for t in g.tiles]) for g in grids] == [
+        (0, [(0, 0), (2, 1)]), (1, [(0, 0)])]
+    assert slide.has_plane_directories
+
+
+def test_two_planes_in_one_tiled_full_instance() -> None:
+    meta = instance("3.1", 512, 256, 4, **{"00480303": element("UL", 2)})
+    grids = parse_slide("s", "r", [meta]).levels[0].grids
+    assert [[t.frame.number for t in g.tiles] for g in grids] == [[1, 2], [3, 4]]
+
+
+def test_no_wsi_instance_is_a_fetch_error() -> None:
+    with pytest.raises(FetchError):
+        parse_slide("s", "r", [])
+
+
+def test_byte_lru_bounds_bytes() -> None:
+    cache = ByteLRU(10)
+    cache.put("a", b"12345")
+    cache.put("b", b"12345")
+    cache.put("c", b"123")
+    assert cache.get("a") is None and cache.get("c") == b"123"
+    cache.put("huge", b"x" * 11)
+    assert "huge" not in cache
+    assert cache.current_bytes <= 10
+
+
+def test_disk_cache_checks_entries(tmp_path: Path) -> None:
+    assert unseal(seal(b"tile")) == b"tile"
+    assert unseal(seal(b"tile")[:-1]) is None
+    disk = DiskCache(tmp_path / "c", 1 << 20)
+    assert (tmp_path / "c").stat().st_mode & 0o777 == 0o700
+    disk.put("k", b"data")
+    assert disk.get("k") == b"data"
+    disk._store.set("k", seal(b"data")[:-2] + b"XY")  # damage the content
+    assert disk.get("k") is None and disk.dropped == 1
+    assert disk.get("k") is None  # dropped for good
+
+
+def test_single_flight_shares_one_computation() -> None:
+    flights: SingleFlight[int] = SingleFlight()
+    calls = []
+
+    def compute() -> int:
+        calls.append(1)
+        time.sleep(0.1)
+        return 42
+
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(flights.run("k", compute)))
+               for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [42] * 5 and len(calls) == 1
+
+
+def test_next_utc_midnight() -> None:
+    assert next_utc_midnight(86400 * 10 + 5) == 86400 * 11
+
+
+class FakeLoader:
+    """Records prefetch calls; its staging area is a real ByteLRU."""
+
+    def __init__(self) -> None:
+        self.staged = ByteLRU(1 << 20)
+        self.fetched: list[int] = []
+
+    def prefetch(self, slide: Any, frames: list[FrameRef]) -> None:
+        self.fetched += [frame.number for frame in frames]
+
+
+def _grid(count: int) -> list[TilePosition]:
+    return [TilePosition(i, 0, FrameRef("i", i + 1)) for i in range(count)]
+
+
+def test_readahead_follows_sequential_reads_only() -> None:
+    loader = FakeLoader()
+    readahead = ReadAhead(loader, ReadAheadSettings(workers=1))  # type: ignore[arg-type]
+    tiles = _grid(1000)
+    for index in (500, 17, 901, 3, 640):  # random: no read-ahead
+        readahead.on_open(None, tiles, index)  # type: ignore[arg-type]
+    assert readahead.scheduled_tiles == 0
+    for index in range(10):
+        readahead.on_open(None, tiles, index)  # type: ignore[arg-type]
+    readahead.close()
+    assert readahead.scheduled_tiles > 16
+    assert readahead.scheduled_tiles <= 2 * (10 + 256)  # streams may overlap; loader skips
+
+
+def test_readahead_stops_when_staging_is_full() -> None:
+    loader = FakeLoader()
+    loader.staged.put("x", b"x" * (900 << 10))
+    readahead = ReadAhead(loader, ReadAheadSettings(workers=1))  # type: ignore[arg-type]
+    tiles = _grid(100)
+    for index in range(10):
+        readahead.on_open(None, tiles, index)  # type: ignore[arg-type]
+    assert readahead.scheduled_tiles == 0
