@@ -39,7 +39,8 @@ def catalog_mount(relay, mount_idcfs, test_slides, tmp_path):  # type: ignore[no
 
 
 def test_catalog_tree_has_collections_and_studies(catalog_mount) -> None:
-    assert sorted(os.listdir(catalog_mount.path)) == ["collections", "studies"]
+    shown = sorted(os.listdir(catalog_mount.path))
+    assert shown == [".idcfs-stats.json", "collections", "studies"]
     assert sorted(os.listdir(catalog_mount.path / "collections")) == ["demo_a", "demo_b"]
     info = json.loads((catalog_mount.path / "collections" / "demo_a" / "collection.json")
                       .read_text())

@@ -32,7 +32,7 @@ def test_studies_tree_holds_exactly_the_wsi_series(mounted, orthanc) -> None:
         for series in study.iterdir()
     }
     assert shown == wsi_series_on_server(orthanc.dicomweb_url)
-    assert sorted(os.listdir(mounted.path)) == ["studies"]
+    assert sorted(os.listdir(mounted.path)) == [".idcfs-stats.json", "studies"]
 
 
 def test_levels_associated_images_and_slide_json(mounted, test_slides) -> None:

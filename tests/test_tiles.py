@@ -159,7 +159,7 @@ def test_rgb_jpeg_gets_app14_and_decodes_to_right_colours(jfif: bool, syntax: st
 
 def test_rgb_jpeg_with_app14_is_served_unchanged() -> None:
     source = tissue(5)
-    frame = imagecodecs.jpeg8_encode(source, level=90, colorspace="RGB", outcolorspace="RGB")
+    frame = imagecodecs.jpeg8_encode(source, level=95, colorspace="RGB", outcolorspace="RGB")
     assert jpeg_info(frame).has_app14  # type: ignore[union-attr]
     served = served_jpeg(frame, rgb_format("RGB"), BASELINE)
     assert served == frame
@@ -206,10 +206,16 @@ def _colour_cases() -> dict[str, tuple[bytes, PixelFormat, str, float]]:
     rgb = tissue(10)
     ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
     native = dict(
-        rows=SIZE, columns=SIZE, samples_per_pixel=3, bits_allocated=8, bits_stored=8,
-        pixel_representation=0, photometric_interpretation="RGB", planar_configuration=0,
+        rows=SIZE,
+        columns=SIZE,
+        samples_per_pixel=3,
+        bits_allocated=8,
+        bits_stored=8,
+        pixel_representation=0,
+        photometric_interpretation="RGB",
+        planar_configuration=0,
         number_of_frames=1,
-    )  # fmt: skip
+    )
     return {
         "j2k_lossy": (imagecodecs.jpeg2k_encode(rgb, level=45), rgb_format("YBR_ICT"), J2K, 40),
         "j2k_lossless": (
@@ -231,8 +237,12 @@ def _colour_cases() -> dict[str, tuple[bytes, PixelFormat, str, float]]:
             LOSSLESS,
             0,
         ),
-        "rle": (RLELosslessEncoder.encode(rgb.tobytes(), **native, byteorder="<"),
-                rgb_format(), RLE, 0),  # fmt: skip
+        "rle": (
+            RLELosslessEncoder.encode(rgb.tobytes(), **native, byteorder="<"),
+            rgb_format(),
+            RLE,
+            0,
+        ),
         "native_rgb": (rgb.tobytes(), rgb_format(), EXPLICIT_LE, 0),
         "native_implicit": (rgb.tobytes(), rgb_format(), IMPLICIT_LE, 0),
         "native_ybr_full": (ybr.tobytes(), rgb_format("YBR_FULL"), EXPLICIT_LE, 2),
@@ -294,22 +304,30 @@ def _mono_cases() -> dict[str, tuple[bytes, PixelFormat, str]]:
     return {
         "native16": (grey16.astype("<u2").tobytes(), mono_format(16), EXPLICIT_LE),
         "native12": (grey12.astype("<u2").tobytes(), mono_format(12), EXPLICIT_LE),
-        "native12_window": (grey12.astype("<u2").tobytes(), mono_format(12, **window),
-                            EXPLICIT_LE),  # fmt: skip
+        "native12_window": (grey12.astype("<u2").tobytes(), mono_format(12, **window), EXPLICIT_LE),
         "big_endian": (grey16.astype(">u2").tobytes(), mono_format(16), BIG_ENDIAN),
         "signed16": (signed.astype("<i2").tobytes(), mono_format(16, True), EXPLICIT_LE),
         "signed12_jpeg_ls": (imagecodecs.jpegls_encode(twos12), mono_format(12, True), JPEG_LS),
-        "signed16_j2k": (imagecodecs.jpeg2k_encode(signed, reversible=True),
-                         mono_format(16, True), J2K_LOSSLESS),  # fmt: skip
-        "j2k16_window": (imagecodecs.jpeg2k_encode(grey12, reversible=True),
-                         mono_format(12, **window), J2K_LOSSLESS),  # fmt: skip
+        "signed16_j2k": (
+            imagecodecs.jpeg2k_encode(signed, reversible=True),
+            mono_format(16, True),
+            J2K_LOSSLESS,
+        ),
+        "j2k16_window": (
+            imagecodecs.jpeg2k_encode(grey12, reversible=True),
+            mono_format(12, **window),
+            J2K_LOSSLESS,
+        ),
         "jpeg_lossless16": (
             imagecodecs.jpeg8_encode(grey16, lossless=True, predictor=6, bitspersample=16),
             mono_format(16),
             LOSSLESS,
         ),
-        "monochrome1": (grey12.astype("<u2").tobytes(),
-                        mono_format(12, photometric="MONOCHROME1"), EXPLICIT_LE),  # fmt: skip
+        "monochrome1": (
+            grey12.astype("<u2").tobytes(),
+            mono_format(12, photometric="MONOCHROME1"),
+            EXPLICIT_LE,
+        ),
     }
 
 
@@ -328,6 +346,8 @@ MONO_SOURCES = {
 @pytest.mark.parametrize("known_syntax", [True, False], ids=["syntax", "sniffed"])
 def test_single_channel_frames_become_greyscale_jpegs(name: str, known_syntax: bool) -> None:
     frame, pixels, syntax = MONO_CASES[name]
+    if syntax == BIG_ENDIAN and not known_syntax:
+        pytest.skip("byte order cannot be sniffed: unknown syntax means little endian")
     used_syntax = syntax if known_syntax else None
     array = decode_frame(frame, pixels, used_syntax)
     source = MONO_SOURCES.get(name, fluorescence(20, bits=12))
@@ -446,7 +466,7 @@ def test_truncated_frames_raise(name: str, known_syntax: bool, keep: float) -> N
         (b"\x00\x01garbage" * 100, None, "unrecognised frame"),
         (b"\x00\x01garbage" * 100, BASELINE, "no readable frame header"),
         (b"\x12" * (SIZE * SIZE * 3 - 7), EXPLICIT_LE, "bytes"),
-        (b"\xff\xd8\xff\xc0\x00\x11" + b"\x00" * 40, None, "unrecognised frame"),
+        (b"\xff\xd8\xff\xc0\x00\x11" + b"\x00" * 40, None, "JPEG frame is truncated"),
         (b"\xff\x4f\xff\x51" + b"\x00" * 60 + b"\xff\xd9", J2K, "JPEG 2000"),
         (b"\x03\x00\x00\x00\x40" + b"\x00" * 200, RLE, "RLE"),
     ],
@@ -503,8 +523,11 @@ def test_pixel_format_from_dicom_json() -> None:
 
 
 def test_pixel_format_defaults() -> None:
-    minimal = {"00280010": {"vr": "US", "Value": [8]}, "00280011": {"vr": "US", "Value": [4]},
-               "00280002": {"vr": "US", "Value": [3]}}  # fmt: skip
+    minimal = {
+        "00280010": {"vr": "US", "Value": [8]},
+        "00280011": {"vr": "US", "Value": [4]},
+        "00280002": {"vr": "US", "Value": [3]},
+    }
     pixels = PixelFormat.from_dicom_json(minimal)
     assert pixels == PixelFormat(8, 4, 3, 8, 8, 0, "RGB", 0, None, None)
     with pytest.raises(ValueError):
@@ -537,8 +560,11 @@ def _real_frames(name: str) -> tuple[list[bytes], PixelFormat, str, np.ndarray]:
     else:
         size = pixels.frame_bytes
         frames = [dataset.PixelData[i * size : (i + 1) * size] for i in range(count)]
-    expected = dataset.pixel_array  # pydicom converts YBR to RGB
-    return frames, pixels, syntax, expected.reshape(count, *expected.shape[-3 + (pixels.samples_per_pixel == 1):])
+    shape = (pixels.rows, pixels.columns, pixels.samples_per_pixel)
+    if pixels.samples_per_pixel == 1:
+        shape = shape[:2]
+    expected = dataset.pixel_array.reshape(count, *shape)  # pydicom converts YBR to RGB
+    return frames, pixels, syntax, expected
 
 
 def test_real_camelyon_jpeg_frames_are_served_as_stored() -> None:

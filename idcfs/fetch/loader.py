@@ -63,6 +63,8 @@ class TileLoader:
         self.quality = quality
         self.max_frames_per_request = max_frames_per_request
         self._flights: SingleFlight[bytes] = SingleFlight()
+        self.frames_fetched = 0
+        self.disk_hits = 0
 
     def tile(self, slide: Slide, frame: FrameRef) -> bytes:
         """The served bytes of one tile (may block on disk or network)."""
@@ -101,6 +103,7 @@ class TileLoader:
             return None
         data = self.disk.get(self._disk_key(slide, frame))
         if data is not None:
+            self.disk_hits += 1
             (self.staged if stage else self.cache).put(tile_key(slide, frame), data)
         return data
 
@@ -149,6 +152,7 @@ class TileLoader:
             info = slide.instances[instance_uid]
             for batch in _chunks(numbers, self.max_frames_per_request):
                 raw = self.client.frames(slide.study_uid, slide.series_uid, instance_uid, batch)
+                self.frames_fetched += len(raw)
                 for number, frame in zip(batch, raw, strict=True):
                     ref = FrameRef(instance_uid, number)
                     data = self._convert(frame, info, ref)

@@ -150,7 +150,7 @@ class IdcfsOperations(pyfuse3.Operations):
             data = await self._blocking(f"open {node.name} (inode {inode})", node.content)
         handle = next(self._handles)
         self._open_files[handle] = data
-        return pyfuse3.FileInfo(fh=handle, keep_cache=True, direct_io=False)
+        return pyfuse3.FileInfo(fh=handle, keep_cache=not node.direct_io, direct_io=node.direct_io)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         data = self._open_files.get(fh)

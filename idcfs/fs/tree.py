@@ -22,6 +22,7 @@ from idcfs.slide.model import AssociatedImage, Level, Slide, TileGrid
 from idcfs.slide.store import SlideStore
 
 ROOT_INODE = 1
+STATS_FILE = ".idcfs-stats.json"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Node:
 
 class FileNode(Node):
     """A regular file whose bytes may have to be fetched."""
+
+    direct_io = False  # True for a file whose content changes (no page cache)
 
     def size(self) -> tuple[int, bool]:
         """(size in bytes, whether it is exact)."""
@@ -79,6 +82,25 @@ class StaticFile(FileNode):
 
     def cached_content(self) -> bytes | None:
         return self.data
+
+
+class LiveFile(FileNode):
+    """A small file computed afresh at every open (the statistics file)."""
+
+    direct_io = True
+
+    def __init__(self, name: str, render: Callable[[], bytes]) -> None:
+        super().__init__(name)
+        self.render = render
+
+    def size(self) -> tuple[int, bool]:
+        return len(self.render()), False
+
+    def content(self) -> bytes:
+        return self.render()
+
+    def cached_content(self) -> bytes | None:
+        return self.render()
 
 
 class FetchedFile(FileNode):
@@ -256,7 +278,22 @@ class Tree:
         if self.catalog.has_collections():
             children.append(DirNode("collections", self._collections))
         children.append(DirNode("studies", lambda: self._studies(None)))
+        children.append(LiveFile(STATS_FILE, lambda: json_bytes(self.statistics())))
         return children
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters of this mount (the hidden /.idcfs-stats.json)."""
+        loader = self.loader
+        return {
+            "requests_sent": loader.client.requests_sent,
+            "frames_fetched": loader.frames_fetched,
+            "memory_cache": {"hits": loader.cache.hits, "misses": loader.cache.misses,
+                             "bytes": loader.cache.current_bytes,
+                             "max_bytes": loader.cache.max_bytes},
+            "readahead_staged_bytes": loader.staged.current_bytes,
+            "readahead_scheduled_tiles": self.readahead.scheduled_tiles if self.readahead else 0,
+            "disk_cache_hits": loader.disk_hits,
+        }
 
     def _collections(self) -> list[Node]:
         return [

@@ -134,9 +134,7 @@ def _ybr_to_rgb(array: np.ndarray, pixels: PixelFormat) -> np.ndarray:
     half = float(1 << (bits - 1))
     ybr = array.astype(np.float64)
     y, cb, cr = ybr[..., 0], ybr[..., 1] - half, ybr[..., 2] - half
-    rgb = np.stack(
-        [y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1
-    )
+    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
     return np.clip(np.rint(rgb), 0, (1 << bits) - 1).astype(array.dtype)
 
 
