@@ -133,7 +133,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     log.info("mounted %s from %s", config.mountpoint, config.server_url)
     on_ready()
     try:
-        trio.run(_main_until_signal)
+        trio.run(main_until_signal)
     finally:
         pyfuse3.close(unmount=True)
         _close(operations)
@@ -149,7 +149,8 @@ def _close(operations: IdcfsOperations) -> None:
     tree.loader.client.close()
 
 
-async def _main_until_signal() -> None:
+async def main_until_signal() -> None:
+    """Run the FUSE loop until it ends or SIGINT/SIGTERM/SIGHUP arrives."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         await pyfuse3.main(min_tasks=4, max_tasks=FUSE_MAX_TASKS)

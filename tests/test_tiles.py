@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from pathlib import Path
 
 import imagecodecs
@@ -36,6 +37,7 @@ RLE = "1.2.840.10008.1.2.5"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
 SIZE = 256
 MIN_PSNR = 40.0
 REAL_DIR = Path(__file__).parent / "data" / "real"
@@ -155,6 +157,8 @@ def test_rgb_jpeg_gets_app14_and_decodes_to_right_colours(jfif: bool, syntax: st
     error = np.abs(decoded(served).astype(float) - source)
     assert error.mean() < 2.0 and np.percentile(error, 99) < 10
     assert psnr(decoded(served), source) > 40
+    rgb = decode_frame(frame, rgb_format("RGB"), syntax)
+    assert np.abs(rgb.astype(float) - source).mean() < 2.0
 
 
 def test_rgb_jpeg_with_app14_is_served_unchanged() -> None:
@@ -168,7 +172,8 @@ def test_rgb_jpeg_with_app14_is_served_unchanged() -> None:
 
 def test_with_rgb_app14_drops_jfif_next_to_an_existing_app14() -> None:
     frame = rgb_components_jpeg(tissue(6), jfif=True)
-    both = frame[:2] + with_rgb_app14(frame[:2] + frame[20:])[2:18] + frame[2:]
+    adobe = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # transform 0
+    both = frame[:2] + adobe + frame[2:]
     info = jpeg_info(both)
     assert info is not None and info.has_app14 and info.has_jfif
     fixed = with_rgb_app14(both)
@@ -280,6 +285,15 @@ def test_native_ybr_full_422_is_upsampled_to_rgb() -> None:
     assert array.shape == rgb.shape
     assert psnr(array, rgb) > 30  # chroma was halved horizontally
     assert _served_psnr(frame, rgb_format("YBR_FULL_422"), EXPLICIT_LE) >= MIN_PSNR
+
+
+def test_deflated_syntax_frame_is_inflated_when_needed() -> None:
+    rgb = tissue(12, size=64)
+    pixels = PixelFormat(64, 64, 3, 8, 8)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = deflater.compress(rgb.tobytes()) + deflater.flush()
+    for frame in (rgb.tobytes(), deflated):
+        assert np.array_equal(decode_frame(frame, pixels, DEFLATED), rgb)
 
 
 @pytest.mark.parametrize("syntax", [EXTENDED, None])

@@ -2,7 +2,8 @@
 
 imagecodecs does the compressed formats (libjpeg-turbo, jpegsof3/liblj92, CharLS,
 OpenJPEG/OpenJPH, libjxl); pydicom does uncompressed and RLE frames, whose sample
-layouts (planar configuration, YBR_FULL_422, bit masks, signedness) it knows.
+layouts (planar configuration, YBR_FULL_422, bit masks, signedness) it knows; it is
+imported on first use (0.2 s), as most frames never need it.
 Every decoder returns HxW or HxWxC samples as the photometric interpretation says;
 `decode_samples` then converts YBR to RGB and applies the pixel representation.
 """
@@ -14,11 +15,9 @@ from collections.abc import Callable
 
 import imagecodecs
 import numpy as np
-from pydicom.encaps import encapsulate
-from pydicom.pixels import get_decoder
 
 from idcfs.tiles.errors import TileDecodeError
-from idcfs.tiles.jpeg_markers import jpeg_info, with_rgb_app14
+from idcfs.tiles.jpeg_markers import ends_with_marker, jpeg_info, with_rgb_app14
 from idcfs.tiles.pixels import PixelFormat
 from idcfs.tiles.sniff import BIG_ENDIAN, DEFLATED, J2K_CODESTREAM, Codec, codec_for
 
@@ -57,10 +56,14 @@ def _native(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> n
 
 
 def _rle(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> np.ndarray:
+    from pydicom.encaps import encapsulate
+
     return _ybr_to_rgb(_pydicom(encapsulate([frame]), pixels, RLE_SYNTAX), pixels)
 
 
 def _pydicom(data: bytes, pixels: PixelFormat, syntax: str) -> np.ndarray:
+    from pydicom.pixels import get_decoder
+
     array, _ = get_decoder(syntax).as_array(
         data,
         rows=pixels.rows,
@@ -122,7 +125,7 @@ def _jxl(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> np.n
 
 
 def _require_end_marker(frame: bytes, name: str) -> None:
-    if not frame.rstrip(b"\0").endswith(END_MARKER):
+    if not ends_with_marker(frame, END_MARKER):
         raise TileDecodeError(f"{name} frame is truncated: it does not end with an EOI/EOC marker")
 
 

@@ -109,8 +109,16 @@ def jpeg_info(frame: bytes) -> JpegInfo | None:
         width=width,
         adobe_transform=transform,
         has_sos=sos,
-        has_eoi=frame.rstrip(b"\0").endswith(EOI),
+        has_eoi=ends_with_marker(frame, EOI),
     )
+
+
+def ends_with_marker(data: bytes, marker: bytes) -> bool:
+    """True when `data` ends with `marker`, ignoring zero padding after it."""
+    end = len(data)
+    while end and data[end - 1] == 0:
+        end -= 1
+    return data[max(0, end - len(marker)) : end] == marker
 
 
 def with_rgb_app14(frame: bytes) -> bytes:

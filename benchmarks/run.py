@@ -1,0 +1,330 @@
+"""The idcfs benchmark (issue 4): idcfs against direct DICOMweb clients, same server, same
+tiles, through a loopback relay adding WAN latency.
+
+    python -m benchmarks.run [--rtt 0,20,100] [--quick]
+
+Starts its own Orthanc (temp dir) with a generated slide whose base level has >= 3,000
+JPEG tiles, then for each RTT runs (a)-(d) and (e)-(h) and prints tiles/s, MB/s, the
+ratios of each idcfs figure to (d) and to (a), requests sent and the daemon's peak RSS.
+Results also go to benchmarks/results/latest.json and latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from idcfs.testing.orthanc import OrthancServer
+from idcfs.testing.relay import TcpLatencyRelay
+from idcfs.testing.slides import write_pyramid_level
+
+from benchmarks.clients import (
+    Result,
+    Target,
+    dicomweb_client_frames,
+    raw_batched,
+    single_get_latency,
+    wsidicom_loop,
+)
+from idcfs.cli import is_mounted
+
+RESULTS = Path(__file__).parent / "results"
+CACHE_SIZE = "128M"
+STATS = ".idcfs-stats.json"
+
+
+@dataclass
+class Row:
+    rtt_ms: int
+    name: str
+    tiles: int
+    seconds: float
+    nbytes: int
+    requests: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds else 0.0
+
+
+class Mounted:
+    """An idcfs daemon started for one scenario, stopped by its PID's unmount."""
+
+    def __init__(self, url: str, work: Path, *options: str) -> None:
+        self.path = Path(tempfile.mkdtemp(dir=work, prefix="mnt-"))
+        pid_file = self.path.with_suffix(".pid")
+        command = [sys.executable, "-m", "idcfs", "mount", "--url", url, "--cache-size",
+                   CACHE_SIZE, "--log-file", str(self.path.with_suffix(".log")),
+                   "--pid-file", str(pid_file), *options, str(self.path)]
+        subprocess.run(command, check=True, timeout=120)
+        self.pid = int(pid_file.read_text())
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads((self.path / STATS).read_text())
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def close(self) -> None:
+        subprocess.run([sys.executable, "-m", "idcfs", "unmount", str(self.path)], check=False)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and Path(f"/proc/{self.pid}").exists():
+            time.sleep(0.05)
+
+
+def read_files(paths: list[Path], threads: int = 1) -> tuple[int, list[float]]:
+    """Read every file completely; (total bytes, per-file seconds)."""
+    def read(path: Path) -> tuple[int, float]:
+        start = time.perf_counter()
+        with open(path, "rb") as handle:
+            size = len(handle.read())
+        return size, time.perf_counter() - start
+
+    if threads == 1:
+        results = [read(path) for path in paths]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(read, paths))
+    return sum(size for size, _ in results), [seconds for _, seconds in results]
+
+
+def parallel_slices(paths: list[Path], readers: int) -> int:
+    """`readers` threads, each reading its own contiguous slice in order."""
+    share = -(-len(paths) // readers)
+    slices = [paths[i : i + share] for i in range(0, len(paths), share)]
+    with ThreadPoolExecutor(readers) as pool:
+        return sum(pool.map(lambda part: read_files(part)[0], slices))
+
+
+def level_dir(mount: Mounted, study: str, series: str) -> Path:
+    series_dir = mount.path / "studies" / study / series
+    os.listdir(series_dir)  # one metadata request, not timed
+    return series_dir / "level-0"
+
+
+def idcfs_rows(rtt: int, url: str, target: Target, work: Path, random_reads: int) -> list[Row]:
+    rows: list[Row] = []
+    # (e) cp -r, then (h) warm from memory in the same mount
+    mount = Mounted(url, work)
+    level = level_dir(mount, target.study_uid, target.series_uid)
+    destination = work / f"copy-{rtt}"
+    start = time.perf_counter()
+    subprocess.run(["cp", "-r", str(level), str(destination)], check=True)
+    seconds = time.perf_counter() - start
+    copied = sum(p.stat().st_size for p in destination.iterdir())
+    stats = mount.stats()
+    rows.append(Row(rtt, "(e) idcfs cp -r level-0", len(target.frame_numbers), seconds, copied,
+                    stats["requests_sent"], {"peak_rss_mb": mount.peak_rss_mb()}))
+    paths = sorted(level.iterdir())
+    start = time.perf_counter()
+    nbytes, _ = read_files(paths)
+    rows.append(Row(rtt, "(h) idcfs warm, memory", len(paths), time.perf_counter() - start,
+                    nbytes, mount.stats()["requests_sent"] - stats["requests_sent"]))
+    mount.close()
+    shutil.rmtree(destination)
+    rows.append(_ls_cold(rtt, url, target, work))
+    rows.append(_parallel_readers(rtt, url, target, work))
+    rows.append(_random_reads(rtt, url, target, work, random_reads))
+    rows.append(_warm_disk(rtt, url, target, work))
+    return rows
+
+
+def _ls_cold(rtt: int, url: str, target: Target, work: Path) -> Row:
+    mount = Mounted(url, work)
+    level = level_dir(mount, target.study_uid, target.series_uid)
+    before = mount.stats()["frames_fetched"]
+    start = time.perf_counter()
+    listing = subprocess.run(["ls", "-l", str(level)], check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    frames = mount.stats()["frames_fetched"] - before
+    mount.close()
+    entries = len(listing.stdout.splitlines()) - 1
+    return Row(rtt, "(e') idcfs ls -l level-0, cold", entries, seconds, 0, frames,
+               {"frame_requests": frames})
+
+
+def _parallel_readers(rtt: int, url: str, target: Target, work: Path) -> Row:
+    mount = Mounted(url, work)
+    paths = sorted(level_dir(mount, target.study_uid, target.series_uid).iterdir())
+    start = time.perf_counter()
+    nbytes = parallel_slices(paths, 8)
+    seconds = time.perf_counter() - start
+    row = Row(rtt, "(f) idcfs 8 parallel readers", len(paths), seconds, nbytes,
+              mount.stats()["requests_sent"], {"peak_rss_mb": mount.peak_rss_mb()})
+    mount.close()
+    return row
+
+
+def _random_reads(rtt: int, url: str, target: Target, work: Path, count: int) -> Row:
+    mount = Mounted(url, work)
+    paths = sorted(level_dir(mount, target.study_uid, target.series_uid).iterdir())
+    chosen = random.Random(4).sample(paths, min(count, len(paths)))
+    start = time.perf_counter()
+    nbytes, latencies = read_files(chosen, threads=8)
+    seconds = time.perf_counter() - start
+    single = single_get_latency(target)
+    median = statistics.median(latencies)
+    row = Row(rtt, "(g) idcfs random reads x8", len(chosen), seconds, nbytes,
+              mount.stats()["requests_sent"],
+              {"median_latency_ms": median * 1000, "single_get_ms": single * 1000,
+               "bar_ms": (1.2 * single + 0.003) * 1000})
+    mount.close()
+    return row
+
+
+def _warm_disk(rtt: int, url: str, target: Target, work: Path) -> Row:
+    cache_dir = work / f"disk-cache-{rtt}"
+    first = Mounted(url, work, "--cache-dir", str(cache_dir))
+    read_files(sorted(level_dir(first, target.study_uid, target.series_uid).iterdir()))
+    first.close()
+    mount = Mounted(url, work, "--cache-dir", str(cache_dir))
+    paths = sorted(level_dir(mount, target.study_uid, target.series_uid).iterdir())
+    start = time.perf_counter()
+    nbytes, _ = read_files(paths)
+    row = Row(rtt, "(h') idcfs warm, disk (remount)", len(paths), time.perf_counter() - start,
+              nbytes, mount.stats()["requests_sent"])
+    mount.close()
+    return row
+
+
+def direct_rows(rtt: int, target: Target, slow_tiles: int) -> list[Row]:
+    results: list[Result] = [
+        wsidicom_loop(target, slow_tiles),
+        dicomweb_client_frames(target, slow_tiles, threads=1),
+        dicomweb_client_frames(target, slow_tiles * 4, threads=8),
+        raw_batched(target),
+    ]
+    return [Row(rtt, r.name, r.tiles, r.seconds, r.nbytes, r.requests) for r in results]
+
+
+def memfs_ceiling(sizes: list[int], work: Path) -> Row:
+    """Warm-read ceiling: the same reader over an in-memory pyfuse3 filesystem."""
+    mountpoint = work / "memfs"
+    mountpoint.mkdir()
+    sizes_file = work / "sizes.json"
+    sizes_file.write_text(json.dumps(sizes))
+    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("memfs.py")),
+                                str(mountpoint), str(sizes_file)])
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(mountpoint) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        paths = sorted(mountpoint.iterdir())
+        read_files(paths)  # first pass fills the page cache, as idcfs's first read does
+        start = time.perf_counter()
+        nbytes, _ = read_files(paths)
+        return Row(-1, "ceiling: in-memory pyfuse3 fs", len(paths), time.perf_counter() - start,
+                   nbytes)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def build_target(url: str, slide: Any) -> Target:
+    """The base level of the generated slide, tiles in frame order."""
+    import pydicom
+
+    base = max((pydicom.dcmread(path, stop_before_pixels=True) for path in slide.files),
+               key=lambda ds: int(ds.TotalPixelMatrixColumns))
+    columns = -(-int(base.TotalPixelMatrixColumns) // int(base.Columns))
+    frames = int(base.NumberOfFrames)
+    return Target(url, slide.study_uid, slide.series_uid, base.SOPInstanceUID,
+                  tuple(range(1, frames + 1)),
+                  tuple((i % columns, i // columns) for i in range(frames)))
+
+
+def print_table(rows: list[Row]) -> str:
+    lines = [
+        "| RTT ms | scenario | tiles | s | tiles/s | MB/s | x (d) | x (a) | requests | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        same_rtt = [r for r in rows if r.rtt_ms == row.rtt_ms]
+        raw = next((r.tiles_per_s for r in same_rtt if r.name.startswith("(d)")), None)
+        wsi = next((r.tiles_per_s for r in same_rtt if r.name.startswith("(a)")), None)
+        notes = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in row.extra.items())
+        lines.append(
+            f"| {row.rtt_ms if row.rtt_ms >= 0 else '-'} | {row.name} | {row.tiles} | "
+            f"{row.seconds:.3f} | {row.tiles_per_s:.0f} | {row.nbytes / row.seconds / 1e6:.1f} | "
+            f"{_ratio(row.tiles_per_s, raw)} | {_ratio(row.tiles_per_s, wsi)} | "
+            f"{row.requests if row.requests is not None else ''} | {notes} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+def _ratio(value: float, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if reference else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rtt", default="0,20,100", help="RTTs in ms, comma-separated")
+    parser.add_argument("--quick", action="store_true", help="fewer tiles for the slow clients")
+    parser.add_argument("--columns", type=int, default=60, help="base level tile columns")
+    parser.add_argument("--rows", type=int, default=52, help="base level tile rows")
+    args = parser.parse_args()
+    slow_tiles = 60 if args.quick else 200
+    random_reads = 500 if args.quick else 2000
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="idcfs-bench-") as scratch:
+        work = Path(scratch)
+        slide = write_pyramid_level(work / "slide", "bench", args.columns * 256, args.rows * 256)
+        with OrthancServer() as orthanc:
+            orthanc.upload(slide.files)
+            target = build_target(orthanc.dicomweb_url, slide)
+            sizes = [len(f) for f in _frames(target)]
+            rows.append(memfs_ceiling(sizes, work))
+            for rtt in (int(value) for value in args.rtt.split(",")):
+                with TcpLatencyRelay("127.0.0.1", orthanc.port, rtt / 1000) as relay:
+                    url = relay.url + "/dicom-web"
+                    routed = Target(url, *list(target.__dict__.values())[1:])
+                    rows += direct_rows(rtt, routed, slow_tiles)
+                    rows += idcfs_rows(rtt, url, routed, work, random_reads)
+                    print_table(rows)
+    _save(rows, print_table(rows))
+
+
+def _frames(target: Target) -> list[bytes]:
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(target.url)
+    frames: list[bytes] = []
+    numbers = list(target.frame_numbers)
+    for first in range(0, len(numbers), 256):
+        frames += client.retrieve_instance_frames(
+            target.study_uid, target.series_uid, target.instance_uid,
+            frame_numbers=numbers[first : first + 256],
+            media_types=(("application/octet-stream", "*"),))
+    return frames
+
+
+def _save(rows: list[Row], table: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    (RESULTS / "latest.md").write_text(f"commit {commit}\n\n{table}\n")
+    (RESULTS / "latest.json").write_text(json.dumps(
+        {"commit": commit, "rows": [row.__dict__ for row in rows]}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
