@@ -221,5 +221,5 @@ def parse_json_list(body: bytes, what: str) -> list[dict[str, Any]]:
 
 
 def _short(body: bytes) -> str:
-    text = body[:200].decode("utf-8", "replace").replace("\n", " ")
+    text = " ".join(body[:300].decode("utf-8", "replace").split())
     return f"({text})" if text else ""
