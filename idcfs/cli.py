@@ -118,7 +118,7 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
                        "yet (default 64M; 0 turns read-ahead off)", dest="readahead_size")
     mount.add_argument("--quality", type=quality, default=None, metavar="Q",
                        help="JPEG quality for tiles that must be re-encoded "
-                       "(non-JPEG transfer syntaxes; default 95, 4:4:4)")
+                       "(non-JPEG transfer syntaxes; default 97, 4:4:4 chroma)")
     mount.add_argument("--max-connections", type=positive_int, default=8, metavar="N",
                        help="concurrent HTTP requests to the server (default 8; at most 16 "
                        "for IDC)")

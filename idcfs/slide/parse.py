@@ -51,7 +51,8 @@ class Placement:
 
 def parse_slide(study_uid: str, series_uid: str, metadata: Sequence[DicomJson]) -> Slide:
     """The slide model of a series; FetchError when it holds no usable WSI instance."""
-    pairs = [(read_instance(meta), meta) for meta in metadata if _is_wsi(meta)]
+    pairs = [(info, meta) for meta in metadata if _is_wsi(meta)
+             for info in _readable_instance(meta)]
     if not pairs:
         raise FetchError(f"series {series_uid} has no whole-slide image instances")
     infos = {info.uid: info for info, _ in pairs}
@@ -70,6 +71,15 @@ def parse_slide(study_uid: str, series_uid: str, metadata: Sequence[DicomJson]) 
         focal_planes=[key[1] if key[0] == 0 else None for key in plane_keys],
         optical_paths=paths,
     )
+
+
+def _readable_instance(meta: DicomJson) -> list[InstanceInfo]:
+    """[the instance's facts], or [] (with a warning) when its pixel description is unusable."""
+    try:
+        return [read_instance(meta)]
+    except (ValueError, TypeError) as error:
+        log.warning("instance %s skipped: %s", first_value(meta, "00080018"), error)
+        return []
 
 
 def read_instance(meta: DicomJson) -> InstanceInfo:
