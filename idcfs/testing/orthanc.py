@@ -1,0 +1,246 @@
+"""A throw-away Orthanc DICOMweb server for tests and benchmarks.
+
+`OrthancServer` runs Debian's ``Orthanc`` binary as a plain child process with a JSON
+configuration written into its own temporary directory (storage and index live there
+too), on a free loopback port, with the DICOMweb plugin enabled at ``/dicom-web/``, no
+DICOM network server and no authentication. Stopping it ends only that child process.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+ORTHANC_BINARY = "Orthanc"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+STARTUP_TIMEOUT_S = 30.0
+UPLOAD_TIMEOUT_S = 120.0
+LOG_TAIL_LINES = 40
+START_ATTEMPTS = 3
+
+
+class OrthancError(RuntimeError):
+    """Orthanc could not be started, or refused an upload."""
+
+
+def orthanc_binary() -> str | None:
+    """Full path of the Orthanc executable, or None when it is not installed."""
+    return shutil.which(ORTHANC_BINARY) or shutil.which(ORTHANC_BINARY, path="/usr/sbin")
+
+
+def orthanc_available() -> bool:
+    """True when both the Orthanc binary and its DICOMweb plugin are installed."""
+    return orthanc_binary() is not None and DICOMWEB_PLUGIN.is_file()
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def orthanc_config(work_dir: Path, port: int) -> dict[str, object]:
+    """The configuration: fast, quiet, loopback only, DICOMweb on, nothing persistent."""
+    return {
+        "Name": "idcfs-test",
+        "StorageDirectory": str(work_dir / "storage"),
+        "IndexDirectory": str(work_dir / "index"),
+        "StorageCompression": False,
+        "HttpServerEnabled": True,
+        "HttpPort": port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": False,
+        "KeepAlive": True,
+        "TcpNoDelay": True,
+        "HttpThreadsCount": 32,
+        "HttpTimeout": 60,
+        "HttpCompressionEnabled": False,
+        "SaveJobs": False,
+        "ConcurrentJobs": 1,
+        "LimitFindResults": 0,
+        "LimitFindInstances": 0,
+        "OverwriteInstances": False,
+        "StableAge": 3600,
+        "ExecuteLuaEnabled": False,
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": False,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        },
+    }
+
+
+class OrthancServer:
+    """One Orthanc child process: its URLs, uploads into it, and stopping it.
+
+    Use as a context manager, or call `start()` / `stop()`. Holds the temporary
+    directory (configuration, storage, index, log) that is removed on stop.
+    """
+
+    def __init__(self, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        self.startup_timeout_s = startup_timeout_s
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._work_dir: Path | None = None
+        self._log_path: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        """Root of Orthanc's REST API, e.g. http://127.0.0.1:8042."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """DICOMweb root (QIDO/WADO/STOW), e.g. http://127.0.0.1:8042/dicom-web."""
+        return f"{self.base_url}/dicom-web"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the Orthanc child process while it runs."""
+        return self._process.pid if self._process else None
+
+    def __enter__(self) -> OrthancServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start Orthanc and wait (bounded) until its REST API answers."""
+        binary = orthanc_binary()
+        if binary is None or not DICOMWEB_PLUGIN.is_file():
+            raise OrthancError("Orthanc or its DICOMweb plugin is not installed")
+        self._work_dir = Path(tempfile.mkdtemp(prefix="idcfs-orthanc-"))
+        for attempt in range(START_ATTEMPTS):
+            self._launch(binary)
+            if self._wait_until_ready():
+                return
+            last_attempt = attempt == START_ATTEMPTS - 1
+            if last_attempt or not self._lost_port_race():
+                break
+        message = f"Orthanc did not answer on port {self.port}:\n{self.log_tail()}"
+        self.stop()
+        raise OrthancError(message)
+
+    def _launch(self, binary: str) -> None:
+        assert self._work_dir is not None
+        self._end_process()
+        self.port = free_port()
+        config_path = self._work_dir / "orthanc.json"
+        config_path.write_text(json.dumps(orthanc_config(self._work_dir, self.port), indent=2))
+        self._log_path = self._work_dir / "orthanc.log"
+        with self._log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [binary, "--no-jobs", str(config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self._work_dir,
+            )
+
+    def _wait_until_ready(self) -> bool:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                return False
+            if self._answers():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _answers(self) -> bool:
+        try:
+            status, _ = self._request("GET", "/system", timeout=2.0)
+        except OSError:
+            return False
+        return status == 200
+
+    def _lost_port_race(self) -> bool:
+        """True when Orthanc exited because another process took its port first."""
+        return self._process is not None and self._process.poll() is not None and any(
+            word in self.log_tail() for word in ("port", "bind", "Address already in use")
+        )
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of Orthanc's own log (stdout and stderr)."""
+        if self._log_path is None or not self._log_path.exists():
+            return "(no Orthanc log)"
+        text = self._log_path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
+    ) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, body=body)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def upload(self, paths: Iterable[os.PathLike[str] | str]) -> None:
+        """Store DICOM files (POST /instances); a file already stored is not an error."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=UPLOAD_TIMEOUT_S)
+        try:
+            for path in paths:
+                self._upload_one(connection, Path(path))
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _upload_one(connection: http.client.HTTPConnection, path: Path) -> None:
+        headers = {"Content-Type": "application/dicom"}
+        connection.request("POST", "/instances", body=path.read_bytes(), headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise OrthancError(f"upload of {path} failed: HTTP {response.status} {body[:300]!r}")
+        status = json.loads(body).get("Status")
+        if status not in ("Success", "AlreadyStored"):
+            raise OrthancError(f"upload of {path} answered status {status!r}")
+
+    def get_json(self, path: str) -> object:
+        """GET a REST path of Orthanc and decode its JSON answer."""
+        status, body = self._request("GET", path)
+        if status != 200:
+            raise OrthancError(f"GET {path}: HTTP {status} {body[:300]!r}")
+        return json.loads(body)
+
+    def stop(self) -> None:
+        """Terminate the Orthanc process (kill it if it lingers) and remove its files."""
+        self._end_process()
+        if self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None
+
+    def _end_process(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
