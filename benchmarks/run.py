@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from idcfs.testing.orthanc import OrthancServer
 from idcfs.testing.relay import TcpLatencyRelay
 from idcfs.testing.slides import write_pyramid_level
 
@@ -39,6 +38,7 @@ from benchmarks.clients import (
     wsidicom_loop,
 )
 from idcfs.cli import is_mounted
+from idcfs.testing.orthanc import OrthancServer
 
 RESULTS = Path(__file__).parent / "results"
 CACHE_SIZE = "128M"
@@ -112,6 +112,11 @@ def parallel_slices(paths: list[Path], readers: int) -> int:
         return sum(pool.map(lambda part: read_files(part)[0], slices))
 
 
+def listed(folder: Path) -> list[Path]:
+    """A directory's files in readdir order (the order cp, tar and find use)."""
+    return [folder / name for name in os.listdir(folder)]
+
+
 def level_dir(mount: Mounted, study: str, series: str) -> Path:
     series_dir = mount.path / "studies" / study / series
     os.listdir(series_dir)  # one metadata request, not timed
@@ -131,7 +136,7 @@ def idcfs_rows(rtt: int, url: str, target: Target, work: Path, random_reads: int
     stats = mount.stats()
     rows.append(Row(rtt, "(e) idcfs cp -r level-0", len(target.frame_numbers), seconds, copied,
                     stats["requests_sent"], {"peak_rss_mb": mount.peak_rss_mb()}))
-    paths = sorted(level.iterdir())
+    paths = listed(level)
     start = time.perf_counter()
     nbytes, _ = read_files(paths)
     rows.append(Row(rtt, "(h) idcfs warm, memory", len(paths), time.perf_counter() - start,
@@ -161,7 +166,7 @@ def _ls_cold(rtt: int, url: str, target: Target, work: Path) -> Row:
 
 def _parallel_readers(rtt: int, url: str, target: Target, work: Path) -> Row:
     mount = Mounted(url, work)
-    paths = sorted(level_dir(mount, target.study_uid, target.series_uid).iterdir())
+    paths = listed(level_dir(mount, target.study_uid, target.series_uid))
     start = time.perf_counter()
     nbytes = parallel_slices(paths, 8)
     seconds = time.perf_counter() - start
@@ -173,7 +178,7 @@ def _parallel_readers(rtt: int, url: str, target: Target, work: Path) -> Row:
 
 def _random_reads(rtt: int, url: str, target: Target, work: Path, count: int) -> Row:
     mount = Mounted(url, work)
-    paths = sorted(level_dir(mount, target.study_uid, target.series_uid).iterdir())
+    paths = listed(level_dir(mount, target.study_uid, target.series_uid))
     chosen = random.Random(4).sample(paths, min(count, len(paths)))
     start = time.perf_counter()
     nbytes, latencies = read_files(chosen, threads=8)
@@ -191,10 +196,10 @@ def _random_reads(rtt: int, url: str, target: Target, work: Path, count: int) ->
 def _warm_disk(rtt: int, url: str, target: Target, work: Path) -> Row:
     cache_dir = work / f"disk-cache-{rtt}"
     first = Mounted(url, work, "--cache-dir", str(cache_dir))
-    read_files(sorted(level_dir(first, target.study_uid, target.series_uid).iterdir()))
+    read_files(listed(level_dir(first, target.study_uid, target.series_uid)))
     first.close()
     mount = Mounted(url, work, "--cache-dir", str(cache_dir))
-    paths = sorted(level_dir(mount, target.study_uid, target.series_uid).iterdir())
+    paths = listed(level_dir(mount, target.study_uid, target.series_uid))
     start = time.perf_counter()
     nbytes, _ = read_files(paths)
     row = Row(rtt, "(h') idcfs warm, disk (remount)", len(paths), time.perf_counter() - start,
@@ -225,7 +230,7 @@ def memfs_ceiling(sizes: list[int], work: Path) -> Row:
         deadline = time.monotonic() + 30
         while not is_mounted(mountpoint) and time.monotonic() < deadline:
             time.sleep(0.05)
-        paths = sorted(mountpoint.iterdir())
+        paths = listed(mountpoint)
         read_files(paths)  # first pass fills the page cache, as idcfs's first read does
         start = time.perf_counter()
         nbytes, _ = read_files(paths)
