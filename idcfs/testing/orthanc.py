@@ -50,7 +50,10 @@ def free_port() -> int:
 
 
 def orthanc_config(work_dir: Path, port: int) -> dict[str, object]:
-    """The configuration: fast, quiet, loopback only, DICOMweb on, nothing persistent."""
+    """The configuration: fast, quiet, DICOMweb on, no DICOM server, no authentication.
+
+    Orthanc 1.10 cannot bind to loopback only; clients here only ever use 127.0.0.1.
+    """
     return {
         "Name": "idcfs-test",
         "StorageDirectory": str(work_dir / "storage"),
@@ -58,7 +61,7 @@ def orthanc_config(work_dir: Path, port: int) -> dict[str, object]:
         "StorageCompression": False,
         "HttpServerEnabled": True,
         "HttpPort": port,
-        "RemoteAccessAllowed": False,
+        "RemoteAccessAllowed": True,
         "AuthenticationEnabled": False,
         "DicomServerEnabled": False,
         "KeepAlive": True,
@@ -93,6 +96,7 @@ class OrthancServer:
 
     def __init__(self, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         self.startup_timeout_s = startup_timeout_s
+        self.host = "127.0.0.1"
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._work_dir: Path | None = None
@@ -101,7 +105,7 @@ class OrthancServer:
     @property
     def base_url(self) -> str:
         """Root of Orthanc's REST API, e.g. http://127.0.0.1:8042."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def dicomweb_url(self) -> str:
@@ -191,7 +195,7 @@ class OrthancServer:
     def _request(
         self, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
     ) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             connection.request(method, path, body=body)
             response = connection.getresponse()
@@ -201,7 +205,7 @@ class OrthancServer:
 
     def upload(self, paths: Iterable[os.PathLike[str] | str]) -> None:
         """Store DICOM files (POST /instances); a file already stored is not an error."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=UPLOAD_TIMEOUT_S)
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=UPLOAD_TIMEOUT_S)
         try:
             for path in paths:
                 self._upload_one(connection, Path(path))

@@ -1,0 +1,446 @@
+"""Loopback relays that sit between idcfs and a test server.
+
+- `HttpRelay`: an HTTP/1.1 keep-alive forwarding proxy that records every request
+  (method, path) and can answer chosen requests itself with an injected status (429
+  with an HTML body, 500, ...) without contacting the server, and add a delay.
+- `TcpLatencyRelay`: a byte-level TCP relay that delays every chunk by half a round
+  trip in each direction without serialising them (like a long link), and charges a
+  round trip for connection set-up; it counts connections and bytes.
+
+Both listen on a free 127.0.0.1 port chosen at `start()`, serve from a background
+thread, and work as context managers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+UPSTREAM_TIMEOUT_S = 120.0
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+})
+DEFAULT_FAULT_BODY = b"<html><body>injected fault</body></html>"
+TCP_CHUNK = 256 * 1024
+TCP_QUEUE_CHUNKS = 256  # at most 64 MiB in flight per direction
+
+
+class _BackgroundService:
+    """Start/stop/context-manager plumbing shared by both relays."""
+
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        """http://127.0.0.1:PORT of the relay (for TcpLatencyRelay too)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+@dataclass
+class Fault:
+    """An injected answer: the next `remaining` requests whose path holds `path_contains`."""
+
+    status: int
+    remaining: int
+    path_contains: str = ""
+    body: bytes = DEFAULT_FAULT_BODY
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def matches(self, path: str) -> bool:
+        return self.remaining > 0 and self.path_contains in path
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    """The threaded listening server; remembers its relay and open client sockets."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, relay: HttpRelay) -> None:
+        self.relay = relay
+        self.open_sockets: set[socket.socket] = set()
+        self.sockets_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self.sockets_lock:
+            self.open_sockets.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.sockets_lock:
+                self.open_sockets.discard(request)
+
+    def close_client_sockets(self) -> None:
+        with self.sockets_lock:
+            sockets = list(self.open_sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    """Forwards one client connection's requests over one upstream keep-alive connection."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _ProxyServer
+    upstream: http.client.HTTPConnection | None = None
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the relay's record is `HttpRelay.requests`."""
+
+    def do_GET(self) -> None:
+        self._relay_request()
+
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = do_GET
+
+    def finish(self) -> None:
+        super().finish()
+        if self.upstream is not None:
+            self.upstream.close()
+
+    def _relay_request(self) -> None:
+        relay = self.server.relay
+        body = self._read_request_body()
+        fault = relay._record(self.command, self.path)
+        if relay.latency_s > 0:
+            time.sleep(relay.latency_s)
+        if fault is not None:
+            self._answer(fault.status, list(fault.headers.items()), fault.body)
+            return
+        try:
+            status, headers, payload = self._forward(body)
+        except (OSError, http.client.HTTPException) as error:
+            self._drop_upstream()
+            message = f"relay: upstream failed: {error}".encode()
+            self._answer(502, [("Content-Type", "text/plain")], message)
+            return
+        self._answer(status, headers, payload)
+
+    def _read_request_body(self) -> bytes | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else None
+
+    def _forward(self, body: bytes | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Send the request upstream; one retry when a reused connection had gone stale."""
+        reused = self.upstream is not None
+        try:
+            return self._exchange(body)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            self._drop_upstream()
+            return self._exchange(body)
+
+    def _exchange(self, body: bytes | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        relay = self.server.relay
+        if self.upstream is None:
+            self.upstream = http.client.HTTPConnection(
+                relay.upstream_host, relay.upstream_port, timeout=UPSTREAM_TIMEOUT_S
+            )
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        self.upstream.request(self.command, self.path, body=body, headers=headers)
+        response = self.upstream.getresponse()
+        payload = response.read()
+        if response.will_close:
+            self._drop_upstream()
+        kept = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
+        return response.status, kept, payload
+
+    def _drop_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
+    def _answer(self, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
+        """Send status line, headers and body in one write (no Nagle stall between them)."""
+        reason = self.responses.get(status, ("",))[0]
+        lines = [f"HTTP/1.1 {status} {reason}"]
+        lines += [f"{name}: {value}" for name, value in headers if name.lower() != "content-length"]
+        lines.append(f"Content-Length: {len(payload)}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head if self.command == "HEAD" else head + payload)
+
+
+class HttpRelay(_BackgroundService):
+    """A counting, fault-injecting HTTP/1.1 relay in front of `upstream_host:upstream_port`.
+
+    Holds `requests` ((method, path) in arrival order, injected answers included),
+    the pending faults, and `latency_s` (delay added before answering each request).
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, latency_s: float = 0.0) -> None:
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.latency_s = latency_s
+        self.requests: list[tuple[str, str]] = []
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self._server: _ProxyServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> HttpRelay:
+        """Listen on a free loopback port and serve from a background thread."""
+        self._server = _ProxyServer(self)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"HttpRelay:{self.port}", daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and close every client connection."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_client_sockets()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def inject(
+        self,
+        status: int,
+        times: int,
+        path_contains: str = "",
+        body: bytes = DEFAULT_FAULT_BODY,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the next `times` requests whose path contains `path_contains` with
+        `status` and `body` (default Content-Type text/html), without contacting upstream."""
+        fault_headers = {"Content-Type": "text/html; charset=utf-8", **(headers or {})}
+        with self._lock:
+            self._faults.append(Fault(status, times, path_contains, body, fault_headers))
+
+    def count(self, substring: str = "") -> int:
+        """How many recorded requests have `substring` in their path."""
+        with self._lock:
+            return sum(substring in path for _, path in self.requests)
+
+    def reset(self) -> None:
+        """Forget recorded requests and pending faults (latency is kept)."""
+        with self._lock:
+            self.requests.clear()
+            self._faults.clear()
+
+    def _record(self, method: str, path: str) -> Fault | None:
+        """Record a request; return (and use up one count of) the fault that answers it."""
+        with self._lock:
+            self.requests.append((method, path))
+            fault = next((f for f in self._faults if f.matches(path)), None)
+            if fault is not None:
+                fault.remaining -= 1
+                if fault.remaining == 0:
+                    self._faults.remove(fault)
+            return fault
+
+
+# --------------------------------------------------------------------------- TCP
+
+
+class TcpLatencyRelay(_BackgroundService):
+    """Byte relay adding `rtt_s / 2` of one-way delay to every chunk in each direction.
+
+    Chunks are pipelined: one read at time t is written at t + rtt/2 however many are
+    in flight, in order. A new connection reaches upstream one round trip after it was
+    accepted (the handshake a real link would cost). Holds counters: `connections`,
+    `bytes_up` (client to server) and `bytes_down` (server to client).
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, rtt_s: float) -> None:
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.rtt_s = rtt_s
+        self.connections = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> TcpLatencyRelay:
+        """Listen on a free loopback port; the event loop runs in a background thread."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._run_loop, name="TcpLatencyRelay", daemon=True
+        )
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
+        future.result(timeout=10)
+        return self
+
+    def _run_loop(self) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._on_client, "127.0.0.1", 0, limit=TCP_CHUNK * 4, backlog=512
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    def stop(self) -> None:
+        """Close the listener and every relayed connection, then end the loop thread."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        loop.close()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        try:
+            await self._relay_connection(reader, writer)
+        except asyncio.CancelledError:
+            pass  # the relay is stopping; end quietly
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _relay_connection(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        _set_nodelay(client_writer)
+        if self.rtt_s > 0:
+            await asyncio.sleep(self.rtt_s)
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                self.upstream_host, self.upstream_port, limit=TCP_CHUNK * 4
+            )
+        except OSError:
+            return
+        _set_nodelay(upstream_writer)
+        half = self.rtt_s / 2
+        try:
+            await asyncio.gather(
+                _pipe(client_reader, upstream_writer, half, self._count_up),
+                _pipe(upstream_reader, client_writer, half, self._count_down),
+            )
+        finally:
+            upstream_writer.close()
+
+    def _count_up(self, size: int) -> None:
+        self.bytes_up += size
+
+    def _count_down(self, size: int) -> None:
+        self.bytes_down += size
+
+
+def _set_nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    delay: float,
+    count: Callable[[int], None],
+) -> None:
+    """Copy reader to writer, each chunk delivered `delay` seconds after it was read.
+
+    A reading task stamps chunks and a writing task waits for each stamp, so the
+    delays of chunks in flight overlap instead of adding up. EOF is passed on (as a
+    half-close) after the last chunk; after a write error the rest is discarded.
+    """
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(TCP_QUEUE_CHUNKS)
+    loop = asyncio.get_running_loop()
+    sender = asyncio.ensure_future(_deliver(queue, writer))
+    try:
+        while True:
+            try:
+                chunk = await reader.read(TCP_CHUNK)
+            except OSError:
+                chunk = b""
+            await queue.put((loop.time() + delay, chunk))
+            if not chunk:
+                break
+            count(len(chunk))
+        await sender
+    finally:
+        sender.cancel()
+
+
+async def _deliver(queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter) -> None:
+    """Write queued chunks at their due times until the EOF marker (an empty chunk)."""
+    loop = asyncio.get_running_loop()
+    broken = False
+    while True:
+        due, chunk = await queue.get()
+        if not chunk:
+            break
+        if broken:
+            continue
+        wait = due - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        broken = not await _write(writer, chunk)
+    if not broken:
+        await _write(writer, b"")
+
+
+async def _write(writer: asyncio.StreamWriter, chunk: bytes) -> bool:
+    """Write a chunk (an empty one means half-close); False when the peer is gone."""
+    try:
+        if chunk:
+            writer.write(chunk)
+            await writer.drain()
+        elif writer.can_write_eof():
+            writer.write_eof()
+    except OSError:
+        writer.transport.abort()
+        return False
+    return True

@@ -1,0 +1,49 @@
+"""Fixtures for tests against a real Orthanc: generated slides, the server, an HTTP relay.
+
+tests/conftest.py imports `test_slides`, `orthanc` and `relay` from here. Everything is
+skipped (with the reason) only when the Orthanc binary or its DICOMweb plugin is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from idcfs.testing.orthanc import OrthancServer, orthanc_available
+from idcfs.testing.relay import HttpRelay
+from idcfs.testing.slides import GeneratedSlide, generate_test_slides
+
+REAL_DATA = Path(__file__).parent / "data" / "real"
+NO_ORTHANC = "Orthanc or its DICOMweb plugin (Debian packages orthanc, orthanc-dicomweb) missing"
+
+
+def real_files() -> list[Path]:
+    """The real DICOM files kept in tests/data/real."""
+    return sorted(REAL_DATA.glob("*.dcm"))
+
+
+@pytest.fixture(scope="session")
+def test_slides(tmp_path_factory: pytest.TempPathFactory) -> list[GeneratedSlide]:
+    """Every generated test slide, written once per session."""
+    return generate_test_slides(tmp_path_factory.mktemp("slides"))
+
+
+@pytest.fixture(scope="session")
+def orthanc(test_slides: list[GeneratedSlide]) -> Iterator[OrthancServer]:
+    """A running Orthanc holding every generated slide and every real test file."""
+    if not orthanc_available():
+        pytest.skip(NO_ORTHANC)
+    with OrthancServer() as server:
+        server.upload([path for slide in test_slides for path in slide.files])
+        server.upload(real_files())
+        yield server
+
+
+@pytest.fixture
+def relay(orthanc: OrthancServer) -> Iterator[HttpRelay]:
+    """A counting, fault-injecting HttpRelay in front of the session's Orthanc."""
+    with HttpRelay(orthanc.host, orthanc.port) as proxy:
+        proxy.reset()
+        yield proxy
