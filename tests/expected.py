@@ -50,7 +50,8 @@ def expected_tiles(datasets: list[pydicom.Dataset], nested: bool) -> Iterator[Ex
 def _frame_positions(ds: pydicom.Dataset) -> Iterator[tuple[int, str, int, int, int]]:
     columns = math.ceil(ds.TotalPixelMatrixColumns / ds.Columns)
     rows = math.ceil(ds.TotalPixelMatrixRows / ds.Rows)
-    path = str(ds.OpticalPathSequence[0].OpticalPathIdentifier)
+    paths = getattr(ds, "OpticalPathSequence", None)
+    path = str(paths[0].OpticalPathIdentifier) if paths else "1"
     if getattr(ds, "DimensionOrganizationType", "") == "TILED_SPARSE":
         for index, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
             position = item.PlanePositionSlideSequence[0]

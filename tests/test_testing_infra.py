@@ -223,6 +223,17 @@ def test_relay_forwards_byte_for_byte_and_counts(relay: HttpRelay,
     assert relay.requests == [] and relay.count() == 0
 
 
+def test_relay_passes_frames_intact(relay: HttpRelay, test_slides: list[GeneratedSlide]) -> None:
+    slide = named(test_slides, "sparse")
+    uid = slide.levels[0].instance_uids[0]
+    url = (f"/dicom-web/studies/{slide.study_uid}/series/{slide.series_uid}"
+           f"/instances/{uid}/frames/1,2,3,4,5,6,7,8")
+    status, content_type, body = http_get(relay.port, url, AS_STORED)
+    assert status == 200
+    assert multipart_parts(content_type, body) == stored_frames(slide.files[0])
+    assert relay.count("/frames/") == 1
+
+
 def test_relay_keeps_connections_alive(relay: HttpRelay) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
     try:
