@@ -26,9 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from idcfs.testing.relay import TcpLatencyRelay
-from idcfs.testing.slides import write_pyramid_level
-
 from benchmarks.clients import (
     Result,
     Target,
@@ -39,6 +36,8 @@ from benchmarks.clients import (
 )
 from idcfs.cli import is_mounted
 from idcfs.testing.orthanc import OrthancServer
+from idcfs.testing.relay import TcpLatencyRelay
+from idcfs.testing.slides import write_pyramid
 
 RESULTS = Path(__file__).parent / "results"
 CACHE_SIZE = "128M"
@@ -284,15 +283,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtt", default="0,20,100", help="RTTs in ms, comma-separated")
     parser.add_argument("--quick", action="store_true", help="fewer tiles for the slow clients")
-    parser.add_argument("--columns", type=int, default=60, help="base level tile columns")
-    parser.add_argument("--rows", type=int, default=52, help="base level tile rows")
+    parser.add_argument("--columns", type=int, default=64, help="base level tile columns")
+    parser.add_argument("--rows", type=int, default=48, help="base level tile rows")
     args = parser.parse_args()
     slow_tiles = 60 if args.quick else 200
     random_reads = 500 if args.quick else 2000
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="idcfs-bench-") as scratch:
         work = Path(scratch)
-        slide = write_pyramid_level(work / "slide", "bench", args.columns * 256, args.rows * 256)
+        slide = write_pyramid(work / "slide", "bench", width=args.columns * 256,
+                              height=args.rows * 256, codec="jpeg_rgb")
         with OrthancServer() as orthanc:
             orthanc.upload(slide.files)
             target = build_target(orthanc.dicomweb_url, slide)
