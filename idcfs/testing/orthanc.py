@@ -8,6 +8,7 @@ DICOM network server and no authentication. Stopping it ends only that child pro
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import os
@@ -26,6 +27,7 @@ STARTUP_TIMEOUT_S = 30.0
 UPLOAD_TIMEOUT_S = 120.0
 LOG_TAIL_LINES = 40
 START_ATTEMPTS = 3
+PORT_IN_USE = "port of the HTTP server is privileged or already in use"
 
 
 class OrthancError(RuntimeError):
@@ -52,7 +54,8 @@ def free_port() -> int:
 def orthanc_config(work_dir: Path, port: int) -> dict[str, object]:
     """The configuration: fast, quiet, DICOMweb on, no DICOM server, no authentication.
 
-    Orthanc 1.10 cannot bind to loopback only; clients here only ever use 127.0.0.1.
+    Orthanc 1.10 always listens on every interface; with RemoteAccessAllowed false it
+    refuses every client that is not on this machine (clients here use 127.0.0.1).
     """
     return {
         "Name": "idcfs-test",
@@ -61,12 +64,12 @@ def orthanc_config(work_dir: Path, port: int) -> dict[str, object]:
         "StorageCompression": False,
         "HttpServerEnabled": True,
         "HttpPort": port,
-        "RemoteAccessAllowed": True,
+        "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "DicomServerEnabled": False,
         "KeepAlive": True,
         "TcpNoDelay": True,
-        "HttpThreadsCount": 32,
+        "HttpThreadsCount": 128,
         "HttpTimeout": 60,
         "HttpCompressionEnabled": False,
         "SaveJobs": False,
@@ -135,9 +138,11 @@ class OrthancServer:
         if binary is None or not DICOMWEB_PLUGIN.is_file():
             raise OrthancError("Orthanc or its DICOMweb plugin is not installed")
         self._work_dir = Path(tempfile.mkdtemp(prefix="idcfs-orthanc-"))
+        atexit.register(self.stop)  # no orphan server if the caller forgets stop()
         for attempt in range(START_ATTEMPTS):
             self._launch(binary)
             if self._wait_until_ready():
+                self._check_dicomweb()
                 return
             last_attempt = attempt == START_ATTEMPTS - 1
             if last_attempt or not self._lost_port_race():
@@ -172,6 +177,14 @@ class OrthancServer:
             time.sleep(0.05)
         return False
 
+    def _check_dicomweb(self) -> None:
+        """Orthanc starts even when a plugin fails to load: make sure DICOMweb is there."""
+        plugins = self.get_json("/plugins")
+        if not isinstance(plugins, list) or "dicom-web" not in plugins:
+            message = f"Orthanc runs without its DICOMweb plugin:\n{self.log_tail()}"
+            self.stop()
+            raise OrthancError(message)
+
     def _answers(self) -> bool:
         try:
             status, _ = self._request("GET", "/system", timeout=2.0)
@@ -181,9 +194,8 @@ class OrthancServer:
 
     def _lost_port_race(self) -> bool:
         """True when Orthanc exited because another process took its port first."""
-        return self._process is not None and self._process.poll() is not None and any(
-            word in self.log_tail() for word in ("port", "bind", "Address already in use")
-        )
+        exited = self._process is not None and self._process.poll() is not None
+        return exited and PORT_IN_USE in self.log_tail(lines=8)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last lines of Orthanc's own log (stdout and stderr)."""
@@ -233,6 +245,7 @@ class OrthancServer:
 
     def stop(self) -> None:
         """Terminate the Orthanc process (kill it if it lingers) and remove its files."""
+        atexit.unregister(self.stop)
         self._end_process()
         if self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 - `HttpRelay`: an HTTP/1.1 keep-alive forwarding proxy that records every request
   (method, path) and can answer chosen requests itself with an injected status (429
-  with an HTML body, 500, ...) without contacting the server, and add a delay.
+  with an HTML body, 500, ...) without contacting the server, and add a delay. Bodies
+  pass unchanged; hop-by-hop headers are dropped (a chunked answer is re-sent with a
+  Content-Length).
 - `TcpLatencyRelay`: a byte-level TCP relay that delays every chunk by half a round
   trip in each direction without serialising them (like a long link), and charges a
   round trip for connection set-up; it counts connections and bytes.
@@ -134,7 +136,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _relay_request(self) -> None:
         relay = self.server.relay
         body = self._read_request_body()
-        fault = relay._record(self.command, self.path)
+        fault = relay.record(self.command, self.path)
         if relay.latency_s > 0:
             time.sleep(relay.latency_s)
         if fault is not None:
@@ -187,9 +189,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _answer(self, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
         """Send status line, headers and body in one write (no Nagle stall between them)."""
         reason = self.responses.get(status, ("",))[0]
+        lengths = [value for name, value in headers if name.lower() == "content-length"]
+        length = lengths[0] if self.command == "HEAD" and lengths else str(len(payload))
         lines = [f"HTTP/1.1 {status} {reason}"]
         lines += [f"{name}: {value}" for name, value in headers if name.lower() != "content-length"]
-        lines.append(f"Content-Length: {len(payload)}")
+        lines.append(f"Content-Length: {length}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.wfile.write(head if self.command == "HEAD" else head + payload)
 
@@ -258,8 +262,9 @@ class HttpRelay(_BackgroundService):
             self.requests.clear()
             self._faults.clear()
 
-    def _record(self, method: str, path: str) -> Fault | None:
-        """Record a request; return (and use up one count of) the fault that answers it."""
+    def record(self, method: str, path: str) -> Fault | None:
+        """Record an arriving request; return (using up one count of) the injected fault
+        that answers it, if any. Called by the relay's request handlers."""
         with self._lock:
             self.requests.append((method, path))
             fault = next((f for f in self._faults if f.matches(path)), None)

@@ -881,3 +881,14 @@ def texture_atlas(codec: Codec, seed: str, size: int = 2048) -> np.ndarray:
         return rgb
     grey = rgb[..., 1]
     return grey.astype(np.uint16) * 16 if codec.bits_allocated > 8 else grey
+
+
+def write_pyramid_level(
+    out_dir: Path, name: str, width: int, height: int, tile: int = 256, levels: int = 1
+) -> GeneratedSlide:
+    """The benchmark's entry point: `write_pyramid` with the size given positionally.
+
+    write_pyramid_level(out_dir, name, width, height, tile=256, levels=1) -> GeneratedSlide
+    writes one TILED_FULL JPEG (YBR_FULL_422) instance per level, no offset table.
+    """
+    return write_pyramid(out_dir, name, width=width, height=height, tile=tile, levels=levels)
