@@ -7,15 +7,17 @@ window (16, 32, ... up to 256 tiles); an open that continues none starts a new s
 with no read-ahead, so random reads (an ML loader) fetch only what they ask for.
 Read-ahead lands in the loader's staging area, which is bounded in bytes and separate
 from the memory cache; when the staging area is nearly full (nobody consumes what was
-read ahead) no more is scheduled, and batches of a dropped stream are cancelled.
+read ahead) no more is scheduled. Frames are claimed when scheduled (single flight),
+so a reader that catches up waits for the batch rather than asking on its own.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from idcfs.fetch.loader import TileLoader
@@ -32,7 +34,6 @@ class Stream:
     ahead_until: int
     streak: int = 0
     window: int = 0
-    alive: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class ReadAhead:
         self._executor = ThreadPoolExecutor(self.settings.workers, "idcfs-readahead")
         self._streams: dict[int, list[Stream]] = {}
         self._lock = threading.Lock()
+        self._queued: dict[int, tuple[Slide, dict[FrameRef, Future[bytes]]]] = {}
+        self._batch_ids = itertools.count()
         self.scheduled_tiles = 0
 
     def on_open(self, slide: Slide, tiles: Sequence[TilePosition], index: int) -> None:
@@ -66,7 +69,13 @@ class ReadAhead:
             self._schedule(slide, tiles, span, stream)
 
     def close(self) -> None:
+        """Stop: queued batches are abandoned (their claims released), none is started."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            queued = list(self._queued.values())
+            self._queued.clear()
+        for slide, owned in queued:
+            self.loader.abandon_claimed(slide, owned)
 
     def _stream_for(self, grid: int, index: int) -> Stream:
         streams = self._streams.setdefault(grid, [])
@@ -80,13 +89,16 @@ class ReadAhead:
         stream = Stream(last=index, ahead_until=index + 1)
         streams.append(stream)
         if len(streams) > self.settings.streams_per_grid:
-            streams.pop(0).alive = False
+            streams.pop(0)
         return stream
 
     def _advance(self, stream: Stream, index: int, count: int) -> tuple[int, int] | None:
         settings = self.settings
         if stream.streak < settings.min_streak or self._staging_nearly_full():
             return None
+        already_ahead = stream.ahead_until - index - 1
+        if stream.window and already_ahead > stream.window // 2:
+            return None  # refill in chunks, so requests carry many frames
         if stream.window == 0:
             stream.window = settings.first_window
         else:
@@ -110,13 +122,21 @@ class ReadAhead:
         size = max(settings.min_batch, min(settings.max_batch, (end - start) // settings.workers))
         for first in range(start, end, size):
             frames = [tile.frame for tile in tiles[first : min(first + size, end)]]
-            self.scheduled_tiles += len(frames)
-            self._executor.submit(self._fetch, slide, frames, stream)
+            owned = self.loader.claim_for_prefetch(slide, frames)
+            if not owned:
+                continue
+            self.scheduled_tiles += len(owned)
+            batch = next(self._batch_ids)
+            with self._lock:
+                self._queued[batch] = (slide, owned)
+            self._executor.submit(self._fetch, batch)
 
-    def _fetch(self, slide: Slide, frames: list[FrameRef], stream: Stream) -> None:
-        if not stream.alive:
+    def _fetch(self, batch: int) -> None:
+        with self._lock:
+            slide, owned = self._queued.pop(batch, (None, {}))
+        if slide is None:
             return
         try:
-            self.loader.prefetch(slide, frames)
-        except Exception as error:  # a reader that needs the tile will see the error
-            log.debug("read-ahead of %d tiles failed: %s", len(frames), error)
+            self.loader.fetch_claimed(slide, owned)
+        except Exception as error:  # a reader waiting for one of these tiles sees it too
+            log.debug("read-ahead of %d tiles failed: %s", len(owned), error)

@@ -21,7 +21,7 @@ import numpy as np
 
 from idcfs.cache.disk import DiskCache
 from idcfs.cache.memory import ByteLRU
-from idcfs.errors import DecodeError
+from idcfs.errors import DecodeError, FetchError
 from idcfs.fetch.dicomweb import DicomWebClient, Frame
 from idcfs.singleflight import SingleFlight, wait
 from idcfs.slide.model import AssociatedImage, FrameRef, InstanceInfo, Slide
@@ -90,13 +90,42 @@ class TileLoader:
         key = tile_key(slide, frame)
         return key in self.cache or key in self.staged or self._flights.in_flight(key)
 
-    def prefetch(self, slide: Slide, frames: Sequence[FrameRef]) -> None:
-        """Fetch tiles into the staging area (for read-ahead); tiles present are skipped."""
-        missing = [frame for frame in frames if not self.is_present(slide, frame)]
-        on_disk = {frame: self._from_disk(slide, frame, stage=True) for frame in missing}
-        remaining = [frame for frame, data in on_disk.items() if data is None]
-        if remaining:
-            self._load(slide, remaining, for_reading=False)
+    def claim_for_prefetch(
+        self, slide: Slide, frames: Sequence[FrameRef]
+    ) -> dict[FrameRef, Future[bytes]]:
+        """Claim tiles nobody has or fetches (never blocks); the caller must pass the
+        result to `fetch_claimed` or `abandon_claimed`. Readers of a claimed tile wait for
+        that fetch instead of sending their own request."""
+        owned: dict[FrameRef, Future[bytes]] = {}
+        for frame in frames:
+            key = tile_key(slide, frame)
+            if key in self.cache or key in self.staged:
+                continue
+            future, owner = self._flights.claim(key)
+            if owner:
+                owned[frame] = future
+        return owned
+
+    def fetch_claimed(self, slide: Slide, owned: dict[FrameRef, Future[bytes]]) -> None:
+        """Fetch claimed tiles into the staging area (disk cache first); always resolves."""
+        try:
+            network: dict[FrameRef, Future[bytes]] = {}
+            for frame, future in owned.items():
+                data = self._from_disk(slide, frame, stage=True)
+                if data is None:
+                    network[frame] = future
+                else:
+                    future.set_result(data)
+            self._fetch_owned(slide, network, self.staged)
+        finally:
+            self._release(slide, owned)
+
+    def abandon_claimed(self, slide: Slide, owned: dict[FrameRef, Future[bytes]]) -> None:
+        """Give claimed tiles up unfetched (shutdown); a waiting reader gets an error."""
+        try:
+            raise FetchError("read-ahead abandoned at unmount")
+        except FetchError:
+            self._release(slide, owned)
 
     def _from_disk(self, slide: Slide, frame: FrameRef, stage: bool = False) -> bytes | None:
         if self.disk is None:
