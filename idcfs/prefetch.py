@@ -39,7 +39,7 @@ class Stream:
 @dataclass(frozen=True)
 class ReadAheadSettings:
     workers: int = 4
-    first_window: int = 16
+    first_window: int = 32
     max_window: int = 256
     min_streak: int = 2
     streams_per_grid: int = 16
@@ -119,7 +119,9 @@ class ReadAhead:
     ) -> None:
         start, end = span
         settings = self.settings
-        size = max(settings.min_batch, min(settings.max_batch, (end - start) // settings.workers))
+        span = end - start
+        size = settings.max_batch if span >= settings.max_batch else max(
+            settings.min_batch, -(-span // settings.workers))
         for first in range(start, end, size):
             frames = [tile.frame for tile in tiles[first : min(first + size, end)]]
             owned = self.loader.claim_for_prefetch(slide, frames)

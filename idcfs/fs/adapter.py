@@ -4,9 +4,10 @@ Anything that may block (catalog, series metadata, frames) runs in a worker thre
 answers already in memory (listed directories, cached tiles, open files) are served
 on the event loop without a thread hop.
 
-Size scheme (docs/SEMANTICS.md): a tile not fetched yet shows a placeholder size with
-attribute timeout 0; `open()` fetches it, and from then on its exact size is shown
-with a long timeout and the page cache is kept (`keep_cache`).
+Size scheme (docs/SEMANTICS.md): a tile not fetched yet shows a placeholder size; the
+first `open()` fetches it and tells the kernel to forget the cached attributes, so
+the `fstat`, reads and `mmap` that follow see the exact size; the page cache is kept
+(`keep_cache`).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class IdcfsOperations(pyfuse3.Operations):
         entry.st_ino = attributes.inode
         entry.generation = 0
         entry.entry_timeout = LONG_TIMEOUT
-        entry.attr_timeout = LONG_TIMEOUT if attributes.size_exact else 0
+        entry.attr_timeout = 0 if attributes.volatile else LONG_TIMEOUT
         if attributes.is_dir:
             entry.st_mode = stat.S_IFDIR | 0o555
             entry.st_nlink = 2
@@ -145,9 +146,12 @@ class IdcfsOperations(pyfuse3.Operations):
         if not isinstance(node, FileNode):
             raise pyfuse3.FUSEError(errno.EISDIR)
         node.note_open()
+        size_was_exact = node.size()[1]
         data = node.cached_content()
         if data is None:
             data = await self._blocking(f"open {node.name} (inode {inode})", node.content)
+        if not size_was_exact:
+            _forget_cached_attributes(inode)
         handle = next(self._handles)
         self._open_files[handle] = data
         return pyfuse3.FileInfo(fh=handle, keep_cache=not node.direct_io, direct_io=node.direct_io)
@@ -170,20 +174,19 @@ class IdcfsOperations(pyfuse3.Operations):
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         return not mode & os.W_OK
 
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return []
-
-    async def flush(self, fh: int) -> None:
-        return None
-
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        return None
+    # flush, fsync, getxattr and listxattr are left to pyfuse3's defaults (ENOSYS): the
+    # kernel then stops sending them, saving a round trip per close() and per `ls -l` entry.
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         return None
+
+
+def _forget_cached_attributes(inode: int) -> None:
+    """Make the kernel ask for a tile's attributes again: its size just became exact."""
+    try:
+        pyfuse3.invalidate_inode(inode, attr_only=True)
+    except OSError as error:
+        log.debug("cannot invalidate inode %d: %s", inode, error)
 
 
 async def _read_only(*_args: Any) -> None:

@@ -27,13 +27,15 @@ STATS_FILE = ".idcfs-stats.json"
 
 @dataclass(frozen=True)
 class Attributes:
-    """What stat shows of a node. `size_exact` is False for a tile not fetched yet."""
+    """What stat shows of a node. `size_exact` is False for a tile not fetched yet;
+    `volatile` is True for a file whose size changes (never cache its attributes)."""
 
     inode: int
     is_dir: bool
     size: int
     size_exact: bool
     mtime_ns: int
+    volatile: bool = False
 
 
 class Node:
@@ -257,7 +259,7 @@ class Tree:
     def attributes(self, node: Node) -> Attributes:
         if isinstance(node, FileNode):
             size, exact = node.size()
-            return Attributes(node.inode, False, size, exact, self.mtime_ns)
+            return Attributes(node.inode, False, size, exact, self.mtime_ns, node.direct_io)
         return Attributes(node.inode, True, 0, True, self.mtime_ns)
 
     def adopt(self, node: Node) -> None:
