@@ -116,6 +116,21 @@ def raw_batched(target: Target, per_request: int = 64, in_flight: int = 4) -> Re
     return _timed(f"(d) raw {per_request}/req x{in_flight}", run, len(batches))
 
 
+def concurrent_get_latency(target: Target, numbers: Sequence[int], threads: int = 8) -> float:
+    """Median seconds of single-frame GETs made `threads` at a time (same load as (g))."""
+    pool = urllib3.PoolManager(maxsize=threads)
+    base = (f"{target.url}/studies/{target.study_uid}/series/{target.series_uid}"
+            f"/instances/{target.instance_uid}/frames/")
+
+    def fetch(number: int) -> float:
+        start = time.perf_counter()
+        pool.request("GET", f"{base}{number}", headers={"Accept": AS_STORED})
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(threads) as workers:
+        return statistics.median(workers.map(fetch, numbers))
+
+
 def single_get_latency(target: Target, samples: int = 30) -> float:
     """Median seconds of one single-frame GET on a warm keep-alive connection."""
     pool = urllib3.PoolManager(maxsize=1)
