@@ -1,0 +1,64 @@
+"""Issue 4's mechanisms through real mounts: batched read-ahead for sequential readers,
+none for random ones, and the disk cache across a remount (requests counted by a relay)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+
+from conftest import stop_mount
+from test_mount_tree import named, series_dir
+
+from idcfs.testing.slides import write_pyramid
+
+
+def _big_slide(orthanc, tmp_path: Path):  # type: ignore[no-untyped-def]
+    slide = write_pyramid(tmp_path / "big", "speed", width=24 * 256, height=10 * 256)
+    orthanc.upload(slide.files)
+    return slide
+
+
+def test_sequential_reads_are_batched(orthanc, relay, mount_idcfs, tmp_path) -> None:
+    slide = _big_slide(orthanc, tmp_path)
+    mount = mount_idcfs(relay.url + "/dicom-web")
+    level = series_dir(mount.path, slide) / "level-0"
+    names = os.listdir(level)  # readdir order = frame order
+    relay.reset()
+    copied = subprocess.run(["cp", "-r", str(level), str(tmp_path / "copy")], check=True)
+    assert copied.returncode == 0
+    assert len(names) == 240
+    for name in names:
+        assert (tmp_path / "copy" / name).read_bytes() == (level / name).read_bytes()
+    assert relay.count("/frames/") <= 12, "240 tiles read in order must come in batches"
+
+
+def test_random_reads_fetch_only_what_is_asked(orthanc, relay, mount_idcfs, tmp_path) -> None:
+    slide = _big_slide(orthanc, tmp_path)
+    mount = mount_idcfs(relay.url + "/dicom-web")
+    level = series_dir(mount.path, slide) / "level-0"
+    names = os.listdir(level)
+    relay.reset()
+    chosen = random.Random(1).sample(names, 20)
+    for name in chosen:
+        assert (level / name).read_bytes()[:2] == b"\xff\xd8"
+    frames = sum(len(path.rsplit("/frames/", 1)[1].split(","))
+                 for _, path in relay.requests if "/frames/" in path)
+    assert frames <= 22, "random reads must not trigger read-ahead"
+
+
+def test_disk_cache_survives_remount(relay, mount_idcfs, test_slides, tmp_path) -> None:
+    cache_dir = tmp_path / "disk-cache"
+    slide = named(test_slides, "jpeg_ybr")
+    first = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
+    folder = series_dir(first.path, slide)
+    before = {p.name: p.read_bytes() for p in (folder / "level-0").iterdir()}
+    stop_mount(first)
+    assert cache_dir.stat().st_mode & 0o777 == 0o700
+    second = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
+    relay.reset()
+    folder = series_dir(second.path, slide)
+    after = {p.name: p.read_bytes() for p in (folder / "level-0").iterdir()}
+    assert after == before
+    assert relay.count("/frames/") == 0 and relay.count("/metadata") == 0
