@@ -186,3 +186,42 @@ def test_readahead_stops_when_staging_is_full() -> None:
     for index in range(10):
         readahead.on_open(None, tiles, index)  # type: ignore[arg-type]
     assert readahead.scheduled_tiles == 0
+
+
+class FakeFrameClient:
+    """Answers every frame with the same small YBR JPEG; counts requests."""
+
+    def __init__(self) -> None:
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (256, 256), (200, 80, 120)).save(buffer, "JPEG")
+        self.jpeg = buffer.getvalue()
+        self.requests: list[list[int]] = []
+
+    def frames(self, study: str, series: str, instance: str, numbers: list[int]) -> list:
+        from idcfs.fetch.dicomweb import Frame
+
+        self.requests.append(list(numbers))
+        return [Frame(self.jpeg, None) for _ in numbers]
+
+
+def test_read_ahead_never_evicts_tiles_being_read() -> None:
+    from idcfs.fetch.loader import TileLoader, tile_key
+
+    client = FakeFrameClient()
+    slide = parse_slide("s", "r", [instance("1.1", 256 * 40, 256, 40)])
+    tiles = slide.levels[0].grids[0].tiles
+    tile_size = len(client.jpeg)
+    loader = TileLoader(client, ByteLRU(tile_size * 3), staged=ByteLRU(tile_size * 10))  # type: ignore[arg-type]
+    read = [loader.tile(slide, tiles[i].frame) for i in range(3)]
+    owned = loader.claim_for_prefetch(slide, [t.frame for t in tiles[3:40]])
+    loader.fetch_claimed(slide, owned)
+    for i in range(3):
+        assert tile_key(slide, tiles[i].frame) in loader.cache  # still there
+    assert loader.staged.current_bytes <= tile_size * 10
+    assert client.requests[-1] == list(range(4, 41))  # one batched request
+    assert loader.tile(slide, tiles[39].frame) == read[0]  # staged tile moves on read
+    assert tile_key(slide, tiles[39].frame) in loader.cache
