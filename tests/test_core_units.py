@@ -106,7 +106,7 @@ def test_byte_lru_bounds_bytes() -> None:
 
 
 def test_disk_cache_checks_entries(tmp_path: Path) -> None:
-    assert unseal(seal(b"tile")) == b"tile"
+    assert unseal(seal(b"tile", 5.0)) == (b"tile", 5.0)
     assert unseal(seal(b"tile")[:-1]) is None
     disk = DiskCache(tmp_path / "c", 1 << 20)
     assert (tmp_path / "c").stat().st_mode & 0o777 == 0o700
@@ -115,6 +115,9 @@ def test_disk_cache_checks_entries(tmp_path: Path) -> None:
     disk._store.set("k", seal(b"data")[:-2] + b"XY")  # damage the content
     assert disk.get("k") is None and disk.dropped == 1
     assert disk.get("k") is None  # dropped for good
+    disk._store.set("old", seal(b"old", stored_at=0.0))
+    assert disk.get("old") == b"old"
+    assert unseal(disk._store.get("old"))[1] > 1e9  # read long after storing: stored again
 
 
 def test_single_flight_shares_one_computation() -> None:

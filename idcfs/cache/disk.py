@@ -1,8 +1,14 @@
 """The optional persistent cache (`--cache-dir`): tiles and series metadata across mounts.
 
-Built on diskcache (SQLite index + files, LRU eviction within a byte limit, safe for
-threads and processes). Each value carries its length and a SHA-256 of its content;
-an entry that fails the check is dropped and the caller fetches it again.
+Built on diskcache (SQLite index + files, eviction within a byte limit, safe for
+threads and processes). Each value carries its length, the time it was stored and a
+SHA-256 of its content; an entry that fails the check is dropped and the caller
+fetches it again.
+
+Eviction is LRU at one-hour resolution: diskcache evicts the least recently *stored*
+entries, and an entry read more than an hour after it was stored is stored again.
+(diskcache's own LRU policy writes to SQLite on every read: 640 us per read, against
+18 us, which made warm reads from disk three times slower.)
 """
 
 from __future__ import annotations
@@ -11,30 +17,33 @@ import hashlib
 import logging
 import os
 import struct
+import time
 from pathlib import Path
 
 import diskcache
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct(">4sQ32s")  # magic, content length, sha256 of content
-MAGIC = b"IDC1"
+HEADER = struct.Struct(">4sQd32s")  # magic, content length, stored at, sha256 of content
+MAGIC = b"IDC2"
+REFRESH_S = 3600.0
 
 
-def seal(data: bytes) -> bytes:
-    """data with its length and checksum in front."""
-    return HEADER.pack(MAGIC, len(data), hashlib.sha256(data).digest()) + data
+def seal(data: bytes, stored_at: float | None = None) -> bytes:
+    """data with its length, storage time and checksum in front."""
+    when = time.time() if stored_at is None else stored_at
+    return HEADER.pack(MAGIC, len(data), when, hashlib.sha256(data).digest()) + data
 
 
-def unseal(stored: bytes) -> bytes | None:
-    """The content of a sealed value, or None when it is damaged."""
+def unseal(stored: bytes) -> tuple[bytes, float] | None:
+    """(content, time stored) of a sealed value, or None when it is damaged."""
     if len(stored) < HEADER.size:
         return None
-    magic, length, digest = HEADER.unpack_from(stored)
+    magic, length, stored_at, digest = HEADER.unpack_from(stored)
     data = stored[HEADER.size :]
     if magic != MAGIC or len(data) != length or hashlib.sha256(data).digest() != digest:
         return None
-    return data
+    return data, stored_at
 
 
 class DiskCache:
@@ -47,7 +56,7 @@ class DiskCache:
         self._store = diskcache.Cache(
             str(directory),
             size_limit=max_bytes,
-            eviction_policy="least-recently-used",
+            eviction_policy="least-recently-stored",
             statistics=False,
         )
         self.dropped = 0
@@ -60,11 +69,15 @@ class DiskCache:
             stored = None
         if stored is None:
             return None
-        data = unseal(bytes(stored))
-        if data is None:
+        opened = unseal(bytes(stored))
+        if opened is None:
             self.dropped += 1
             log.warning("disk cache: damaged entry %s dropped; fetching again", key)
             self._store.delete(key)
+            return None
+        data, stored_at = opened
+        if time.time() - stored_at > REFRESH_S:
+            self.put(key, data)  # recently used again: keep it from eviction
         return data
 
     def put(self, key: str, data: bytes) -> None:
