@@ -3,7 +3,7 @@ are asked for, in growing batches, several requests in flight.
 
 Each grid keeps a few streams (one per reader walking it: `cp -r`, `tar`, or 8
 readers over 8 slices of a level). An open that continues a stream lengthens its
-window (64, 128, 256 tiles); an open that continues none starts a new stream
+window (128, then 256 tiles); an open that continues none starts a new stream
 with no read-ahead, so random reads (an ML loader) fetch only what they ask for.
 Read-ahead lands in the loader's staging area, which is bounded in bytes and separate
 from the memory cache; when the staging area is nearly full (nobody consumes what was
@@ -39,7 +39,7 @@ class Stream:
 @dataclass(frozen=True)
 class ReadAheadSettings:
     workers: int = 4
-    first_window: int = 64
+    first_window: int = 128
     max_window: int = 256
     min_streak: int = 2
     streams_per_grid: int = 16
