@@ -19,7 +19,8 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
+
+from idcfs.testing.service import Service
 
 ORTHANC_BINARY = "Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -90,7 +91,7 @@ def orthanc_config(work_dir: Path, port: int) -> dict[str, object]:
     }
 
 
-class OrthancServer:
+class OrthancServer(Service):
     """One Orthanc child process: its URLs, uploads into it, and stopping it.
 
     Use as a context manager, or call `start()` / `stop()`. Holds the temporary
@@ -119,18 +120,6 @@ class OrthancServer:
     def pid(self) -> int | None:
         """PID of the Orthanc child process while it runs."""
         return self._process.pid if self._process else None
-
-    def __enter__(self) -> OrthancServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start Orthanc and wait (bounded) until its REST API answers."""

@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
+
+from idcfs.testing.service import Service
 
 UPSTREAM_TIMEOUT_S = 120.0
 HOP_BY_HOP = frozenset({
@@ -37,8 +38,8 @@ TCP_CHUNK = 256 * 1024
 TCP_QUEUE_CHUNKS = 256  # at most 64 MiB in flight per direction
 
 
-class _BackgroundService:
-    """Start/stop/context-manager plumbing shared by both relays."""
+class _BackgroundService(Service):
+    """A relay listening on a loopback port."""
 
     port: int = 0
 
@@ -46,23 +47,6 @@ class _BackgroundService:
     def url(self) -> str:
         """http://127.0.0.1:PORT of the relay (for TcpLatencyRelay too)."""
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Any:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Any:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- HTTP
