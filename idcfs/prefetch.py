@@ -105,6 +105,8 @@ class ReadAhead:
             stream.window = min(stream.window * 2, settings.max_window)
         start = max(stream.ahead_until, index + 1)
         end = min(index + 1 + stream.window, count)
+        if end < count and end - start > settings.max_batch:
+            end = start + (end - start) // settings.max_batch * settings.max_batch
         if end <= start:
             return None
         stream.ahead_until = end

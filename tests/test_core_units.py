@@ -228,3 +228,15 @@ def test_read_ahead_never_evicts_tiles_being_read() -> None:
     assert client.requests[-1] == list(range(4, 41))  # one batched request
     assert loader.tile(slide, tiles[39].frame) == read[0]  # staged tile moves on read
     assert tile_key(slide, tiles[39].frame) in loader.cache
+
+
+def test_readahead_requests_are_whole_batches() -> None:
+    loader = FakeLoader()
+    batches: list[int] = []
+    loader.fetch_claimed = lambda slide, owned: batches.append(len(owned))  # type: ignore[method-assign]
+    readahead = ReadAhead(loader, ReadAheadSettings(workers=1))  # type: ignore[arg-type]
+    tiles = _grid(3000)
+    for index in range(1000):
+        readahead.on_open("slide", tiles, index)  # type: ignore[arg-type]
+    readahead._executor.shutdown(wait=True)
+    assert batches and all(size == 64 for size in batches)
