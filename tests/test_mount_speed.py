@@ -61,4 +61,5 @@ def test_disk_cache_survives_remount(relay, mount_idcfs, test_slides, tmp_path) 
     folder = series_dir(second.path, slide)
     after = {p.name: p.read_bytes() for p in (folder / "level-0").iterdir()}
     assert after == before
-    assert relay.count("/frames/") == 0 and relay.count("/metadata") == 0
+    fetched = [path for _, path in relay.requests if "/frames/" in path or "/metadata" in path]
+    assert not fetched, f"sent {fetched}; first log:\n{first.log()}\nsecond:\n{second.log()}"
