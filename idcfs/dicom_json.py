@@ -10,6 +10,9 @@ from typing import Any
 
 DicomJson = Mapping[str, Any]
 
+# VL Whole Slide Microscopy Image Storage
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
 
 def values(element_map: DicomJson, tag: str) -> list[Any]:
     """All values of `tag`, or an empty list."""

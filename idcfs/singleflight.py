@@ -35,10 +35,6 @@ class SingleFlight(Generic[V]):
         with self._lock:
             self._running.pop(key, None)
 
-    def in_flight(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._running
-
     def run(self, key: Hashable, compute: Callable[[], V]) -> V:
         """compute() once for concurrent callers of the same key; exceptions are shared."""
         future, owner = self.claim(key)

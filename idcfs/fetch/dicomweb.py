@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from idcfs.dicom_json import first_value
+from idcfs.dicom_json import WSI_SOP_CLASS, first_value
 from idcfs.errors import FetchError, QuotaExhaustedError
 from idcfs.fetch.multipart import parse_content_type, split_multipart
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 FRAMES_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 JSON_ACCEPT = "application/dicom+json"
-WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 QIDO_PAGE = 1000
 
 

@@ -85,11 +85,6 @@ class TileLoader:
                 self.cache.put(key, found)
         return found
 
-    def is_present(self, slide: Slide, frame: FrameRef) -> bool:
-        """Whether a tile is in memory or being fetched (read-ahead skips those)."""
-        key = tile_key(slide, frame)
-        return key in self.cache or key in self.staged or self._flights.in_flight(key)
-
     def claim_for_prefetch(
         self, slide: Slide, frames: Sequence[FrameRef]
     ) -> dict[FrameRef, Future[bytes]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from idcfs.dicom_json import DicomJson, first_item, first_value, values
+from idcfs.dicom_json import WSI_SOP_CLASS, DicomJson, first_item, first_value, values
 from idcfs.errors import FetchError
 from idcfs.slide.model import (
     AssociatedImage,
@@ -28,7 +28,6 @@ from idcfs.tiles.pixels import PixelFormat
 
 log = logging.getLogger(__name__)
 
-WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 ASSOCIATED_KINDS = ("label", "overview", "thumbnail")
 
 SHARED_GROUPS = "52009229"
