@@ -5,6 +5,9 @@ Each grid keeps a few streams (one per reader walking it: `cp -r`, `tar`, or 8
 readers over 8 slices of a level). An open that continues a stream lengthens its
 window (128, then 256 tiles); an open that continues none starts a new stream
 with no read-ahead, so random reads (an ML loader) fetch only what they ask for.
+The one exception is an open of a grid's first tile, where `cp`, `tar`, `rsync` and
+`find` start: it is taken as the start of a walk at once. The opened tile itself
+goes into the first batch, so a walk costs whole batches from its first tile on.
 Read-ahead lands in the loader's staging area, which is bounded in bytes and separate
 from the memory cache; when the staging area is nearly full (nobody consumes what was
 read ahead) no more is scheduled. Frames are claimed when scheduled (single flight),
@@ -34,17 +37,27 @@ class Stream:
     ahead_until: int
     streak: int = 0
     window: int = 0
+    alive: bool = True
+
+
+@dataclass(frozen=True)
+class QueuedBatch:
+    """Tiles claimed for one read-ahead request, waiting for a worker."""
+
+    slide: Slide
+    tiles: Sequence[TilePosition]
+    stream: Stream
+    owned: dict[FrameRef, Future[bytes]]
 
 
 @dataclass(frozen=True)
 class ReadAheadSettings:
     workers: int = 4
-    first_window: int = 128
-    max_window: int = 256
+    first_window: int = 256
+    max_window: int = 512
     min_streak: int = 2
     streams_per_grid: int = 16
     max_batch: int = 64
-    min_batch: int = 8
 
 
 class ReadAhead:
@@ -56,7 +69,7 @@ class ReadAhead:
         self._executor = ThreadPoolExecutor(self.settings.workers, "idcfs-readahead")
         self._streams: dict[int, list[Stream]] = {}
         self._lock = threading.Lock()
-        self._queued: dict[int, tuple[Slide, dict[FrameRef, Future[bytes]]]] = {}
+        self._queued: dict[int, QueuedBatch] = {}
         self._batch_ids = itertools.count()
         self.scheduled_tiles = 0
 
@@ -68,14 +81,22 @@ class ReadAhead:
         if span is not None:
             self._schedule(slide, tiles, span, stream)
 
+    def _refill(self, slide: Slide, tiles: Sequence[TilePosition], stream: Stream) -> None:
+        """After a batch landed: queue the next one if the stream's window has room, so
+        the workers stay busy while the reader waits for an earlier batch."""
+        with self._lock:
+            span = self._advance(stream, stream.last, len(tiles)) if stream.alive else None
+        if span is not None:
+            self._schedule(slide, tiles, span, stream)
+
     def close(self) -> None:
         """Stop: queued batches are abandoned (their claims released), none is started."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             queued = list(self._queued.values())
             self._queued.clear()
-        for slide, owned in queued:
-            self.loader.abandon_claimed(slide, owned)
+        for batch in queued:
+            self.loader.abandon_claimed(batch.slide, batch.owned)
 
     def _stream_for(self, grid: int, index: int) -> Stream:
         streams = self._streams.setdefault(grid, [])
@@ -86,29 +107,31 @@ class ReadAhead:
                 return stream
             if stream.last == index:
                 return stream
-        stream = Stream(last=index, ahead_until=index + 1)
+        stream = Stream(last=index, ahead_until=index)
+        if index == 0:  # where cp, tar, rsync and find start
+            stream.streak = self.settings.min_streak
         streams.append(stream)
         if len(streams) > self.settings.streams_per_grid:
-            streams.pop(0)
+            streams.pop(0).alive = False
         return stream
 
     def _advance(self, stream: Stream, index: int, count: int) -> tuple[int, int] | None:
+        """The span to read ahead now: whole batches up to `window` tiles past `index`.
+
+        A batch is added as soon as there is room for a whole one, so the workers always
+        have the next request queued; each refill doubles the window, up to the maximum.
+        """
         settings = self.settings
         if stream.streak < settings.min_streak or self._staging_nearly_full():
             return None
-        already_ahead = stream.ahead_until - index - 1
-        if stream.window and already_ahead > stream.window // 2:
-            return None  # refill in chunks, so requests carry many frames
-        if stream.window == 0:
-            stream.window = settings.first_window
-        else:
-            stream.window = min(stream.window * 2, settings.max_window)
-        start = max(stream.ahead_until, index + 1)
-        end = min(index + 1 + stream.window, count)
-        if end < count and end - start > settings.max_batch:
+        window = stream.window or settings.first_window
+        start = max(stream.ahead_until, index)
+        end = min(index + 1 + window, count)
+        if end < count:
             end = start + (end - start) // settings.max_batch * settings.max_batch
         if end <= start:
             return None
+        stream.window = min(window * 2, settings.max_window)
         stream.ahead_until = end
         return start, end
 
@@ -120,10 +143,7 @@ class ReadAhead:
         self, slide: Slide, tiles: Sequence[TilePosition], span: tuple[int, int], stream: Stream
     ) -> None:
         start, end = span
-        settings = self.settings
-        span = end - start
-        size = settings.max_batch if span >= settings.max_batch else max(
-            settings.min_batch, -(-span // settings.workers))
+        size = self.settings.max_batch
         for first in range(start, end, size):
             frames = [tile.frame for tile in tiles[first : min(first + size, end)]]
             owned = self.loader.claim_for_prefetch(slide, frames)
@@ -132,15 +152,20 @@ class ReadAhead:
             self.scheduled_tiles += len(owned)
             batch = next(self._batch_ids)
             with self._lock:
-                self._queued[batch] = (slide, owned)
-            self._executor.submit(self._fetch, batch)
+                self._queued[batch] = QueuedBatch(slide, tiles, stream, owned)
+            try:
+                self._executor.submit(self._fetch, batch)
+            except RuntimeError:  # closed meanwhile: close() abandons what is queued
+                return
 
-    def _fetch(self, batch: int) -> None:
+    def _fetch(self, batch_id: int) -> None:
         with self._lock:
-            slide, owned = self._queued.pop(batch, (None, {}))
-        if slide is None:
+            batch = self._queued.pop(batch_id, None)
+        if batch is None:
             return
         try:
-            self.loader.fetch_claimed(slide, owned)
+            self.loader.fetch_claimed(batch.slide, batch.owned)
         except Exception as error:  # a reader waiting for one of these tiles sees it too
-            log.debug("read-ahead of %d tiles failed: %s", len(owned), error)
+            log.debug("read-ahead of %d tiles failed: %s", len(batch.owned), error)
+            return
+        self._refill(batch.slide, batch.tiles, batch.stream)

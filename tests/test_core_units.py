@@ -178,7 +178,7 @@ def test_readahead_follows_sequential_reads_only() -> None:
         readahead.on_open(None, tiles, index)  # type: ignore[arg-type]
     readahead.close()
     assert readahead.scheduled_tiles > 16
-    assert max(loader.claimed) <= 10 + 256  # never more than the window ahead
+    assert max(loader.claimed) <= 10 + ReadAheadSettings().max_window  # never further ahead
 
 
 def test_readahead_stops_when_staging_is_full() -> None:

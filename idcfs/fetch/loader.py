@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 from concurrent.futures import Future
 
@@ -64,6 +64,7 @@ class TileLoader:
         self.max_frames_per_request = max_frames_per_request
         self._flights: SingleFlight[bytes] = SingleFlight()
         self.frames_fetched = 0
+        self.frames_per_request: Counter[int] = Counter()
         self.disk_hits = 0
 
     def tile(self, slide: Slide, frame: FrameRef) -> bytes:
@@ -177,6 +178,7 @@ class TileLoader:
             for batch in _chunks(numbers, self.max_frames_per_request):
                 raw = self.client.frames(slide.study_uid, slide.series_uid, instance_uid, batch)
                 self.frames_fetched += len(raw)
+                self.frames_per_request[len(raw)] += 1
                 for number, frame in zip(batch, raw, strict=True):
                     ref = FrameRef(instance_uid, number)
                     data = self._convert(frame, info, ref)

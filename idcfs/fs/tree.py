@@ -289,6 +289,7 @@ class Tree:
         return {
             "requests_sent": loader.client.requests_sent,
             "frames_fetched": loader.frames_fetched,
+            "frames_per_request": dict(sorted(loader.frames_per_request.items())),
             "memory_cache": {"hits": loader.cache.hits, "misses": loader.cache.misses,
                              "bytes": loader.cache.current_bytes,
                              "max_bytes": loader.cache.max_bytes},
