@@ -124,30 +124,69 @@ def level_dir(mount: Mounted, study: str, series: str) -> Path:
 
 
 def idcfs_rows(rtt: int, url: str, target: Target, work: Path, random_reads: int) -> list[Row]:
-    rows: list[Row] = []
-    # (e) cp -r, then (h) warm from memory in the same mount
+    return [
+        _ls_cold(rtt, url, target, work),
+        _parallel_readers(rtt, url, target, work),
+        _random_reads(rtt, url, target, work, random_reads),
+        _warm_disk(rtt, url, target, work),
+    ]
+
+
+def copy_and_reread(rtt: int, url: str, target: Target, work: Path) -> tuple[Row, Row]:
+    """(e) one `cp -r` of the level, cold; then (h) the level read again, same mount.
+
+    The copy goes to tmpfs when there is one: (d) keeps what it fetches in memory, so
+    both then measure fetching, not the destination disk.
+    """
     mount = Mounted(url, work)
     level = level_dir(mount, target.study_uid, target.series_uid)
-    destination = work / f"copy-{rtt}"
+    destination = Path(tempfile.mkdtemp(dir=_memory_dir(work))) / "copy"
     start = time.perf_counter()
     subprocess.run(["cp", "-r", str(level), str(destination)], check=True)
     seconds = time.perf_counter() - start
     copied = sum(p.stat().st_size for p in destination.iterdir())
+    shutil.rmtree(destination.parent)
     stats = mount.stats()
-    rows.append(Row(rtt, "(e) idcfs cp -r level-0", len(target.frame_numbers), seconds, copied,
-                    stats["requests_sent"], {"peak_rss_mb": mount.peak_rss_mb()}))
+    copy = Row(rtt, "(e) idcfs cp -r level-0", len(target.frame_numbers), seconds, copied,
+               stats["requests_sent"], {"peak_rss_mb": mount.peak_rss_mb(),
+                                        "frames_per_request": stats["frames_per_request"]})
     paths = listed(level)
     start = time.perf_counter()
     nbytes, _ = read_files(paths)
-    rows.append(Row(rtt, "(h) idcfs warm, memory", len(paths), time.perf_counter() - start,
-                    nbytes, mount.stats()["requests_sent"] - stats["requests_sent"]))
+    warm = Row(rtt, "(h) idcfs warm, memory", len(paths), time.perf_counter() - start,
+               nbytes, mount.stats()["requests_sent"] - stats["requests_sent"])
     mount.close()
-    shutil.rmtree(destination)
-    rows.append(_ls_cold(rtt, url, target, work))
-    rows.append(_parallel_readers(rtt, url, target, work))
-    rows.append(_random_reads(rtt, url, target, work, random_reads))
-    rows.append(_warm_disk(rtt, url, target, work))
-    return rows
+    return copy, warm
+
+
+def _memory_dir(work: Path) -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else work
+
+
+def median_row(rows: list[Row]) -> Row:
+    """The run with the median time, its spread in the notes."""
+    ordered = sorted(rows, key=lambda row: row.seconds)
+    middle = ordered[(len(ordered) - 1) // 2]
+    if len(rows) > 1:
+        middle.extra = {**middle.extra, "runs": len(rows),
+                        "min_s": ordered[0].seconds, "max_s": ordered[-1].seconds}
+    return middle
+
+
+def raw_and_copy_rows(rtt: int, url: str, target: Target, work: Path, repeats: int) -> list[Row]:
+    """(d), (e) and (h), `repeats` times each, interleaved; the median of each."""
+    raw: list[Row] = []
+    copies: list[Row] = []
+    warm: list[Row] = []
+    for _ in range(repeats):
+        result = raw_batched(target)
+        raw.append(Row(rtt, result.name, result.tiles, result.seconds, result.nbytes,
+                       result.requests))
+        copy, reread = copy_and_reread(rtt, url, target, work)
+        copies.append(copy)
+        warm.append(reread)
+    return [median_row(raw), median_row(copies), median_row(warm)]
 
 
 def _ls_cold(rtt: int, url: str, target: Target, work: Path) -> Row:
@@ -212,12 +251,11 @@ def _warm_disk(rtt: int, url: str, target: Target, work: Path) -> Row:
     return row
 
 
-def direct_rows(rtt: int, target: Target, slow_tiles: int) -> list[Row]:
+def slow_client_rows(rtt: int, target: Target, slow_tiles: int) -> list[Row]:
     results: list[Result] = [
         wsidicom_loop(target, slow_tiles),
         dicomweb_client_frames(target, slow_tiles, threads=1),
         dicomweb_client_frames(target, slow_tiles * 4, threads=8),
-        raw_batched(target),
     ]
     return [Row(rtt, r.name, r.tiles, r.seconds, r.nbytes, r.requests) for r in results]
 
@@ -270,8 +308,7 @@ def print_table(rows: list[Row]) -> str:
         same_rtt = [r for r in rows if r.rtt_ms == row.rtt_ms]
         raw = next((r.tiles_per_s for r in same_rtt if r.name.startswith("(d)")), None)
         wsi = next((r.tiles_per_s for r in same_rtt if r.name.startswith("(a)")), None)
-        notes = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                          for k, v in row.extra.items())
+        notes = ", ".join(_note(key, value) for key, value in row.extra.items())
         lines.append(
             f"| {row.rtt_ms if row.rtt_ms >= 0 else '-'} | {row.name} | {row.tiles} | "
             f"{row.seconds:.3f} | {row.tiles_per_s:.0f} | {row.nbytes / row.seconds / 1e6:.1f} | "
@@ -283,6 +320,14 @@ def print_table(rows: list[Row]) -> str:
     return table
 
 
+def _note(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"{key} {value:.2f}" if key.endswith("_s") else f"{key} {value:.1f}"
+    if isinstance(value, dict):
+        return f"{key} " + " ".join(f"{count}x{size}" for size, count in value.items())
+    return f"{key} {value}"
+
+
 def _ratio(value: float, reference: float | None) -> str:
     return f"{value / reference:.2f}" if reference else ""
 
@@ -291,6 +336,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtt", default="0,20,100", help="RTTs in ms, comma-separated")
     parser.add_argument("--quick", action="store_true", help="fewer tiles for the slow clients")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of (d), (e) and (h) per RTT, interleaved; medians shown")
     parser.add_argument("--columns", type=int, default=64, help="base level tile columns")
     parser.add_argument("--rows", type=int, default=48, help="base level tile rows")
     args = parser.parse_args()
@@ -310,7 +357,8 @@ def main() -> None:
                 with TcpLatencyRelay("127.0.0.1", orthanc.port, rtt / 1000) as relay:
                     url = relay.url + "/dicom-web"
                     routed = Target(url, *list(target.__dict__.values())[1:])
-                    rows += direct_rows(rtt, routed, slow_tiles)
+                    rows += slow_client_rows(rtt, routed, slow_tiles)
+                    rows += raw_and_copy_rows(rtt, url, routed, work, args.repeats)
                     rows += idcfs_rows(rtt, url, routed, work, random_reads)
                     print_table(rows)
     _save(rows, print_table(rows))

@@ -18,6 +18,7 @@ from idcfs.cache.disk import DiskCache
 from idcfs.cache.memory import ByteLRU
 from idcfs.catalog.base import Catalog
 from idcfs.errors import IdcfsError
+from idcfs.fetch.coalesce import CoalesceSettings
 from idcfs.fetch.dicomweb import ClientSettings, DicomWebClient
 from idcfs.fetch.loader import TileLoader
 from idcfs.fs.adapter import IdcfsOperations
@@ -107,6 +108,7 @@ def build_operations(config: MountConfig) -> IdcfsOperations:
         quality=config.quality,
         staged=ByteLRU(config.readahead_bytes),
         disk=disk,
+        demand=CoalesceSettings(workers=config.connection_limit),
     )
     readahead = None
     if config.readahead_bytes > 0:
@@ -146,6 +148,7 @@ def _close(operations: IdcfsOperations) -> None:
         tree.readahead.close()
     if tree.loader.disk is not None:
         tree.loader.disk.close()
+    tree.loader.close()
     tree.loader.client.close()
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from conftest import stop_mount
@@ -63,3 +65,30 @@ def test_disk_cache_survives_remount(relay, mount_idcfs, test_slides, tmp_path) 
     assert after == before
     fetched = [path for _, path in relay.requests if "/frames/" in path or "/metadata" in path]
     assert not fetched, f"sent {fetched}; first log:\n{first.log()}\nsecond:\n{second.log()}"
+
+
+def test_concurrent_random_readers_share_requests(orthanc, relay, mount_idcfs, tmp_path) -> None:
+    slide = _big_slide(orthanc, tmp_path)
+    mount = mount_idcfs(relay.url + "/dicom-web")
+    level = series_dir(mount.path, slide) / "level-0"
+    names = os.listdir(level)
+    chosen = random.Random(7).sample(names[1:], 8)  # not the first tile: no read-ahead
+    relay.reset()
+    relay.latency_s = 0.3
+    barrier = threading.Barrier(len(chosen))
+
+    def read(name: str) -> bytes:
+        barrier.wait()
+        return (level / name).read_bytes()
+
+    try:
+        with ThreadPoolExecutor(len(chosen)) as pool:
+            contents = list(pool.map(read, chosen))
+    finally:
+        relay.latency_s = 0.0
+    assert all(data[:2] == b"\xff\xd8" for data in contents)
+    frame_requests = [path for _, path in relay.requests if "/frames/" in path]
+    assert sum(len(path.rsplit("/frames/", 1)[1].split(",")) for path in frame_requests) == 8
+    assert len(frame_requests) <= 4, "8 readers at once must share requests"
+    for name, data in zip(chosen, contents, strict=True):
+        assert (level / name).read_bytes() == data

@@ -22,6 +22,7 @@ import numpy as np
 from idcfs.cache.disk import DiskCache
 from idcfs.cache.memory import ByteLRU
 from idcfs.errors import DecodeError, FetchError
+from idcfs.fetch.coalesce import CoalesceSettings, RequestCoalescer
 from idcfs.fetch.dicomweb import DicomWebClient, Frame
 from idcfs.singleflight import SingleFlight, wait
 from idcfs.slide.model import AssociatedImage, FrameRef, InstanceInfo, Slide
@@ -55,6 +56,7 @@ class TileLoader:
         max_frames_per_request: int = MAX_FRAMES_PER_REQUEST,
         staged: ByteLRU | None = None,
         disk: DiskCache | None = None,
+        demand: CoalesceSettings | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -63,6 +65,7 @@ class TileLoader:
         self.quality = quality
         self.max_frames_per_request = max_frames_per_request
         self._flights: SingleFlight[bytes] = SingleFlight()
+        self._demand = RequestCoalescer(self._fetch_for_reading, self.abandon_claimed, demand)
         self.frames_fetched = 0
         self.frames_per_request: Counter[int] = Counter()
         self.disk_hits = 0
@@ -74,7 +77,7 @@ class TileLoader:
             found = self._from_disk(slide, frame)
         if found is not None:
             return found
-        return self._load(slide, [frame], for_reading=True)[frame]
+        return self._load(slide, frame)
 
     def cached(self, slide: Slide, frame: FrameRef) -> bytes | None:
         """A tile from memory (a staged tile moves to the memory cache), never blocking."""
@@ -116,6 +119,10 @@ class TileLoader:
         finally:
             self._release(slide, owned)
 
+    def close(self) -> None:
+        """Stop sending demand requests; readers still waiting get an error."""
+        self._demand.close()
+
     def abandon_claimed(self, slide: Slide, owned: dict[FrameRef, Future[bytes]]) -> None:
         """Give claimed tiles up unfetched (shutdown); a waiting reader gets an error."""
         try:
@@ -135,25 +142,22 @@ class TileLoader:
     def _disk_key(self, slide: Slide, frame: FrameRef) -> str:
         return f"tile/{slide.series_uid}/{frame.instance_uid}/{frame.number}/q{self.quality}"
 
-    def _load(
-        self, slide: Slide, frames: Sequence[FrameRef], for_reading: bool
-    ) -> dict[FrameRef, bytes]:
-        """Fetch the tiles nobody is fetching yet, wait for the others."""
-        owned: dict[FrameRef, Future[bytes]] = {}
-        shared: dict[FrameRef, Future[bytes]] = {}
-        for frame in frames:
-            future, owner = self._flights.claim(tile_key(slide, frame))
-            (owned if owner else shared)[frame] = future
+    def _load(self, slide: Slide, frame: FrameRef) -> bytes:
+        """Fetch a tile for a reader: in a request shared with other readers of the same
+        instance (`RequestCoalescer`), or by waiting for a fetch already under way."""
+        future, owner = self._flights.claim(tile_key(slide, frame))
+        if owner:
+            self._demand.submit(slide, {frame: future})
+        data = wait(future, self._flights.wait_timeout)
+        if not owner:
+            self.cached(slide, frame)  # a tile read ahead and now read: keep it
+        return data
+
+    def _fetch_for_reading(self, slide: Slide, owned: dict[FrameRef, Future[bytes]]) -> None:
         try:
-            self._fetch_owned(slide, owned, self.cache if for_reading else self.staged)
+            self._fetch_owned(slide, owned, self.cache)
         finally:
             self._release(slide, owned)
-        results = {}
-        for frame, future in {**owned, **shared}.items():
-            results[frame] = wait(future, self._flights.wait_timeout)
-            if for_reading and frame in shared:
-                self.cached(slide, frame)  # a tile read ahead and now read: keep it
-        return results
 
     def associated(self, slide: Slide, image: AssociatedImage) -> bytes:
         """A label / overview / thumbnail as one JPEG, stitched when stored as tiles."""

@@ -1,0 +1,115 @@
+"""Demand reads of one instance share requests (an I/O scheduler's request merging).
+
+Random readers (an ML loader's workers) each ask for one tile. Sent one request per
+tile, they cost the server a whole request each; a server that re-reads the instance
+per request (Orthanc) then spends its CPU on parsing, and a quota counted in requests
+(IDC's proxy) runs out sooner. Here at most `per_instance` requests per instance are in
+flight for demand reads. A request starts at once when a slot is free, after a short
+gathering pause (`gather_s`) in which readers arriving together join it; frames asked
+for while both slots are busy wait and leave together, up to `max_frames` per request,
+as soon as a slot frees.
+
+The caller has claimed each frame (single flight) and waits on its future.
+`run_batch` fetches a batch and `abandon_batch` gives one up (at close); each must
+resolve and release every future it is given, success or failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from idcfs.slide.model import FrameRef, Slide
+
+log = logging.getLogger(__name__)
+
+Batch = dict[FrameRef, "Future[bytes]"]
+RunBatch = Callable[[Slide, Batch], None]
+
+
+@dataclass
+class _InstanceQueue:
+    slide: Slide
+    pending: Batch = field(default_factory=dict)
+    in_flight: int = 0
+
+
+@dataclass(frozen=True)
+class CoalesceSettings:
+    per_instance: int = 2
+    gather_s: float = 0.002
+    max_frames: int = 64
+    workers: int = 8
+
+
+class RequestCoalescer:
+    """Queues claimed frames per instance and sends them in shared requests."""
+
+    def __init__(
+        self, run_batch: RunBatch, abandon_batch: RunBatch, settings: CoalesceSettings | None = None
+    ) -> None:
+        self.run_batch = run_batch
+        self.abandon_batch = abandon_batch
+        self.settings = settings or CoalesceSettings()
+        self._queues: dict[Hashable, _InstanceQueue] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(self.settings.workers, "idcfs-fetch")
+
+    def submit(self, slide: Slide, owned: Batch) -> None:
+        """Queue claimed frames; never blocks. Their futures resolve when fetched."""
+        starts: list[Hashable] = []
+        with self._lock:
+            for frame, future in owned.items():
+                key = (slide.series_uid, frame.instance_uid)
+                queue = self._queues.setdefault(key, _InstanceQueue(slide))
+                queue.pending[frame] = future
+                if queue.in_flight < self.settings.per_instance and key not in starts:
+                    queue.in_flight += 1
+                    starts.append(key)
+        for key in starts:
+            self._start(key)
+
+    def close(self) -> None:
+        """Stop: frames still queued get an error."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            queues = list(self._queues.values())
+            self._queues.clear()
+        for queue in queues:
+            self.abandon_batch(queue.slide, queue.pending)
+
+    def _start(self, key: Hashable) -> None:
+        try:
+            self._executor.submit(self._drain, key)
+        except RuntimeError:  # closed: close() fails what is queued
+            return
+
+    def _drain(self, key: Hashable) -> None:
+        """One slot: send what is pending, then what queued meanwhile, until none is."""
+        time.sleep(self.settings.gather_s)
+        while True:
+            with self._lock:
+                queue = self._queues.get(key)
+                if queue is None:
+                    return
+                batch = self._take(queue)
+                if not batch:
+                    queue.in_flight -= 1
+                    if queue.in_flight == 0:
+                        del self._queues[key]
+                    return
+            self._run(queue.slide, batch)
+
+    def _take(self, queue: _InstanceQueue) -> Batch:
+        frames = sorted(queue.pending, key=lambda frame: frame.number)
+        return {frame: queue.pending.pop(frame) for frame in frames[: self.settings.max_frames]}
+
+    def _run(self, slide: Slide, batch: Batch) -> None:
+        try:
+            self.run_batch(slide, batch)
+        except Exception as error:  # the batch's futures carry it to their readers
+            log.debug("request for %d frames failed: %s", len(batch), error)

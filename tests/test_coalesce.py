@@ -1,0 +1,127 @@
+"""RequestCoalescer: demand reads of one instance share requests, every future resolves."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+
+from idcfs.errors import FetchError
+from idcfs.fetch.coalesce import Batch, CoalesceSettings, RequestCoalescer
+from idcfs.slide.model import FrameRef
+
+
+class FakeSlide:
+    series_uid = "series"
+
+
+class SlowServer:
+    """Answers a batch after `delay` seconds (or fails it); records each batch."""
+
+    def __init__(self, delay: float = 0.05, fail: bool = False) -> None:
+        self.delay = delay
+        self.fail = fail
+        self.batches: list[list[int]] = []
+        self.abandoned: list[int] = []
+        self.lock = threading.Lock()
+
+    def run(self, slide: Any, batch: Batch) -> None:
+        with self.lock:
+            self.batches.append(sorted(frame.number for frame in batch))
+        time.sleep(self.delay)
+        for frame, future in batch.items():
+            if self.fail:
+                future.set_exception(FetchError("HTTP 500"))
+            else:
+                future.set_result(b"frame %d" % frame.number)
+        if self.fail:
+            raise FetchError("HTTP 500")
+
+    def abandon(self, slide: Any, batch: Batch) -> None:
+        self.abandoned += [frame.number for frame in batch]
+        for future in batch.values():
+            future.set_exception(FetchError("abandoned"))
+
+
+def _submit_concurrently(coalescer: RequestCoalescer, numbers: list[int]) -> dict[int, Future]:
+    futures = {number: Future() for number in numbers}
+    barrier = threading.Barrier(len(numbers))
+
+    def submit(number: int) -> None:
+        barrier.wait()
+        coalescer.submit(FakeSlide(), {FrameRef("instance", number): futures[number]})  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in numbers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return futures
+
+
+def test_concurrent_readers_share_requests() -> None:
+    server = SlowServer(delay=0.2)
+    coalescer = RequestCoalescer(server.run, server.abandon, CoalesceSettings(per_instance=2))
+    futures = _submit_concurrently(coalescer, list(range(1, 17)))
+    assert {n: f.result(timeout=5) for n, f in futures.items()} == {
+        n: b"frame %d" % n for n in range(1, 17)}
+    assert len(server.batches) <= 4, server.batches  # 16 readers, not 16 requests
+    assert sorted(n for batch in server.batches for n in batch) == list(range(1, 17))
+    coalescer.close()
+
+
+def test_at_most_per_instance_requests_in_flight() -> None:
+    in_flight = 0
+    most = 0
+    lock = threading.Lock()
+    server = SlowServer(delay=0.05)
+
+    def counting(slide: Any, batch: Batch) -> None:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        try:
+            server.run(slide, batch)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    settings = CoalesceSettings(per_instance=2, max_frames=3)
+    coalescer = RequestCoalescer(counting, server.abandon, settings)
+    futures = _submit_concurrently(coalescer, list(range(1, 31)))
+    for future in futures.values():
+        future.result(timeout=10)
+    assert most <= 2
+    assert all(len(batch) <= 3 for batch in server.batches)
+    coalescer.close()
+
+
+def test_a_failed_request_fails_its_readers_and_frees_the_slot() -> None:
+    server = SlowServer(delay=0.01, fail=True)
+    coalescer = RequestCoalescer(server.run, server.abandon, CoalesceSettings(per_instance=1))
+    futures = _submit_concurrently(coalescer, [1, 2, 3])
+    for future in futures.values():
+        with pytest.raises(FetchError):
+            future.result(timeout=5)
+    server.fail = False
+    again = _submit_concurrently(coalescer, [4])
+    assert again[4].result(timeout=5) == b"frame 4"
+    coalescer.close()
+
+
+def test_close_abandons_what_is_queued() -> None:
+    server = SlowServer(delay=0.3)
+    coalescer = RequestCoalescer(server.run, server.abandon, CoalesceSettings(per_instance=1))
+    first = _submit_concurrently(coalescer, [1])
+    time.sleep(0.05)  # frame 1 is in flight; 2 and 3 must queue behind it
+    queued = _submit_concurrently(coalescer, [2, 3])
+    coalescer.close()
+    for future in queued.values():
+        with pytest.raises(FetchError):
+            future.result(timeout=5)
+    assert sorted(server.abandoned) == [2, 3]
+    assert first[1].result(timeout=5) == b"frame 1"
