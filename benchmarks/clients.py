@@ -116,29 +116,29 @@ def raw_batched(target: Target, per_request: int = 64, in_flight: int = 4) -> Re
     return _timed(f"(d) raw {per_request}/req x{in_flight}", run, len(batches))
 
 
-def concurrent_get_latency(target: Target, numbers: Sequence[int], threads: int = 8) -> float:
-    """Median seconds of single-frame GETs made `threads` at a time (same load as (g))."""
-    pool = urllib3.PoolManager(maxsize=threads)
-    base = (f"{target.url}/studies/{target.study_uid}/series/{target.series_uid}"
-            f"/instances/{target.instance_uid}/frames/")
+class FrameGetter:
+    """Single-frame GETs on warm keep-alive connections, timed."""
 
-    def fetch(number: int) -> float:
+    def __init__(self, target: Target, connections: int = 1) -> None:
+        self.pool = urllib3.PoolManager(maxsize=connections)
+        self.base = (f"{target.url}/studies/{target.study_uid}/series/{target.series_uid}"
+                     f"/instances/{target.instance_uid}/frames/")
+
+    def seconds(self, number: int) -> float:
         start = time.perf_counter()
-        pool.request("GET", f"{base}{number}", headers={"Accept": AS_STORED})
+        self.pool.request("GET", f"{self.base}{number}", headers={"Accept": AS_STORED})
         return time.perf_counter() - start
 
+
+def concurrent_get_latency(target: Target, numbers: Sequence[int], threads: int = 8) -> float:
+    """Median seconds of single-frame GETs made `threads` at a time (same load as (g))."""
+    getter = FrameGetter(target, threads)
     with ThreadPoolExecutor(threads) as workers:
-        return statistics.median(workers.map(fetch, numbers))
+        return statistics.median(workers.map(getter.seconds, numbers))
 
 
 def single_get_latency(target: Target, samples: int = 30) -> float:
     """Median seconds of one single-frame GET on a warm keep-alive connection."""
-    pool = urllib3.PoolManager(maxsize=1)
-    base = (f"{target.url}/studies/{target.study_uid}/series/{target.series_uid}"
-            f"/instances/{target.instance_uid}/frames/")
-    times = []
-    for number in target.frame_numbers[:samples]:
-        start = time.perf_counter()
-        pool.request("GET", f"{base}{number}", headers={"Accept": AS_STORED})
-        times.append(time.perf_counter() - start)
+    getter = FrameGetter(target)
+    times = [getter.seconds(number) for number in target.frame_numbers[:samples]]
     return statistics.median(times[1:])

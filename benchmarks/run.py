@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.clients import (
+    FrameGetter,
     Result,
     Target,
     concurrent_get_latency,
@@ -127,6 +128,7 @@ def idcfs_rows(rtt: int, url: str, target: Target, work: Path, random_reads: int
     return [
         _ls_cold(rtt, url, target, work),
         _parallel_readers(rtt, url, target, work),
+        _single_reader(rtt, url, target, work),
         _random_reads(rtt, url, target, work, random_reads),
         _warm_disk(rtt, url, target, work),
     ]
@@ -232,6 +234,29 @@ def _random_reads(rtt: int, url: str, target: Target, work: Path, count: int) ->
                "bar_ms": (1.2 * single + 0.003) * 1000,
                "direct_get_x8_ms": loaded * 1000,
                "bar_same_load_ms": (1.2 * loaded + 0.003) * 1000})
+    mount.close()
+    return row
+
+
+def _single_reader(rtt: int, url: str, target: Target, work: Path, count: int = 40) -> Row:
+    """(g1) cold random reads from one thread, each followed by a direct single-frame GET
+    of another random tile: idcfs's cost per cold read against the GET it stands for,
+    with the server in the same state."""
+    mount = Mounted(url, work)
+    paths = listed(level_dir(mount, target.study_uid, target.series_uid))
+    picked = random.Random(6).sample(range(1, len(paths)), 2 * count)
+    getter = FrameGetter(target)
+    getter.seconds(target.frame_numbers[0])  # open the connection
+    idcfs_s: list[float] = []
+    direct_s: list[float] = []
+    for mine, theirs in zip(picked[:count], picked[count:], strict=True):
+        idcfs_s += read_files([paths[mine]])[1]
+        direct_s.append(getter.seconds(target.frame_numbers[theirs]))
+    median, direct = statistics.median(idcfs_s), statistics.median(direct_s)
+    row = Row(rtt, "(g1) idcfs random reads x1", count, sum(idcfs_s), 0,
+              mount.stats()["requests_sent"],
+              {"median_latency_ms": median * 1000, "direct_get_ms": direct * 1000,
+               "bar_ms": (1.2 * direct + 0.003) * 1000})
     mount.close()
     return row
 

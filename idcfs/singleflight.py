@@ -31,6 +31,10 @@ class SingleFlight(Generic[V]):
             self._running[key] = future
             return future, True
 
+    def running(self, key: Hashable) -> Future[V] | None:
+        """The key's future while someone computes it, else None."""
+        return self._running.get(key)
+
     def finish(self, key: Hashable) -> None:
         with self._lock:
             self._running.pop(key, None)

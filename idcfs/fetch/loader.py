@@ -71,13 +71,26 @@ class TileLoader:
         self.disk_hits = 0
 
     def tile(self, slide: Slide, frame: FrameRef) -> bytes:
-        """The served bytes of one tile (may block on disk or network)."""
+        """The served bytes of one tile (may block on disk or network).
+
+        From memory; else from a fetch already under way (read-ahead); else from the
+        disk cache; else in a request shared with other readers of the same instance
+        (`RequestCoalescer`). The tile is claimed before the disk is read, so a tile is
+        read from disk or fetched once however many ask."""
         found = self.cached(slide, frame)
-        if found is None:
-            found = self._from_disk(slide, frame)
         if found is not None:
             return found
-        return self._load(slide, frame)
+        future, owner = self._flights.claim(tile_key(slide, frame))
+        if owner:
+            self._load(slide, frame, future)
+        data = wait(future, self._flights.wait_timeout)
+        if not owner:
+            self.cached(slide, frame)  # a tile read ahead and now read: keep it
+        return data
+
+    def in_flight(self, slide: Slide, frame: FrameRef) -> Future[bytes] | None:
+        """The future of a tile being read from disk or fetched, else None."""
+        return self._flights.running(tile_key(slide, frame))
 
     def cached(self, slide: Slide, frame: FrameRef) -> bytes | None:
         """A tile from memory (a staged tile moves to the memory cache), never blocking."""
@@ -142,16 +155,18 @@ class TileLoader:
     def _disk_key(self, slide: Slide, frame: FrameRef) -> str:
         return f"tile/{slide.series_uid}/{frame.instance_uid}/{frame.number}/q{self.quality}"
 
-    def _load(self, slide: Slide, frame: FrameRef) -> bytes:
-        """Fetch a tile for a reader: in a request shared with other readers of the same
-        instance (`RequestCoalescer`), or by waiting for a fetch already under way."""
-        future, owner = self._flights.claim(tile_key(slide, frame))
-        if owner:
+    def _load(self, slide: Slide, frame: FrameRef, future: Future[bytes]) -> None:
+        """Resolve a claimed tile from disk, or queue it for a request."""
+        try:
+            data = self._from_disk(slide, frame)
+        except BaseException:
+            self._release(slide, {frame: future})
+            raise
+        if data is None:
             self._demand.submit(slide, {frame: future})
-        data = wait(future, self._flights.wait_timeout)
-        if not owner:
-            self.cached(slide, frame)  # a tile read ahead and now read: keep it
-        return data
+        else:
+            future.set_result(data)
+            self._flights.finish(tile_key(slide, frame))
 
     def _fetch_for_reading(self, slide: Slide, owned: dict[FrameRef, Future[bytes]]) -> None:
         try:

@@ -2,7 +2,8 @@
 
 Anything that may block (catalog, series metadata, frames) runs in a worker thread;
 answers already in memory (listed directories, cached tiles, open files) are served
-on the event loop without a thread hop.
+on the event loop without a thread hop, and an open of a tile that read-ahead is
+fetching waits for it on the event loop too.
 
 Size scheme (docs/SEMANTICS.md): a tile not fetched yet shows a placeholder size; the
 first `open()` fetches it and tells the kernel to forget the cached attributes, so
@@ -12,12 +13,14 @@ the `fstat`, reads and `mmap` that follow see the exact size; the page cache is 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
 import os
 import stat
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -32,6 +35,7 @@ T = TypeVar("T")
 LONG_TIMEOUT = 3600.0
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 BLOCK_SIZE = 512
+IN_FLIGHT_WAIT_S = 900.0
 
 
 def to_fuse_error(error: BaseException, what: str) -> pyfuse3.FUSEError:
@@ -149,6 +153,8 @@ class IdcfsOperations(pyfuse3.Operations):
         size_was_exact = node.size()[1]
         data = node.cached_content()
         if data is None:
+            data = await _content_in_flight(node)
+        if data is None:
             data = await self._blocking(f"open {node.name} (inode {inode})", node.content)
         if not size_was_exact:
             _forget_cached_attributes(inode)
@@ -179,6 +185,26 @@ class IdcfsOperations(pyfuse3.Operations):
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         return None
+
+
+async def _content_in_flight(node: FileNode) -> bytes | None:
+    """A file's content once the fetch under way for it ends, if one is; else None
+    (also when that fetch failed: the caller then asks on its own, once)."""
+    future = node.pending()
+    if future is None:
+        return None
+    if not future.done():
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_: Future[bytes]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        future.add_done_callback(wake)
+        with trio.move_on_after(IN_FLIGHT_WAIT_S):
+            await done.wait()
+    return node.cached_content()
 
 
 def _forget_cached_attributes(inode: int) -> None:

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,10 @@ class FileNode(Node):
 
     def note_open(self) -> None:
         """Called on every open, before the content is asked for (read-ahead hook)."""
+
+    def pending(self) -> Future[bytes] | None:
+        """The future of the content while it is being fetched, if it is."""
+        return None
 
 
 class StaticFile(FileNode):
@@ -156,6 +161,9 @@ class TileFile(FetchedFile):
 
     def fetch(self) -> bytes:
         return self.loader.tile(self.slide, self.tile.frame)
+
+    def pending(self) -> Future[bytes] | None:
+        return self.loader.in_flight(self.slide, self.tile.frame)
 
     def peek(self) -> bytes | None:
         return self.loader.cached(self.slide, self.tile.frame)
