@@ -120,6 +120,33 @@ def test_disk_cache_checks_entries(tmp_path: Path) -> None:
     assert unseal(disk._store.get("old"))[1] > 1e9  # read long after storing: stored again
 
 
+def test_disk_cache_reads_many_under_one_lock(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path / "c", 1 << 20)
+    disk.put("a", b"first")
+    disk.put("b", b"second")
+    disk._store.set("bad", seal(b"data")[:-1] + b"X")
+    assert disk.get_many(["a", "missing", "b", "bad"]) == {"a": b"first", "b": b"second"}
+    assert disk.dropped == 1
+
+
+def test_tile_sizes_survive_a_new_index(tmp_path: Path) -> None:
+    from idcfs.cache.sizes import TileSizes
+
+    disk = DiskCache(tmp_path / "c", 1 << 20)
+    sizes = TileSizes(disk, flush_every_s=3600)
+    sizes.note("series/instance/q97", 3, 12345)
+    sizes.note("series/instance/q97", 1, 77)
+    assert sizes.get("series/instance/q97", 3) == 12345
+    assert sizes.get("series/instance/q97", 2) is None  # never stored
+    assert sizes.get("series/instance/q97", 99) is None
+    assert TileSizes(disk).get("series/instance/q97", 3) is None  # not written yet
+    sizes.flush()
+    again = TileSizes(disk)
+    assert again.get("series/instance/q97", 3) == 12345
+    assert again.get("series/instance/q97", 1) == 77
+    assert again.get("series/other/q97", 1) is None
+
+
 def test_single_flight_shares_one_computation() -> None:
     flights: SingleFlight[int] = SingleFlight()
     calls = []

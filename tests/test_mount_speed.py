@@ -67,6 +67,51 @@ def test_disk_cache_survives_remount(relay, mount_idcfs, test_slides, tmp_path) 
     assert not fetched, f"sent {fetched}; first log:\n{first.log()}\nsecond:\n{second.log()}"
 
 
+def test_remount_shows_exact_sizes_from_the_disk_cache(relay, mount_idcfs, test_slides,
+                                                      tmp_path) -> None:
+    cache_dir = tmp_path / "disk-cache"
+    slide = named(test_slides, "jpeg_rgb")
+    first = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
+    level = series_dir(first.path, slide) / "level-0"
+    before = {p.name: p.read_bytes() for p in level.iterdir()}
+    stop_mount(first)
+    second = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
+    level = series_dir(second.path, slide) / "level-0"
+    shown = {p.name: p.stat().st_size for p in level.iterdir()}  # nothing opened yet
+    assert shown == {name: len(data) for name, data in before.items()}
+    assert {p.name: p.read_bytes() for p in level.iterdir()} == before
+
+
+def test_a_wrong_size_in_the_index_is_corrected_on_open(relay, mount_idcfs, test_slides,
+                                                       tmp_path) -> None:
+    from array import array
+
+    from idcfs.cache.disk import DiskCache
+
+    cache_dir = tmp_path / "disk-cache"
+    slide = named(test_slides, "jpeg_rgb")
+    first = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
+    level = series_dir(first.path, slide) / "level-0"
+    before = {p.name: p.read_bytes() for p in level.iterdir()}
+    stop_mount(first)
+    disk = DiskCache(cache_dir, 1 << 30)
+    keys = [key for key in disk._store.iterkeys() if str(key).startswith("sizes/")]
+    assert keys
+    for key in keys:
+        count = len(disk.get(key)) // 4
+        disk.put(key, array("I", [5] * count).tobytes())  # every size wrong
+    disk.close()
+    second = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
+    level = series_dir(second.path, slide) / "level-0"
+    name = sorted(before)[1]
+    assert (level / name).stat().st_size == 5
+    copied = tmp_path / "copied.jpg"
+    subprocess.run(["cp", str(level / name), str(copied)], check=True)
+    assert copied.read_bytes() == before[name]
+    assert (level / name).stat().st_size == len(before[name])
+    assert (level / name).read_bytes() == before[name]
+
+
 def test_concurrent_random_readers_share_requests(orthanc, relay, mount_idcfs, tmp_path) -> None:
     slide = _big_slide(orthanc, tmp_path)
     mount = mount_idcfs(relay.url + "/dicom-web")

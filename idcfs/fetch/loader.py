@@ -21,6 +21,7 @@ import numpy as np
 
 from idcfs.cache.disk import DiskCache
 from idcfs.cache.memory import ByteLRU
+from idcfs.cache.sizes import TileSizes
 from idcfs.errors import DecodeError, FetchError
 from idcfs.fetch.coalesce import CoalesceSettings, RequestCoalescer
 from idcfs.fetch.dicomweb import DicomWebClient, Frame
@@ -62,6 +63,7 @@ class TileLoader:
         self.cache = cache
         self.staged = staged if staged is not None else ByteLRU(64 << 20)
         self.disk = disk
+        self.sizes = TileSizes(disk) if disk is not None else None
         self.quality = quality
         self.max_frames_per_request = max_frames_per_request
         self._flights: SingleFlight[bytes] = SingleFlight()
@@ -121,9 +123,10 @@ class TileLoader:
     def fetch_claimed(self, slide: Slide, owned: dict[FrameRef, Future[bytes]]) -> None:
         """Fetch claimed tiles into the staging area (disk cache first); always resolves."""
         try:
+            on_disk = self._staged_from_disk(slide, list(owned))
             network: dict[FrameRef, Future[bytes]] = {}
             for frame, future in owned.items():
-                data = self._from_disk(slide, frame, stage=True)
+                data = on_disk.get(frame)
                 if data is None:
                     network[frame] = future
                 else:
@@ -132,9 +135,18 @@ class TileLoader:
         finally:
             self._release(slide, owned)
 
+    def known_size(self, slide: Slide, frame: FrameRef) -> int | None:
+        """The size of a tile the disk cache holds (from its size index), else None."""
+        if self.sizes is None:
+            return None
+        return self.sizes.get(self._instance_key(slide, frame), frame.number)
+
     def close(self) -> None:
-        """Stop sending demand requests; readers still waiting get an error."""
+        """Stop sending demand requests (readers still waiting get an error); write the
+        disk cache's size index."""
         self._demand.close()
+        if self.sizes is not None:
+            self.sizes.flush()
 
     def abandon_claimed(self, slide: Slide, owned: dict[FrameRef, Future[bytes]]) -> None:
         """Give claimed tiles up unfetched (shutdown); a waiting reader gets an error."""
@@ -143,17 +155,42 @@ class TileLoader:
         except FetchError:
             self._release(slide, owned)
 
-    def _from_disk(self, slide: Slide, frame: FrameRef, stage: bool = False) -> bytes | None:
+    def _from_disk(self, slide: Slide, frame: FrameRef) -> bytes | None:
         if self.disk is None:
             return None
         data = self.disk.get(self._disk_key(slide, frame))
         if data is not None:
-            self.disk_hits += 1
-            (self.staged if stage else self.cache).put(tile_key(slide, frame), data)
+            self._found_on_disk(slide, frame, data, self.cache)
         return data
+
+    def _staged_from_disk(self, slide: Slide, frames: list[FrameRef]) -> dict[FrameRef, bytes]:
+        if self.disk is None:
+            return {}
+        keys = {self._disk_key(slide, frame): frame for frame in frames}
+        found = {keys[key]: data for key, data in self.disk.get_many(list(keys)).items()}
+        for frame, data in found.items():
+            self._found_on_disk(slide, frame, data, self.staged)
+        return found
+
+    def _found_on_disk(self, slide: Slide, frame: FrameRef, data: bytes, target: ByteLRU) -> None:
+        self.disk_hits += 1
+        target.put(tile_key(slide, frame), data)
+        self._note_size(slide, frame, data)
+
+    def _to_disk(self, slide: Slide, frame: FrameRef, data: bytes) -> None:
+        if self.disk is not None:
+            self.disk.put(self._disk_key(slide, frame), data)
+            self._note_size(slide, frame, data)
+
+    def _note_size(self, slide: Slide, frame: FrameRef, data: bytes) -> None:
+        if self.sizes is not None:
+            self.sizes.note(self._instance_key(slide, frame), frame.number, len(data))
 
     def _disk_key(self, slide: Slide, frame: FrameRef) -> str:
         return f"tile/{slide.series_uid}/{frame.instance_uid}/{frame.number}/q{self.quality}"
+
+    def _instance_key(self, slide: Slide, frame: FrameRef) -> str:
+        return f"{slide.series_uid}/{frame.instance_uid}/q{self.quality}"
 
     def _load(self, slide: Slide, frame: FrameRef, future: Future[bytes]) -> None:
         """Resolve a claimed tile from disk, or queue it for a request."""
@@ -202,8 +239,7 @@ class TileLoader:
                     ref = FrameRef(instance_uid, number)
                     data = self._convert(frame, info, ref)
                     target.put(tile_key(slide, ref), data)
-                    if self.disk is not None:
-                        self.disk.put(self._disk_key(slide, ref), data)
+                    self._to_disk(slide, ref, data)
                     owned[ref].set_result(data)
 
     def _convert(self, frame: Frame, info: InstanceInfo, ref: FrameRef) -> bytes:

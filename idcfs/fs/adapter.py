@@ -5,10 +5,11 @@ answers already in memory (listed directories, cached tiles, open files) are ser
 on the event loop without a thread hop, and an open of a tile that read-ahead is
 fetching waits for it on the event loop too.
 
-Size scheme (docs/SEMANTICS.md): a tile not fetched yet shows a placeholder size; the
-first `open()` fetches it and tells the kernel to forget the cached attributes, so
-the `fstat`, reads and `mmap` that follow see the exact size; the page cache is kept
-(`keep_cache`).
+Size scheme (docs/SEMANTICS.md): a tile not fetched yet shows a placeholder size (or,
+held in the disk cache, its size from the cache's index); `open()` fetches it and, when
+the content's size is not the one shown, tells the kernel to forget the cached
+attributes, so the `fstat`, reads and `mmap` that follow see the exact size; the page
+cache is kept (`keep_cache`).
 """
 
 from __future__ import annotations
@@ -150,13 +151,13 @@ class IdcfsOperations(pyfuse3.Operations):
         if not isinstance(node, FileNode):
             raise pyfuse3.FUSEError(errno.EISDIR)
         node.note_open()
-        size_was_exact = node.size()[1]
+        shown_size = node.size()[0]
         data = node.cached_content()
         if data is None:
             data = await _content_in_flight(node)
         if data is None:
             data = await self._blocking(f"open {node.name} (inode {inode})", node.content)
-        if not size_was_exact:
+        if len(data) != shown_size:
             _forget_cached_attributes(inode)
         handle = next(self._handles)
         self._open_files[handle] = data
@@ -208,7 +209,8 @@ async def _content_in_flight(node: FileNode) -> bytes | None:
 
 
 def _forget_cached_attributes(inode: int) -> None:
-    """Make the kernel ask for a tile's attributes again: its size just became exact."""
+    """Make the kernel ask for a tile's attributes again: the size it was shown (a
+    placeholder, or a size index entry that no longer holds) is not the content's."""
     try:
         pyfuse3.invalidate_inode(inode, attr_only=True)
     except OSError as error:

@@ -352,7 +352,11 @@ class Tree:
 
     def _tiles(self, slide: Slide, level: Level, grid: TileGrid) -> list[Node]:
         placeholder = self._placeholder(level.tile_width, level.tile_height, 3)
-        return [TileFile(self, slide, grid, index, placeholder) for index in range(len(grid.tiles))]
+        count = len(grid.tiles)
+        nodes = [TileFile(self, slide, grid, index, placeholder) for index in range(count)]
+        for node in nodes:  # tiles in the disk cache: their size is known before an open
+            node.exact_size = self.loader.known_size(slide, node.tile.frame)
+        return nodes
 
 
 def default_placeholder(width: int, height: int, samples: int) -> int:
