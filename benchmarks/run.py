@@ -6,6 +6,9 @@ tiles, through a loopback relay adding WAN latency.
 Starts its own Orthanc (temp dir) with a generated slide whose base level has >= 3,000
 JPEG tiles, then for each RTT runs (a)-(d) and (e)-(h) and prints tiles/s, MB/s, the
 ratios of each idcfs figure to (d) and to (a), requests sent and the daemon's peak RSS.
+(d), (e), (h), (h') and the in-memory ceiling (measured at each RTT, interleaved with
+(h')) run `--repeats` times (default 3); the table shows the median run, with the
+fastest and slowest in its notes.
 Results also go to benchmarks/results/latest.json and latest.md.
 """
 
@@ -130,7 +133,6 @@ def idcfs_rows(rtt: int, url: str, target: Target, work: Path, random_reads: int
         _parallel_readers(rtt, url, target, work),
         _single_reader(rtt, url, target, work),
         _random_reads(rtt, url, target, work, random_reads),
-        _warm_disk(rtt, url, target, work),
     ]
 
 
@@ -261,19 +263,31 @@ def _single_reader(rtt: int, url: str, target: Target, work: Path, count: int = 
     return row
 
 
-def _warm_disk(rtt: int, url: str, target: Target, work: Path) -> Row:
+def warm_disk_and_ceiling(
+    rtt: int, url: str, target: Target, work: Path, sizes: list[int], repeats: int
+) -> list[Row]:
+    """(h') the level read after a remount from the disk cache, and the in-memory
+    ceilings, `repeats` times each, interleaved; the median of each."""
     cache_dir = work / f"disk-cache-{rtt}"
     first = Mounted(url, work, "--cache-dir", str(cache_dir))
     read_files(listed(level_dir(first, target.study_uid, target.series_uid)))
     first.close()
-    mount = Mounted(url, work, "--cache-dir", str(cache_dir))
-    paths = listed(level_dir(mount, target.study_uid, target.series_uid))
-    start = time.perf_counter()
-    nbytes, _ = read_files(paths)
-    row = Row(rtt, "(h') idcfs warm, disk (remount)", len(paths), time.perf_counter() - start,
-              nbytes, mount.stats()["requests_sent"])
-    mount.close()
-    return row
+    cold: list[Row] = []
+    warm: list[Row] = []
+    runs: list[Row] = []
+    for _ in range(repeats):
+        for rows, row in zip((cold, warm), _memfs_reads(sizes, work), strict=True):
+            row.rtt_ms = rtt
+            rows.append(row)
+        mount = Mounted(url, work, "--cache-dir", str(cache_dir))
+        paths = listed(level_dir(mount, target.study_uid, target.series_uid))
+        start = time.perf_counter()
+        nbytes, _ = read_files(paths)
+        runs.append(Row(rtt, "(h') idcfs warm, disk (remount)", len(paths),
+                        time.perf_counter() - start, nbytes, mount.stats()["requests_sent"]))
+        mount.close()
+    shutil.rmtree(cache_dir)
+    return [median_row(cold), median_row(warm), median_row(runs)]
 
 
 def slow_client_rows(rtt: int, target: Target, slow_tiles: int) -> list[Row]:
@@ -285,11 +299,8 @@ def slow_client_rows(rtt: int, target: Target, slow_tiles: int) -> list[Row]:
     return [Row(rtt, r.name, r.tiles, r.seconds, r.nbytes, r.requests) for r in results]
 
 
-def memfs_ceiling(sizes: list[int], work: Path) -> list[Row]:
-    """Ceilings for warm reads: the same reader over an in-memory pyfuse3 filesystem,
-    first with the kernel page cache cold (what a remount faces), then warm."""
-    mountpoint = work / "memfs"
-    mountpoint.mkdir()
+def _memfs_reads(sizes: list[int], work: Path) -> tuple[Row, Row]:
+    mountpoint = Path(tempfile.mkdtemp(dir=work, prefix="memfs-"))
     sizes_file = work / "sizes.json"
     sizes_file.write_text(json.dumps(sizes))
     process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("memfs.py")),
@@ -305,7 +316,7 @@ def memfs_ceiling(sizes: list[int], work: Path) -> list[Row]:
             nbytes, _ = read_files(paths)
             rows.append(Row(-1, f"ceiling: in-memory pyfuse3 fs, {label}", len(paths),
                             time.perf_counter() - start, nbytes))
-        return rows
+        return rows[0], rows[1]
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -324,11 +335,23 @@ def build_target(url: str, slide: Any) -> Target:
                   tuple((i % columns, i // columns) for i in range(frames)))
 
 
+def add_ceiling_ratios(rows: list[Row]) -> None:
+    """Note (h) as a share of the warm-page-cache ceiling, (h') of the cold one."""
+    pairs = (("(h) ", "warm page cache"), ("(h') ", "cold page cache"))
+    for row in rows:
+        for prefix, ceiling_label in pairs:
+            ceiling = next((r for r in rows if r.rtt_ms == row.rtt_ms
+                            and r.name.endswith(ceiling_label)), None)
+            if row.name.startswith(prefix) and ceiling is not None:
+                row.extra["of_ceiling"] = row.tiles_per_s / ceiling.tiles_per_s
+
+
 def print_table(rows: list[Row]) -> str:
     lines = [
         "| RTT ms | scenario | tiles | s | tiles/s | MB/s | x (d) | x (a) | requests | notes |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    add_ceiling_ratios(rows)
     for row in rows:
         same_rtt = [r for r in rows if r.rtt_ms == row.rtt_ms]
         raw = next((r.tiles_per_s for r in same_rtt if r.name.startswith("(d)")), None)
@@ -347,7 +370,8 @@ def print_table(rows: list[Row]) -> str:
 
 def _note(key: str, value: Any) -> str:
     if isinstance(value, float):
-        return f"{key} {value:.2f}" if key.endswith("_s") else f"{key} {value:.1f}"
+        precise = key.endswith("_s") or key == "of_ceiling"
+        return f"{key} {value:.2f}" if precise else f"{key} {value:.1f}"
     if isinstance(value, dict):
         return f"{key} " + " ".join(f"{count}x{size}" for size, count in value.items())
     return f"{key} {value}"
@@ -377,7 +401,6 @@ def main() -> None:
             orthanc.upload(slide.files)
             target = build_target(orthanc.dicomweb_url, slide)
             sizes = [len(f) for f in _frames(target)]
-            rows += memfs_ceiling(sizes, work)
             for rtt in (int(value) for value in args.rtt.split(",")):
                 with TcpLatencyRelay("127.0.0.1", orthanc.port, rtt / 1000) as relay:
                     url = relay.url + "/dicom-web"
@@ -385,6 +408,7 @@ def main() -> None:
                     rows += slow_client_rows(rtt, routed, slow_tiles)
                     rows += raw_and_copy_rows(rtt, url, routed, work, args.repeats)
                     rows += idcfs_rows(rtt, url, routed, work, random_reads)
+                    rows += warm_disk_and_ceiling(rtt, url, routed, work, sizes, args.repeats)
                     print_table(rows)
     _save(rows, print_table(rows))
 
