@@ -85,8 +85,11 @@ class RequestCoalescer:
     def _start(self, key: Hashable) -> None:
         try:
             self._executor.submit(self._drain, key)
-        except RuntimeError:  # closed: close() fails what is queued
-            return
+        except RuntimeError:  # closed: nothing will send these
+            with self._lock:
+                queue = self._queues.pop(key, None)
+            if queue is not None:
+                self.abandon_batch(queue.slide, queue.pending)
 
     def _drain(self, key: Hashable) -> None:
         """One slot: send what is pending, then what queued meanwhile, until none is."""

@@ -193,9 +193,10 @@ class TileLoader:
         return f"{slide.series_uid}/{frame.instance_uid}/q{self.quality}"
 
     def _load(self, slide: Slide, frame: FrameRef, future: Future[bytes]) -> None:
-        """Resolve a claimed tile from disk, or queue it for a request."""
+        """Resolve a claimed tile from memory (read ahead just now) or disk, or queue it
+        for a request."""
         try:
-            data = self._from_disk(slide, frame)
+            data = self.cached(slide, frame) or self._from_disk(slide, frame)
         except BaseException:
             self._release(slide, {frame: future})
             raise
