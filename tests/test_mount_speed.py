@@ -67,33 +67,34 @@ def test_disk_cache_survives_remount(relay, mount_idcfs, test_slides, tmp_path) 
     assert not fetched, f"sent {fetched}; first log:\n{first.log()}\nsecond:\n{second.log()}"
 
 
-def test_remount_shows_exact_sizes_from_the_disk_cache(relay, mount_idcfs, test_slides,
-                                                      tmp_path) -> None:
+def _read_then_remount(relay, mount_idcfs, test_slides, tmp_path, between=None):  # type: ignore[no-untyped-def]
+    """Read level-0 of the RGB slide with a disk cache, unmount, call `between(cache_dir)`,
+    mount again; (the level in the new mount, the bytes read the first time)."""
     cache_dir = tmp_path / "disk-cache"
     slide = named(test_slides, "jpeg_rgb")
     first = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
     level = series_dir(first.path, slide) / "level-0"
     before = {p.name: p.read_bytes() for p in level.iterdir()}
     stop_mount(first)
+    if between is not None:
+        between(cache_dir)
     second = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
-    level = series_dir(second.path, slide) / "level-0"
+    return series_dir(second.path, slide) / "level-0", before
+
+
+def test_remount_shows_exact_sizes_from_the_disk_cache(relay, mount_idcfs, test_slides,
+                                                      tmp_path) -> None:
+    level, before = _read_then_remount(relay, mount_idcfs, test_slides, tmp_path)
     shown = {p.name: p.stat().st_size for p in level.iterdir()}  # nothing opened yet
     assert shown == {name: len(data) for name, data in before.items()}
     assert {p.name: p.read_bytes() for p in level.iterdir()} == before
 
 
-def test_a_wrong_size_in_the_index_is_corrected_on_open(relay, mount_idcfs, test_slides,
-                                                       tmp_path) -> None:
+def _spoil_size_index(cache_dir: Path) -> None:
     from array import array
 
     from idcfs.cache.disk import DiskCache
 
-    cache_dir = tmp_path / "disk-cache"
-    slide = named(test_slides, "jpeg_rgb")
-    first = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
-    level = series_dir(first.path, slide) / "level-0"
-    before = {p.name: p.read_bytes() for p in level.iterdir()}
-    stop_mount(first)
     disk = DiskCache(cache_dir, 1 << 30)
     keys = [key for key in disk._store.iterkeys() if str(key).startswith("sizes/")]
     assert keys
@@ -101,8 +102,12 @@ def test_a_wrong_size_in_the_index_is_corrected_on_open(relay, mount_idcfs, test
         count = len(disk.get(key)) // 4
         disk.put(key, array("I", [5] * count).tobytes())  # every size wrong
     disk.close()
-    second = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
-    level = series_dir(second.path, slide) / "level-0"
+
+
+def test_a_wrong_size_in_the_index_is_corrected_on_open(relay, mount_idcfs, test_slides,
+                                                       tmp_path) -> None:
+    level, before = _read_then_remount(relay, mount_idcfs, test_slides, tmp_path,
+                                       between=_spoil_size_index)
     name = sorted(before)[1]
     assert (level / name).stat().st_size == 5
     copied = tmp_path / "copied.jpg"
