@@ -125,3 +125,35 @@ def test_close_abandons_what_is_queued() -> None:
             future.result(timeout=5)
     assert sorted(server.abandoned) == [2, 3]
     assert first[1].result(timeout=5) == b"frame 1"
+
+
+def _readers_reading_on(coalescer: RequestCoalescer, readers: int, rounds: int) -> None:
+    """Each reader asks for a frame, waits for it, takes 5-20 ms with it (a decode, say),
+    and asks again."""
+
+    def read(reader: int) -> None:
+        for round_number in range(rounds):
+            future: Future[bytes] = Future()
+            frame = FrameRef("instance", 1 + reader + readers * round_number)
+            coalescer.submit(FakeSlide(), {frame: future})  # type: ignore[arg-type]
+            future.result(timeout=10)
+            time.sleep(0.005 * (reader + 1))
+
+    threads = [threading.Thread(target=read, args=(reader,)) for reader in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@pytest.mark.parametrize("anticipate", [True, False])
+def test_a_slot_waits_for_its_readers_to_ask_again(anticipate: bool) -> None:
+    server = SlowServer(delay=0.2)
+    settings = CoalesceSettings(per_instance=1, anticipate_fraction=0.25 if anticipate else 0)
+    coalescer = RequestCoalescer(server.run, server.abandon, settings)
+    _readers_reading_on(coalescer, readers=4, rounds=4)
+    coalescer.close()
+    if anticipate:  # each round is one request; the first may split
+        assert len(server.batches) <= 5, server.batches
+    else:  # the control: without waiting, returning readers miss the slot
+        assert len(server.batches) > 5, server.batches

@@ -9,6 +9,13 @@ gathering pause (`gather_s`) in which readers arriving together join it; frames 
 for while both slots are busy wait and leave together, up to `max_frames` per request,
 as soon as a slot frees.
 
+When a request lands, its readers read on and ask again within milliseconds. The slot
+waits for them (anticipation, as in the anticipatory disk scheduler) before its next
+request: until as many new frames have been asked for as the last request carried, at
+most `anticipate_fraction` of that request's duration and never past `anticipate_max_s`.
+Without the wait a slot leaves with whatever queued meanwhile, its own readers miss it
+by a few milliseconds and wait a whole request longer.
+
 The caller has claimed each frame (single flight) and waits on its future.
 `run_batch` fetches a batch and `abandon_batch` gives one up (at close); each must
 resolve and release every future it is given, success or failure.
@@ -36,6 +43,8 @@ class _InstanceQueue:
     slide: Slide
     pending: Batch = field(default_factory=dict)
     in_flight: int = 0
+    arrivals: int = 0  # frames ever queued: a slot counts its readers' return by it
+    closed: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class CoalesceSettings:
     gather_s: float = 0.002
     max_frames: int = 64
     workers: int = 8
+    anticipate_fraction: float = 0.1
+    anticipate_max_s: float = 0.05
 
 
 class RequestCoalescer:
@@ -57,6 +68,7 @@ class RequestCoalescer:
         self.settings = settings or CoalesceSettings()
         self._queues: dict[Hashable, _InstanceQueue] = {}
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._executor = ThreadPoolExecutor(self.settings.workers, "idcfs-fetch")
 
     def submit(self, slide: Slide, owned: Batch) -> None:
@@ -67,9 +79,11 @@ class RequestCoalescer:
                 key = (slide.series_uid, frame.instance_uid)
                 queue = self._queues.setdefault(key, _InstanceQueue(slide))
                 queue.pending[frame] = future
+                queue.arrivals += 1
                 if queue.in_flight < self.settings.per_instance and key not in starts:
                     queue.in_flight += 1
                     starts.append(key)
+            self._arrived.notify_all()
         for key in starts:
             self._start(key)
 
@@ -79,6 +93,9 @@ class RequestCoalescer:
         with self._lock:
             queues = list(self._queues.values())
             self._queues.clear()
+            for queue in queues:
+                queue.closed = True
+            self._arrived.notify_all()
         for queue in queues:
             self.abandon_batch(queue.slide, queue.pending)
 
@@ -94,10 +111,16 @@ class RequestCoalescer:
     def _drain(self, key: Hashable) -> None:
         """One slot: send what is pending, then what queued meanwhile, until none is."""
         time.sleep(self.settings.gather_s)
+        expected_arrivals, wait_s = 0, 0.0
         while True:
             with self._lock:
                 queue = self._queues.get(key)
                 if queue is None:
+                    return
+                self._arrived.wait_for(
+                    lambda q=queue, n=expected_arrivals: q.arrivals >= n or q.closed,
+                    timeout=wait_s)
+                if queue.closed:
                     return
                 batch = self._take(queue)
                 if not batch:
@@ -105,7 +128,16 @@ class RequestCoalescer:
                     if queue.in_flight == 0:
                         del self._queues[key]
                     return
+            started = time.monotonic()
             self._run(queue.slide, batch)
+            with self._lock:
+                expected_arrivals = queue.arrivals + len(batch)
+            wait_s = self._anticipation(time.monotonic() - started)
+
+    def _anticipation(self, request_s: float) -> float:
+        """How long a slot waits for its readers to ask again after a request of
+        `request_s`."""
+        return min(self.settings.anticipate_fraction * request_s, self.settings.anticipate_max_s)
 
     def _take(self, queue: _InstanceQueue) -> Batch:
         frames = sorted(queue.pending, key=lambda frame: frame.number)
