@@ -6,9 +6,10 @@ tiles, through a loopback relay adding WAN latency.
 Starts its own Orthanc (temp dir) with a generated slide whose base level has >= 3,000
 JPEG tiles, then for each RTT runs (a)-(d) and (e)-(h) and prints tiles/s, MB/s, the
 ratios of each idcfs figure to (d) and to (a), requests sent and the daemon's peak RSS.
-(d), (e), (h), (h') and the in-memory ceiling (measured at each RTT, interleaved with
-(h')) run `--repeats` times (default 3); the table shows the median run, with the
-fastest and slowest in its notes.
+(d), (e), (h), the in-memory ceiling and (h') run `--repeats` rounds (default 3) at each
+RTT, one of each per round; the table shows the median run, with the fastest and
+slowest in its notes, and (h) and (h') as the median of their per-round ratios to the
+ceiling measured in the same round.
 Results also go to benchmarks/results/latest.json and latest.md.
 """
 
@@ -178,19 +179,61 @@ def median_row(rows: list[Row]) -> Row:
     return middle
 
 
-def raw_and_copy_rows(rtt: int, url: str, target: Target, work: Path, repeats: int) -> list[Row]:
-    """(d), (e) and (h), `repeats` times each, interleaved; the median of each."""
-    raw: list[Row] = []
-    copies: list[Row] = []
-    warm: list[Row] = []
+def repeated_rows(
+    rtt: int, url: str, target: Target, work: Path, sizes: list[int], repeats: int
+) -> list[Row]:
+    """(d), (e), (h), the in-memory ceilings and (h'), `repeats` rounds of each in turn;
+    the median of each. (h) and (h') are also compared with the ceiling measured in the
+    same round (the machine's speed drifts between rounds): `of_ceiling` is the median
+    of those per-round ratios."""
+    cache_dir = _filled_disk_cache(url, target, work, rtt)
+    named: dict[str, list[Row]] = {}
     for _ in range(repeats):
         result = raw_batched(target)
-        raw.append(Row(rtt, result.name, result.tiles, result.seconds, result.nbytes,
-                       result.requests))
+        raw = Row(rtt, result.name, result.tiles, result.seconds, result.nbytes,
+                  result.requests)
         copy, reread = copy_and_reread(rtt, url, target, work)
-        copies.append(copy)
-        warm.append(reread)
-    return [median_row(raw), median_row(copies), median_row(warm)]
+        cold, warm = _memfs_reads(sizes, work)
+        remount = _reread_after_remount(rtt, url, target, work, cache_dir)
+        reread.extra["of_ceiling"] = warm.seconds / reread.seconds
+        remount.extra["of_ceiling"] = cold.seconds / remount.seconds
+        for row in (raw, copy, reread, cold, warm, remount):
+            row.rtt_ms = rtt
+            named.setdefault(row.name, []).append(row)
+    shutil.rmtree(cache_dir)
+    return [_median_with_ratio(rows) for rows in named.values()]
+
+
+def _median_with_ratio(rows: list[Row]) -> Row:
+    """The median run; its `of_ceiling` (if any) replaced by the median over runs."""
+    ratios = [row.extra["of_ceiling"] for row in rows if "of_ceiling" in row.extra]
+    middle = median_row(rows)
+    if ratios:
+        middle.extra = {**middle.extra, "of_ceiling": statistics.median(ratios),
+                        "of_ceiling_min": min(ratios), "of_ceiling_max": max(ratios)}
+    return middle
+
+
+def _filled_disk_cache(url: str, target: Target, work: Path, rtt: int) -> Path:
+    cache_dir = work / f"disk-cache-{rtt}"
+    first = Mounted(url, work, "--cache-dir", str(cache_dir))
+    read_files(listed(level_dir(first, target.study_uid, target.series_uid)))
+    first.close()
+    return cache_dir
+
+
+def _reread_after_remount(
+    rtt: int, url: str, target: Target, work: Path, cache_dir: Path
+) -> Row:
+    """(h') the level read in a fresh mount of a filled disk cache."""
+    mount = Mounted(url, work, "--cache-dir", str(cache_dir))
+    paths = listed(level_dir(mount, target.study_uid, target.series_uid))
+    start = time.perf_counter()
+    nbytes, _ = read_files(paths)
+    row = Row(rtt, "(h') idcfs warm, disk (remount)", len(paths),
+              time.perf_counter() - start, nbytes, mount.stats()["requests_sent"])
+    mount.close()
+    return row
 
 
 def _ls_cold(rtt: int, url: str, target: Target, work: Path) -> Row:
@@ -263,33 +306,6 @@ def _single_reader(rtt: int, url: str, target: Target, work: Path, count: int = 
     return row
 
 
-def warm_disk_and_ceiling(
-    rtt: int, url: str, target: Target, work: Path, sizes: list[int], repeats: int
-) -> list[Row]:
-    """(h') the level read after a remount from the disk cache, and the in-memory
-    ceilings, `repeats` times each, interleaved; the median of each."""
-    cache_dir = work / f"disk-cache-{rtt}"
-    first = Mounted(url, work, "--cache-dir", str(cache_dir))
-    read_files(listed(level_dir(first, target.study_uid, target.series_uid)))
-    first.close()
-    cold: list[Row] = []
-    warm: list[Row] = []
-    runs: list[Row] = []
-    for _ in range(repeats):
-        for rows, row in zip((cold, warm), _memfs_reads(sizes, work), strict=True):
-            row.rtt_ms = rtt
-            rows.append(row)
-        mount = Mounted(url, work, "--cache-dir", str(cache_dir))
-        paths = listed(level_dir(mount, target.study_uid, target.series_uid))
-        start = time.perf_counter()
-        nbytes, _ = read_files(paths)
-        runs.append(Row(rtt, "(h') idcfs warm, disk (remount)", len(paths),
-                        time.perf_counter() - start, nbytes, mount.stats()["requests_sent"]))
-        mount.close()
-    shutil.rmtree(cache_dir)
-    return [median_row(cold), median_row(warm), median_row(runs)]
-
-
 def slow_client_rows(rtt: int, target: Target, slow_tiles: int) -> list[Row]:
     results: list[Result] = [
         wsidicom_loop(target, slow_tiles),
@@ -335,23 +351,11 @@ def build_target(url: str, slide: Any) -> Target:
                   tuple((i % columns, i // columns) for i in range(frames)))
 
 
-def add_ceiling_ratios(rows: list[Row]) -> None:
-    """Note (h) as a share of the warm-page-cache ceiling, (h') of the cold one."""
-    pairs = (("(h) ", "warm page cache"), ("(h') ", "cold page cache"))
-    for row in rows:
-        for prefix, ceiling_label in pairs:
-            ceiling = next((r for r in rows if r.rtt_ms == row.rtt_ms
-                            and r.name.endswith(ceiling_label)), None)
-            if row.name.startswith(prefix) and ceiling is not None:
-                row.extra["of_ceiling"] = row.tiles_per_s / ceiling.tiles_per_s
-
-
 def print_table(rows: list[Row]) -> str:
     lines = [
         "| RTT ms | scenario | tiles | s | tiles/s | MB/s | x (d) | x (a) | requests | notes |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    add_ceiling_ratios(rows)
     for row in rows:
         same_rtt = [r for r in rows if r.rtt_ms == row.rtt_ms]
         raw = next((r.tiles_per_s for r in same_rtt if r.name.startswith("(d)")), None)
@@ -370,7 +374,7 @@ def print_table(rows: list[Row]) -> str:
 
 def _note(key: str, value: Any) -> str:
     if isinstance(value, float):
-        precise = key.endswith("_s") or key == "of_ceiling"
+        precise = key.endswith("_s") or key.startswith("of_ceiling")
         return f"{key} {value:.2f}" if precise else f"{key} {value:.1f}"
     if isinstance(value, dict):
         return f"{key} " + " ".join(f"{count}x{size}" for size, count in value.items())
@@ -386,7 +390,7 @@ def main() -> None:
     parser.add_argument("--rtt", default="0,20,100", help="RTTs in ms, comma-separated")
     parser.add_argument("--quick", action="store_true", help="fewer tiles for the slow clients")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of (d), (e) and (h) per RTT, interleaved; medians shown")
+                        help="rounds of (d), (e), (h), ceiling and (h') per RTT; medians shown")
     parser.add_argument("--columns", type=int, default=64, help="base level tile columns")
     parser.add_argument("--rows", type=int, default=48, help="base level tile rows")
     args = parser.parse_args()
@@ -406,9 +410,8 @@ def main() -> None:
                     url = relay.url + "/dicom-web"
                     routed = Target(url, *list(target.__dict__.values())[1:])
                     rows += slow_client_rows(rtt, routed, slow_tiles)
-                    rows += raw_and_copy_rows(rtt, url, routed, work, args.repeats)
+                    rows += repeated_rows(rtt, url, routed, work, sizes, args.repeats)
                     rows += idcfs_rows(rtt, url, routed, work, random_reads)
-                    rows += warm_disk_and_ceiling(rtt, url, routed, work, sizes, args.repeats)
                     print_table(rows)
     _save(rows, print_table(rows))
 
