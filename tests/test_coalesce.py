@@ -149,7 +149,8 @@ def _readers_reading_on(coalescer: RequestCoalescer, readers: int, rounds: int) 
 @pytest.mark.parametrize("anticipate", [True, False])
 def test_a_slot_waits_for_its_readers_to_ask_again(anticipate: bool) -> None:
     server = SlowServer(delay=0.2)
-    settings = CoalesceSettings(per_instance=1, anticipate_fraction=0.25 if anticipate else 0)
+    settings = CoalesceSettings(per_instance=1, anticipate_fraction=0.5 if anticipate else 0,
+                                anticipate_max_s=0.2)
     coalescer = RequestCoalescer(server.run, server.abandon, settings)
     _readers_reading_on(coalescer, readers=4, rounds=4)
     coalescer.close()
