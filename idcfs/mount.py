@@ -146,9 +146,9 @@ def _close(operations: IdcfsOperations) -> None:
     tree = operations.tree
     if tree.readahead is not None:
         tree.readahead.close()
+    tree.loader.close()  # writes the size index: before the disk cache closes
     if tree.loader.disk is not None:
         tree.loader.disk.close()
-    tree.loader.close()
     tree.loader.client.close()
 
 
