@@ -133,10 +133,12 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     except RuntimeError as error:
         raise SetupError(f"cannot mount {config.mountpoint}: {error}") from None
     log.info("mounted %s from %s", config.mountpoint, config.server_url)
+    operations.session_opened()
     on_ready()
     try:
         trio.run(main_until_signal)
     finally:
+        operations.session_closing()
         pyfuse3.close(unmount=True)
         _close(operations)
         log.info("unmounted %s", config.mountpoint)

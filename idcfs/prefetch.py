@@ -12,6 +12,8 @@ Read-ahead lands in the loader's staging area, which is bounded in bytes and sep
 from the memory cache; when the staging area is nearly full (nobody consumes what was
 read ahead) no more is scheduled. Frames are claimed when scheduled (single flight),
 so a reader that catches up waits for the batch rather than asking on its own.
+Whoever set `on_landed` is told of each batch that landed (the FUSE adapter then fills
+the kernel's page cache with it: `idcfs.fs.pagecache`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,6 +29,8 @@ from idcfs.fetch.loader import TileLoader
 from idcfs.slide.model import FrameRef, Slide, TilePosition
 
 log = logging.getLogger(__name__)
+
+LandedListener = Callable[[Slide, list[tuple[FrameRef, bytes]]], None]
 
 
 @dataclass
@@ -72,6 +76,7 @@ class ReadAhead:
         self._queued: dict[int, QueuedBatch] = {}
         self._batch_ids = itertools.count()
         self.scheduled_tiles = 0
+        self.on_landed: LandedListener | None = None
 
     def on_open(self, slide: Slide, tiles: Sequence[TilePosition], index: int) -> None:
         """Note that tile `index` of a grid was opened; maybe fetch the ones after it."""
@@ -168,4 +173,21 @@ class ReadAhead:
         except Exception as error:  # a reader waiting for one of these tiles sees it too
             log.debug("read-ahead of %d tiles failed: %s", len(batch.owned), error)
             return
+        finally:
+            self._tell_landed(batch)
         self._refill(batch.slide, batch.tiles, batch.stream)
+
+    def _tell_landed(self, batch: QueuedBatch) -> None:
+        listener = self.on_landed
+        if listener is None:
+            return
+        landed = [
+            (frame, future.result())
+            for frame, future in batch.owned.items()
+            if future.done() and future.exception() is None
+        ]
+        if landed:
+            try:
+                listener(batch.slide, landed)
+            except Exception:  # a listener's failure must not stop read-ahead
+                log.exception("read-ahead listener failed")

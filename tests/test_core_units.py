@@ -267,3 +267,104 @@ def test_readahead_requests_are_whole_batches() -> None:
         readahead.on_open("slide", tiles, index)  # type: ignore[arg-type]
     readahead._executor.shutdown(wait=True)
     assert batches and all(size == 64 for size in batches)
+
+
+def test_readahead_tells_which_tiles_landed() -> None:
+    loader = FakeLoader()
+
+    def fetch(slide: Any, owned: dict[FrameRef, Future]) -> None:
+        for frame, future in owned.items():
+            if frame.number % 2:
+                future.set_result(b"tile %d" % frame.number)
+            else:
+                future.set_exception(FetchError("server said 500"))
+
+    loader.fetch_claimed = fetch  # type: ignore[method-assign]
+    landed: list[tuple[FrameRef, bytes]] = []
+    readahead = ReadAhead(loader, ReadAheadSettings(workers=1))  # type: ignore[arg-type]
+    readahead.on_landed = lambda slide, tiles: landed.extend(tiles)
+    tiles = _grid(64)
+    readahead.on_open("slide", tiles, 0)  # type: ignore[arg-type]
+    readahead._executor.shutdown(wait=True)
+    assert landed and all(frame.number % 2 and data == b"tile %d" % frame.number
+                          for frame, data in landed)
+
+
+class FakeTile:
+    """What the page cache filler looks at in a tile file."""
+
+    def __init__(self, inode: int, exact_size: int | None, unread: bool = True) -> None:
+        self.inode = inode
+        self.exact_size = exact_size
+        self.unread = unread
+
+    def read_ahead_unread(self) -> bool:
+        return self.unread
+
+
+class FakeTree:
+    def __init__(self, tiles: dict[int, FakeTile]) -> None:
+        self.tiles = tiles
+
+    def tile_node(self, slide: Any, frame: FrameRef) -> FakeTile | None:
+        return self.tiles.get(frame.number)
+
+
+def _filler(tiles: dict[int, FakeTile], store: Any, open_inodes: set[int] = frozenset(),  # type: ignore[assignment]
+            queued: int = 16) -> Any:
+    from idcfs.fs.pagecache import PageCacheFiller
+
+    return PageCacheFiller(FakeTree(tiles), open_inodes.__contains__, store,  # type: ignore[arg-type]
+                           queued_batches=queued)
+
+
+def _wait_until(condition: Any) -> None:
+    deadline = time.monotonic() + 10
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_page_cache_filler_stores_only_unread_tiles_of_exact_size() -> None:
+    stored: list[tuple[int, int, bytes]] = []
+    tiles = {1: FakeTile(11, 4), 2: FakeTile(12, None), 3: FakeTile(13, 9),
+             4: FakeTile(14, 4, unread=False), 5: FakeTile(15, 4)}
+    filler = _filler(tiles, lambda *args: stored.append(args), open_inodes={15})
+    filler.start()
+    landed = [(FrameRef("i", n), b"data") for n in (1, 2, 3, 4, 5, 6)]  # 6: not listed
+    filler.offer("slide", landed)
+    _wait_until(lambda: filler.stored + filler.skipped == 3)
+    filler.stop()
+    assert stored == [(11, 0, b"data")]  # 12: placeholder size; 13: another size
+    assert filler.skipped == 2  # 14 was opened since; 15 is open
+
+
+def test_page_cache_filler_drops_when_behind_and_stops_when_refused() -> None:
+    import errno
+
+    release = threading.Event()
+    calls: list[int] = []
+
+    def store(inode: int, offset: int, data: bytes) -> None:
+        calls.append(inode)
+        release.wait(10)
+        if inode == 12:
+            raise OSError(errno.ENOENT, "not known")
+        if inode == 13:
+            raise OSError(errno.ENOSYS, "no store")
+
+    tiles = {n: FakeTile(10 + n, 1) for n in range(1, 6)}
+    filler = _filler(tiles, store, queued=1)
+    filler.start()
+    for number in range(1, 6):  # 1 is being stored, 2 waits, the rest find no room
+        filler.offer("slide", [(FrameRef("i", number), b"x")])
+        _wait_until(lambda: calls)
+    release.set()
+    assert filler.dropped == 3
+    _wait_until(lambda: len(calls) == 2)
+    filler.offer("slide", [(FrameRef("i", 3), b"x"), (FrameRef("i", 4), b"x")])
+    _wait_until(lambda: len(calls) == 3)
+    filler._thread.join(10)
+    assert not filler._thread.is_alive()  # ENOSYS: the kernel takes no stores
+    filler.offer("slide", [(FrameRef("i", 5), b"x")])
+    filler.stop()
+    assert calls == [11, 12, 13] and filler.stored == 1 and filler.unknown == 1

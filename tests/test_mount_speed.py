@@ -3,6 +3,7 @@ none for random ones, and the disk cache across a remount (requests counted by a
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -74,11 +75,12 @@ def test_disk_cache_survives_remount(relay, mount_idcfs, test_slides, tmp_path) 
     assert not fetched, f"sent {fetched}; first log:\n{first.log()}\nsecond:\n{second.log()}"
 
 
-def _read_then_remount(relay, mount_idcfs, test_slides, tmp_path, between=None):  # type: ignore[no-untyped-def]
-    """Read level-0 of the RGB slide with a disk cache, unmount, call `between(cache_dir)`,
-    mount again; (the level in the new mount, the bytes read the first time)."""
+def _read_then_remount(relay, mount_idcfs, test_slides, tmp_path, between=None, slide=None):  # type: ignore[no-untyped-def]
+    """Read level-0 of a slide (the RGB one by default) with a disk cache, unmount, call
+    `between(cache_dir)`, mount again; (the level in the new mount, the bytes read the
+    first time)."""
     cache_dir = tmp_path / "disk-cache"
-    slide = named(test_slides, "jpeg_rgb")
+    slide = slide or named(test_slides, "jpeg_rgb")
     first = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
     level = series_dir(first.path, slide) / "level-0"
     before = {p.name: p.read_bytes() for p in level.iterdir()}
@@ -122,6 +124,50 @@ def test_a_wrong_size_in_the_index_is_corrected_on_open(relay, mount_idcfs, test
     assert copied.read_bytes() == before[name]
     assert (level / name).stat().st_size == len(before[name])
     assert (level / name).read_bytes() == before[name]
+
+
+def _statistics(level: Path) -> dict:  # type: ignore[type-arg]
+    root = level.parents[3]  # ROOT/studies/STUDY/SERIES/level-0
+    return json.loads((root / ".idcfs-stats.json").read_bytes())
+
+
+def test_a_walk_after_remount_is_read_from_the_page_cache(orthanc, relay, mount_idcfs,
+                                                          tmp_path) -> None:
+    """Tiles read ahead from the disk cache are stored into the kernel's page cache (their
+    sizes are exact after a remount): the walk's reads never reach the daemon, and the
+    bytes are the ones first read."""
+    slide = _big_slide(orthanc, tmp_path)
+    level, before = _read_then_remount(relay, mount_idcfs, None, tmp_path, slide=slide)
+    names = os.listdir(level)  # the kernel learns every tile and its exact size
+    assert (level / names[0]).read_bytes() == before[names[0]]  # a walk starts here
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        filled = _statistics(level)["page_cache_fill"]
+        if filled["stored"] + filled["skipped_opened"] >= len(names) - 1:
+            break
+        time.sleep(0.1)
+    reads_before = _statistics(level)["fuse"]["reads_served"]
+    after = {name: (level / name).read_bytes() for name in names}
+    assert after == before
+    reads = _statistics(level)["fuse"]["reads_served"] - reads_before
+    assert filled["stored"] >= len(names) // 2, filled
+    statistics_file_reads = 2  # the statistics file is read through the daemon (direct_io)
+    assert reads <= len(names) - filled["stored"] + statistics_file_reads, (reads, filled)
+
+
+def test_no_tile_is_stored_into_the_page_cache_at_a_placeholder_size(orthanc, relay, mount_idcfs,
+                                                                     tmp_path) -> None:
+    """Without a disk cache, the kernel holds placeholder sizes: read-ahead stores nothing
+    (the pages past a wrong size would be dropped, or worse, kept)."""
+    slide = _big_slide(orthanc, tmp_path)
+    mount = mount_idcfs(relay.url + "/dicom-web")
+    level = series_dir(mount.path, slide) / "level-0"
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(level), str(copy)], check=True)
+    filled = _statistics(level)["page_cache_fill"]
+    assert filled["stored"] == 0, filled
+    for name in os.listdir(level):
+        assert (copy / name).read_bytes() == (level / name).read_bytes()
 
 
 def test_concurrent_random_readers_share_requests(orthanc, relay, mount_idcfs, tmp_path) -> None:

@@ -104,6 +104,10 @@ class TileLoader:
                 self.cache.put(key, found)
         return found
 
+    def is_staged(self, slide: Slide, frame: FrameRef) -> bool:
+        """Whether a tile was read ahead and not read since."""
+        return tile_key(slide, frame) in self.staged
+
     def claim_for_prefetch(
         self, slide: Slide, frames: Sequence[FrameRef]
     ) -> dict[FrameRef, Future[bytes]]:

@@ -10,6 +10,9 @@ held in the disk cache, its size from the cache's index); `open()` fetches it an
 the content's size is not the one shown, tells the kernel to forget the cached
 attributes, so the `fstat`, reads and `mmap` that follow see the exact size; the page
 cache is kept (`keep_cache`).
+
+Tiles read ahead are stored into the kernel's page cache before they are opened
+(`idcfs.fs.pagecache`), so their reads do not come here.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import pyfuse3
 import trio
 
 from idcfs.errors import DecodeError, FetchError, NotFoundError
+from idcfs.fs.pagecache import PageCacheFiller
 from idcfs.fs.tree import Attributes, FileNode, Node, Tree
 
 log = logging.getLogger(__name__)
@@ -65,10 +69,32 @@ class IdcfsOperations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self._limiter = trio.CapacityLimiter(worker_threads)
-        self._open_files: dict[int, bytes] = {}
+        self._open_files: dict[int, tuple[int, bytes]] = {}  # handle: (inode, content)
+        self._open_inodes: dict[int, int] = {}  # inode: open handles
         self._handles = itertools.count(1)
         self._uid = os.getuid()
         self._gid = os.getgid()
+        self.reads_served = 0
+        self.filler: PageCacheFiller | None = None
+        if tree.readahead is not None:
+            self.filler = PageCacheFiller(tree, self.is_open)
+            tree.readahead.on_landed = self.filler.offer
+            tree.add_statistics("page_cache_fill", self.filler.statistics)
+        tree.add_statistics("fuse", lambda: {"reads_served": self.reads_served})
+
+    def session_opened(self) -> None:
+        """Called once the FUSE session exists: notifications to the kernel may start."""
+        if self.filler is not None:
+            self.filler.start()
+
+    def session_closing(self) -> None:
+        """Called before the FUSE session closes: notifications must stop."""
+        if self.filler is not None:
+            self.filler.stop()
+
+    def is_open(self, inode: int) -> bool:
+        """Whether a file is open (through any handle)."""
+        return inode in self._open_inodes
 
     # -- helpers --------------------------------------------------------------------
 
@@ -160,17 +186,25 @@ class IdcfsOperations(pyfuse3.Operations):
         if len(data) != shown_size:
             _forget_cached_attributes(inode)
         handle = next(self._handles)
-        self._open_files[handle] = data
+        self._open_files[handle] = (inode, data)
+        self._open_inodes[inode] = self._open_inodes.get(inode, 0) + 1
         return pyfuse3.FileInfo(fh=handle, keep_cache=not node.direct_io, direct_io=node.direct_io)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        data = self._open_files.get(fh)
-        if data is None:
+        found = self._open_files.get(fh)
+        if found is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return data[off : off + size]
+        self.reads_served += 1
+        return found[1][off : off + size]
 
     async def release(self, fh: int) -> None:
-        self._open_files.pop(fh, None)
+        found = self._open_files.pop(fh, None)
+        if found is None:
+            return
+        inode = found[0]
+        remaining = self._open_inodes.pop(inode) - 1
+        if remaining:
+            self._open_inodes[inode] = remaining
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()

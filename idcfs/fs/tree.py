@@ -19,7 +19,7 @@ from idcfs.catalog.base import Catalog, SeriesEntry
 from idcfs.errors import NotFoundError
 from idcfs.fetch.loader import TileLoader
 from idcfs.prefetch import ReadAhead
-from idcfs.slide.model import AssociatedImage, Level, Slide, TileGrid
+from idcfs.slide.model import AssociatedImage, FrameRef, Level, Slide, TileGrid
 from idcfs.slide.store import SlideStore
 
 ROOT_INODE = 1
@@ -168,6 +168,10 @@ class TileFile(FetchedFile):
     def peek(self) -> bytes | None:
         return self.loader.cached(self.slide, self.tile.frame)
 
+    def read_ahead_unread(self) -> bool:
+        """Whether read-ahead fetched this tile and it was not opened since."""
+        return self.loader.is_staged(self.slide, self.tile.frame)
+
 
 class AssociatedFile(FetchedFile):
     """label.jpg, overview.jpg or thumbnail.jpg."""
@@ -229,6 +233,8 @@ class Tree:
         self.mtime_ns = time.time_ns()
         self._placeholder = placeholder_size or default_placeholder
         self._nodes: dict[int, Node] = {}
+        self._tile_nodes: dict[tuple[str, FrameRef], TileFile] = {}
+        self._reporters: dict[str, Callable[[], dict[str, Any]]] = {}
         self._lock = threading.Lock()
         root = DirNode("", self._root_children)
         self.adopt(root)
@@ -263,6 +269,14 @@ class Tree:
         if found is None:
             raise NotFoundError(name)
         return found
+
+    def tile_node(self, slide: Slide, frame: FrameRef) -> TileFile | None:
+        """The file of a tile, if its directory was listed."""
+        return self._tile_nodes.get((slide.series_uid, frame))
+
+    def add_statistics(self, key: str, report: Callable[[], dict[str, Any]]) -> None:
+        """Show `report()` under `key` in the statistics file."""
+        self._reporters[key] = report
 
     def attributes(self, node: Node) -> Attributes:
         if isinstance(node, FileNode):
@@ -304,6 +318,7 @@ class Tree:
             "readahead_staged_bytes": loader.staged.current_bytes,
             "readahead_scheduled_tiles": self.readahead.scheduled_tiles if self.readahead else 0,
             "disk_cache_hits": loader.disk_hits,
+            **{key: report() for key, report in self._reporters.items()},
         }
 
     def _collections(self) -> list[Node]:
@@ -356,6 +371,7 @@ class Tree:
         nodes = [TileFile(self, slide, grid, index, placeholder) for index in range(count)]
         for node in nodes:  # tiles in the disk cache: their size is known before an open
             node.exact_size = self.loader.known_size(slide, node.tile.frame)
+            self._tile_nodes[(slide.series_uid, node.tile.frame)] = node
         return nodes
 
 

@@ -1,0 +1,123 @@
+"""Filling the kernel's page cache with tiles read ahead, before they are opened.
+
+When read-ahead lands a batch of tiles, their bytes are handed to the kernel with
+FUSE's store notification (`pyfuse3.notify_store`). The reader's `open()` still comes
+to the daemon (it keeps the page cache: `keep_cache`), but its `read()` is then served
+by the kernel, with no request to the daemon: after a remount, reading a level from the
+disk cache costs one request per file instead of two.
+
+A tile is only stored when the kernel was shown its exact size (its size was known
+when its directory was listed): the kernel keeps the pages of a file only up to the
+size it holds, and a placeholder size would make it drop them at the first `stat`.
+Only tiles not opened yet are stored (one opened already was read through the daemon).
+Stores run on a thread of their own, never on the FUSE event loop, and never into an
+open file: the kernel locks a page while a read of it waits for the daemon, and a store
+to that page waits for the lock. From this thread the store just waits for the event
+loop to answer the read; from the event loop it would wait forever. Batches offered
+while this thread is behind are dropped (their tiles are read through the daemon as
+usual); nothing waits for it. It must be stopped before the FUSE session closes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+
+from idcfs.fs.tree import TileFile, Tree
+from idcfs.slide.model import FrameRef, Slide
+
+log = logging.getLogger(__name__)
+
+QUEUED_BATCHES = 16
+STOP_WAIT_S = 2.0
+
+Store = Callable[[int, int, bytes], None]
+
+
+class PageCacheFiller:
+    """Stores tiles that read-ahead landed into the kernel's page cache; thread-safe."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        is_open: Callable[[int], bool],
+        store: Store = pyfuse3.notify_store,
+        queued_batches: int = QUEUED_BATCHES,
+    ) -> None:
+        self.tree = tree
+        self.is_open = is_open
+        self._store = store
+        self._queue: queue.Queue[list[tuple[TileFile, bytes]]] = queue.Queue(queued_batches)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="idcfs-pagecache", daemon=True)
+        self.stored = 0
+        self.skipped = 0
+        self.dropped = 0
+        self.unknown = 0
+
+    def start(self) -> None:
+        """Begin storing; call once the FUSE session exists."""
+        self._thread.start()
+
+    def offer(self, slide: Slide, landed: list[tuple[FrameRef, bytes]]) -> None:
+        """Queue tiles that just landed; never blocks (a batch that does not fit is
+        dropped)."""
+        if self._stopping.is_set():
+            return
+        batch = []
+        for frame, data in landed:
+            node = self.tree.tile_node(slide, frame)
+            if node is not None and node.exact_size == len(data):
+                batch.append((node, data))
+        if not batch:
+            return
+        try:
+            self._queue.put_nowait(batch)
+        except queue.Full:
+            self.dropped += len(batch)
+
+    def stop(self) -> None:
+        """Stop storing and wait (briefly) for a store under way; before the session
+        closes, since a store after that would write to a closed session."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(STOP_WAIT_S)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"stored": self.stored, "skipped_opened": self.skipped,
+                "dropped_busy": self.dropped, "not_known_to_kernel": self.unknown}
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                batch = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            for node, data in batch:
+                if self._stopping.is_set():
+                    return
+                if not self._store_one(node, data):
+                    self._stopping.set()
+                    return
+
+    def _store_one(self, node: TileFile, data: bytes) -> bool:
+        """Store one tile; False when the kernel cannot take stores at all."""
+        if self.is_open(node.inode) or not node.read_ahead_unread():
+            self.skipped += 1  # its reader is at it or was: the kernel has it, or will
+            return True
+        try:
+            self._store(node.inode, 0, data)
+        except OSError as error:
+            if error.errno == errno.ENOENT:  # not looked up yet, or forgotten
+                self.unknown += 1
+                return True
+            log.warning("cannot fill the page cache (%s); reads go through the daemon", error)
+            return False
+        self.stored += 1
+        return True
