@@ -306,8 +306,8 @@ class FakeTree:
     def __init__(self, tiles: dict[int, FakeTile]) -> None:
         self.tiles = tiles
 
-    def tile_node(self, slide: Any, frame: FrameRef) -> FakeTile | None:
-        return self.tiles.get(frame.number)
+    def tile_files(self, slide: Any, frame: FrameRef) -> list[FakeTile]:
+        return [self.tiles[frame.number]] if frame.number in self.tiles else []
 
 
 def _filler(tiles: dict[int, FakeTile], store: Any, open_inodes: set[int] = frozenset(),  # type: ignore[assignment]

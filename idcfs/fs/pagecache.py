@@ -72,9 +72,9 @@ class PageCacheFiller:
             return
         batch = []
         for frame, data in landed:
-            node = self.tree.tile_node(slide, frame)
-            if node is not None and node.exact_size == len(data):
-                batch.append((node, data))
+            for node in self.tree.tile_files(slide, frame):
+                if node.exact_size == len(data):
+                    batch.append((node, data))
         if not batch:
             return
         try:

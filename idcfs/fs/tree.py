@@ -233,7 +233,7 @@ class Tree:
         self.mtime_ns = time.time_ns()
         self._placeholder = placeholder_size or default_placeholder
         self._nodes: dict[int, Node] = {}
-        self._tile_nodes: dict[tuple[str, FrameRef], TileFile] = {}
+        self._tile_files: dict[tuple[str, FrameRef], list[TileFile]] = {}
         self._reporters: dict[str, Callable[[], dict[str, Any]]] = {}
         self._lock = threading.Lock()
         root = DirNode("", self._root_children)
@@ -270,9 +270,10 @@ class Tree:
             raise NotFoundError(name)
         return found
 
-    def tile_node(self, slide: Slide, frame: FrameRef) -> TileFile | None:
-        """The file of a tile, if its directory was listed."""
-        return self._tile_nodes.get((slide.series_uid, frame))
+    def tile_files(self, slide: Slide, frame: FrameRef) -> list[TileFile]:
+        """The files of a tile in the directories listed so far (a series can be listed
+        under collections/ and under studies/)."""
+        return self._tile_files.get((slide.series_uid, frame), [])
 
     def add_statistics(self, key: str, report: Callable[[], dict[str, Any]]) -> None:
         """Show `report()` under `key` in the statistics file."""
@@ -371,7 +372,7 @@ class Tree:
         nodes = [TileFile(self, slide, grid, index, placeholder) for index in range(count)]
         for node in nodes:  # tiles in the disk cache: their size is known before an open
             node.exact_size = self.loader.known_size(slide, node.tile.frame)
-            self._tile_nodes[(slide.series_uid, node.tile.frame)] = node
+            self._tile_files.setdefault((slide.series_uid, node.tile.frame), []).append(node)
         return nodes
 
 
