@@ -126,6 +126,28 @@ def test_a_wrong_size_in_the_index_is_corrected_on_open(relay, mount_idcfs, test
     assert (level / name).read_bytes() == before[name]
 
 
+def _damage_tiles(cache_dir: Path) -> None:
+    from idcfs.cache.disk import DiskCache
+
+    disk = DiskCache(cache_dir, 1 << 30)
+    keys = [key for key in disk._store.iterkeys() if str(key).startswith("tile/")]
+    assert keys
+    for key in keys:
+        stored = disk._store.get(key)
+        disk._store.set(key, stored[:-1] + bytes([stored[-1] ^ 0xFF]))  # one flipped byte
+    disk.close()
+
+
+def test_damaged_disk_cache_entries_are_fetched_again(relay, mount_idcfs, test_slides,
+                                                      tmp_path) -> None:
+    level, before = _read_then_remount(relay, mount_idcfs, test_slides, tmp_path,
+                                       between=_damage_tiles)
+    relay.reset()
+    assert {name: (level / name).read_bytes() for name in before} == before
+    fetched = sum(len(frames) for frames in _frame_lists(relay))
+    assert fetched == len(before), "every damaged tile is fetched again, once"
+
+
 def _statistics(level: Path) -> dict:  # type: ignore[type-arg]
     root = level.parents[3]  # ROOT/studies/STUDY/SERIES/level-0
     return json.loads((root / ".idcfs-stats.json").read_bytes())
