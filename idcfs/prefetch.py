@@ -31,6 +31,7 @@ from idcfs.slide.model import FrameRef, Slide, TilePosition
 log = logging.getLogger(__name__)
 
 LandedListener = Callable[[Slide, list[tuple[FrameRef, bytes]]], None]
+TakeOver = Callable[[Slide, list[FrameRef]], list[FrameRef]]
 
 
 @dataclass
@@ -50,7 +51,7 @@ class QueuedBatch:
 
     slide: Slide
     tiles: Sequence[TilePosition]
-    stream: Stream
+    stream: Stream | None
     owned: dict[FrameRef, Future[bytes]]
 
 
@@ -77,6 +78,7 @@ class ReadAhead:
         self._batch_ids = itertools.count()
         self.scheduled_tiles = 0
         self.on_landed: LandedListener | None = None
+        self.take_over: TakeOver | None = None
 
     def on_open(self, slide: Slide, tiles: Sequence[TilePosition], index: int) -> None:
         """Note that tile `index` of a grid was opened; maybe fetch the ones after it."""
@@ -93,6 +95,10 @@ class ReadAhead:
             span = self._advance(stream, stream.last, len(tiles)) if stream.alive else None
         if span is not None:
             self._schedule(slide, tiles, span, stream)
+
+    def fetch_frames(self, slide: Slide, frames: list[FrameRef]) -> None:
+        """Fetch these tiles into the staging area now (tiles `take_over` gave back)."""
+        self._submit(slide, (), frames, None)
 
     def close(self) -> None:
         """Stop: queued batches are abandoned (their claims released), none is started."""
@@ -151,17 +157,29 @@ class ReadAhead:
         size = self.settings.max_batch
         for first in range(start, end, size):
             frames = [tile.frame for tile in tiles[first : min(first + size, end)]]
-            owned = self.loader.claim_for_prefetch(slide, frames)
-            if not owned:
-                continue
-            self.scheduled_tiles += len(owned)
-            batch = next(self._batch_ids)
-            with self._lock:
-                self._queued[batch] = QueuedBatch(slide, tiles, stream, owned)
-            try:
-                self._executor.submit(self._fetch, batch)
-            except RuntimeError:  # closed meanwhile: close() abandons what is queued
+            if self.take_over is not None:
+                taken = set(self.take_over(slide, frames))
+                frames = [frame for frame in frames if frame not in taken]
+            if not self._submit(slide, tiles, frames, stream):
                 return
+
+    def _submit(
+        self, slide: Slide, tiles: Sequence[TilePosition], frames: list[FrameRef],
+        stream: Stream | None,
+    ) -> bool:
+        """Claim and queue one batch; False once closed."""
+        owned = self.loader.claim_for_prefetch(slide, frames)
+        if not owned:
+            return True
+        self.scheduled_tiles += len(owned)
+        batch = next(self._batch_ids)
+        with self._lock:
+            self._queued[batch] = QueuedBatch(slide, tiles, stream, owned)
+        try:
+            self._executor.submit(self._fetch, batch)
+        except RuntimeError:  # closed meanwhile: close() abandons what is queued
+            return False
+        return True
 
     def _fetch(self, batch_id: int) -> None:
         with self._lock:
@@ -175,7 +193,8 @@ class ReadAhead:
             return
         finally:
             self._tell_landed(batch)
-        self._refill(batch.slide, batch.tiles, batch.stream)
+        if batch.stream is not None:
+            self._refill(batch.slide, batch.tiles, batch.stream)
 
     def _tell_landed(self, batch: QueuedBatch) -> None:
         listener = self.on_landed

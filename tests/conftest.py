@@ -79,6 +79,7 @@ def mount_idcfs(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         mounts.append(mount)
         return mount
 
+    start.mounts = mounts  # type: ignore[attr-defined]
     yield start
     for mount in mounts:
         stop_mount(mount)

@@ -3,15 +3,18 @@ none for random ones, and the disk cache across a remount (requests counted by a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import signal
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from conftest import stop_mount
 from test_mount_tree import named, series_dir
 
@@ -153,28 +156,106 @@ def _statistics(level: Path) -> dict:  # type: ignore[type-arg]
     return json.loads((root / ".idcfs-stats.json").read_bytes())
 
 
-def test_a_walk_after_remount_is_read_from_the_page_cache(orthanc, relay, mount_idcfs,
-                                                          tmp_path) -> None:
-    """Tiles read ahead from the disk cache are stored into the kernel's page cache (their
-    sizes are exact after a remount): the walk's reads never reach the daemon, and the
-    bytes are the ones first read."""
+def _stored_into_page_cache(level: Path) -> dict[str, int]:
+    statistics = _statistics(level)
+    in_process, helper = statistics["page_cache_fill"], statistics["disk_page_fill"]
+    return {"in_process": in_process["stored"], "helper": helper["stored"],
+            "settled": in_process["stored"] + in_process["skipped_opened"] + helper["stored"]
+            + helper["given_back"]}
+
+
+def _filled_after_remount(orthanc, relay, mount_idcfs, tmp_path):  # type: ignore[no-untyped-def]
+    """A level read, remounted and listed (the kernel learns every exact size), its first
+    tile read (a walk starts there) and the page cache filled; (level, bytes first read,
+    how many tiles were stored)."""
     slide = _big_slide(orthanc, tmp_path)
     level, before = _read_then_remount(relay, mount_idcfs, None, tmp_path, slide=slide)
-    names = os.listdir(level)  # the kernel learns every tile and its exact size
-    assert (level / names[0]).read_bytes() == before[names[0]]  # a walk starts here
+    names = os.listdir(level)
+    assert (level / names[0]).read_bytes() == before[names[0]]
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        filled = _statistics(level)["page_cache_fill"]
-        if filled["stored"] + filled["skipped_opened"] >= len(names) - 1:
-            break
+    stored = _stored_into_page_cache(level)
+    while stored["settled"] < len(names) - 1 and time.monotonic() < deadline:
         time.sleep(0.1)
+        stored = _stored_into_page_cache(level)
+    return level, before, stored
+
+
+def _helper_pids(mount) -> list[int]:  # type: ignore[no-untyped-def]
+    """The child processes of a mount's daemon (the disk page filler)."""
+    pids = []
+    for task in Path(f"/proc/{mount.pid}/task").iterdir():
+        pids += [int(pid) for pid in (task / "children").read_text().split()]
+    return pids
+
+
+def _drop_pages(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def test_a_walk_after_remount_is_read_from_the_page_cache(orthanc, relay, mount_idcfs,
+                                                          tmp_path) -> None:
+    """After a remount, a helper process stores the tiles read ahead from the disk cache
+    into the kernel's page cache: the walk's reads never reach the daemon, and the bytes
+    are the ones first read. A tile whose pages the kernel drops is read through the
+    daemon. The helper ends with the mount."""
+    level, before, stored = _filled_after_remount(orthanc, relay, mount_idcfs, tmp_path)
     reads_before = _statistics(level)["fuse"]["reads_served"]
-    after = {name: (level / name).read_bytes() for name in names}
-    assert after == before
+    assert {name: (level / name).read_bytes() for name in before} == before
     reads = _statistics(level)["fuse"]["reads_served"] - reads_before
-    assert filled["stored"] >= len(names) // 2, filled
+    assert stored["helper"] >= len(before) // 2, stored
     statistics_file_reads = 2  # the statistics file is read through the daemon (direct_io)
-    assert reads <= len(names) - filled["stored"] + statistics_file_reads, (reads, filled)
+    unstored = len(before) - stored["helper"] - stored["in_process"]
+    assert reads <= unstored + statistics_file_reads, (reads, stored)
+
+    name = os.listdir(level)[-1]
+    _drop_pages(level / name)
+    reads_before = _statistics(level)["fuse"]["reads_served"]
+    assert (level / name).read_bytes() == before[name]
+    assert _statistics(level)["fuse"]["reads_served"] - reads_before >= 2
+
+    mount = mount_idcfs.mounts[-1]
+    helpers = _helper_pids(mount)
+    assert len(helpers) == 1
+    stop_mount(mount)
+    assert not Path(f"/proc/{helpers[0]}").exists(), "the helper ends with the mount"
+
+
+def test_a_tile_changed_since_it_was_stored_is_an_error_not_truncated(
+    orthanc, relay, mount_idcfs, tmp_path
+) -> None:
+    """A tile in the page cache whose bytes on disk change size before the kernel drops
+    its pages: the read that reaches the daemon is EIO, with a log line, never short."""
+    from idcfs.cache.disk import DiskCache
+
+    level, before, stored = _filled_after_remount(orthanc, relay, mount_idcfs, tmp_path)
+    assert stored["helper"] >= len(before) // 2, stored
+    name = os.listdir(level)[-1]
+    disk = DiskCache(tmp_path / "disk-cache", 1 << 30)
+    keys = [key for key in disk._store.iterkeys() if str(key).startswith("tile/")]
+    for key in keys:
+        disk.put(key, disk.get(key) + b"longer now")
+    disk.close()
+    _drop_pages(level / name)
+    with open(level / name, "rb") as handle:
+        for _ in range(2):  # and again: the handle stays failed
+            with pytest.raises(OSError) as raised:
+                handle.read()
+            assert raised.value.errno == errno.EIO
+    assert "shown at open: EIO" in mount_idcfs.mounts[-1].log()
+    assert (level / name).read_bytes() == before[name] + b"longer now"  # opened again
+
+
+def test_reads_stay_right_when_the_page_filler_process_dies(orthanc, relay, mount_idcfs,
+                                                            tmp_path) -> None:
+    slide = _big_slide(orthanc, tmp_path)
+    level, before = _read_then_remount(relay, mount_idcfs, None, tmp_path, slide=slide)
+    mount = mount_idcfs.mounts[-1]
+    for pid in _helper_pids(mount):
+        os.kill(pid, signal.SIGKILL)
+    assert {name: (level / name).read_bytes() for name in os.listdir(level)} == before
+    assert _statistics(level)["disk_page_fill"]["running"] is False
+    assert "disk page filler stopped" in mount.log()
 
 
 def test_no_tile_is_stored_into_the_page_cache_at_a_placeholder_size(orthanc, relay, mount_idcfs,

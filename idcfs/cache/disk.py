@@ -63,6 +63,7 @@ class DiskCache:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         self.directory = directory
+        self.max_bytes = max_bytes
         self._store = diskcache.Cache(
             str(directory),
             size_limit=max_bytes,

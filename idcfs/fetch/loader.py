@@ -104,6 +104,11 @@ class TileLoader:
                 self.cache.put(key, found)
         return found
 
+    def holds(self, slide: Slide, frame: FrameRef) -> bool:
+        """Whether a tile is in memory (cached or staged) or being fetched."""
+        key = tile_key(slide, frame)
+        return key in self.cache or key in self.staged or self._flights.running(key) is not None
+
     def is_staged(self, slide: Slide, frame: FrameRef) -> bool:
         """Whether a tile was read ahead and not read since."""
         return tile_key(slide, frame) in self.staged
@@ -162,7 +167,7 @@ class TileLoader:
     def _from_disk(self, slide: Slide, frame: FrameRef) -> bytes | None:
         if self.disk is None:
             return None
-        data = self.disk.get(self._disk_key(slide, frame))
+        data = self.disk.get(self.disk_key(slide, frame))
         if data is not None:
             self._found_on_disk(slide, frame, data, self.cache)
         return data
@@ -170,7 +175,7 @@ class TileLoader:
     def _staged_from_disk(self, slide: Slide, frames: list[FrameRef]) -> dict[FrameRef, bytes]:
         if self.disk is None:
             return {}
-        keys = {self._disk_key(slide, frame): frame for frame in frames}
+        keys = {self.disk_key(slide, frame): frame for frame in frames}
         found = {keys[key]: data for key, data in self.disk.get_many(list(keys)).items()}
         for frame, data in found.items():
             self._found_on_disk(slide, frame, data, self.staged)
@@ -183,14 +188,14 @@ class TileLoader:
 
     def _to_disk(self, slide: Slide, frame: FrameRef, data: bytes) -> None:
         if self.disk is not None:
-            self.disk.put(self._disk_key(slide, frame), data)
+            self.disk.put(self.disk_key(slide, frame), data)
             self._note_size(slide, frame, data)
 
     def _note_size(self, slide: Slide, frame: FrameRef, data: bytes) -> None:
         if self.sizes is not None:
             self.sizes.note(self._instance_key(slide, frame), frame.number, len(data))
 
-    def _disk_key(self, slide: Slide, frame: FrameRef) -> str:
+    def disk_key(self, slide: Slide, frame: FrameRef) -> str:
         return f"tile/{slide.series_uid}/{frame.instance_uid}/{frame.number}/q{self.quality}"
 
     def _instance_key(self, slide: Slide, frame: FrameRef) -> str:

@@ -25,12 +25,14 @@ import os
 import stat
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
 from idcfs.errors import DecodeError, FetchError, NotFoundError
+from idcfs.fs.diskfill import DiskPageFiller
 from idcfs.fs.pagecache import PageCacheFiller
 from idcfs.fs.tree import Attributes, FileNode, Node, Tree
 
@@ -58,6 +60,17 @@ def to_fuse_error(error: BaseException, what: str) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EIO)
 
 
+@dataclass
+class OpenFile:
+    """An open handle: the file, the size the kernel holds, and the content (None when
+    the kernel was given it before the open: loaded at the first read that comes)."""
+
+    inode: int
+    shown_size: int
+    content: bytes | None
+    failed: bool = False
+
+
 class IdcfsOperations(pyfuse3.Operations):
     """pyfuse3 operations over a `Tree`; read-only."""
 
@@ -69,7 +82,7 @@ class IdcfsOperations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self._limiter = trio.CapacityLimiter(worker_threads)
-        self._open_files: dict[int, tuple[int, bytes]] = {}  # handle: (inode, content)
+        self._open_files: dict[int, OpenFile] = {}  # by handle
         self._open_inodes: dict[int, int] = {}  # inode: open handles
         self._handles = itertools.count(1)
         self._uid = os.getuid()
@@ -80,17 +93,28 @@ class IdcfsOperations(pyfuse3.Operations):
             self.filler = PageCacheFiller(tree, self.is_open)
             tree.readahead.on_landed = self.filler.offer
             tree.add_statistics("page_cache_fill", self.filler.statistics)
+        self.disk_filler: DiskPageFiller | None = None
+        disk = tree.loader.disk
+        if tree.readahead is not None and disk is not None:
+            self.disk_filler = DiskPageFiller(tree, self.is_open, disk)
+            tree.add_statistics("disk_page_fill", self.disk_filler.statistics)
         tree.add_statistics("fuse", lambda: {"reads_served": self.reads_served})
 
     def session_opened(self) -> None:
         """Called once the FUSE session exists: notifications to the kernel may start."""
         if self.filler is not None:
             self.filler.start()
+        readahead = self.tree.readahead
+        if self.disk_filler is not None and readahead is not None and self.disk_filler.start():
+            readahead.take_over = self.disk_filler.take
+            self.disk_filler.give_back = readahead.fetch_frames
 
     def session_closing(self) -> None:
         """Called before the FUSE session closes: notifications must stop."""
         if self.filler is not None:
             self.filler.stop()
+        if self.disk_filler is not None:
+            self.disk_filler.stop()
 
     def is_open(self, inode: int) -> bool:
         """Whether a file is open (through any handle)."""
@@ -178,30 +202,57 @@ class IdcfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         node.note_open()
         shown_size = node.size()[0]
-        data = node.cached_content()
-        if data is None:
-            data = await _content_in_flight(node)
-        if data is None:
-            data = await self._blocking(f"open {node.name} (inode {inode})", node.content)
-        if len(data) != shown_size:
+        data = await self._content_at_open(node)
+        if data is not None and len(data) != shown_size:
             _forget_cached_attributes(inode)
         handle = next(self._handles)
-        self._open_files[handle] = (inode, data)
+        self._open_files[handle] = OpenFile(inode, shown_size, data)
         self._open_inodes[inode] = self._open_inodes.get(inode, 0) + 1
         return pyfuse3.FileInfo(fh=handle, keep_cache=not node.direct_io, direct_io=node.direct_io)
 
+    async def _content_at_open(self, node: FileNode) -> bytes | None:
+        """What an open keeps: the content (at hand, being fetched, or fetched now), or
+        None for a file whose content the kernel was given already."""
+        data = node.cached_content()
+        if data is None and not node.filled:
+            data = await _content_in_flight(node)
+            if data is None:
+                what = f"open {node.name} (inode {node.inode})"
+                data = await self._blocking(what, node.content)
+        return data
+
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        found = self._open_files.get(fh)
-        if found is None:
+        opened = self._open_files.get(fh)
+        if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         self.reads_served += 1
-        return found[1][off : off + size]
+        if opened.content is None:
+            opened.content = await self._content_as_shown(opened)
+        return opened.content[off : off + size]
+
+    async def _content_as_shown(self, opened: OpenFile) -> bytes:
+        """The content of a file opened without it (the kernel had it then, and has
+        dropped it since). EIO, for this and every later read of the handle, when it is
+        no longer the size the kernel was shown: a short or padded copy is worse."""
+        node = self._node(opened.inode)
+        if opened.failed or not isinstance(node, FileNode):
+            raise pyfuse3.FUSEError(errno.EIO)
+        what = f"read {node.name} (inode {opened.inode})"
+        data = await self._blocking(what, node.content)
+        if len(data) != opened.shown_size:
+            opened.failed = True
+            node.filled = False
+            log.error("%s: %d bytes now, not the %d shown at open: EIO (open it again)",
+                      what, len(data), opened.shown_size)
+            _forget_cached_attributes(opened.inode)
+            raise pyfuse3.FUSEError(errno.EIO)
+        return data
 
     async def release(self, fh: int) -> None:
-        found = self._open_files.pop(fh, None)
-        if found is None:
+        opened = self._open_files.pop(fh, None)
+        if opened is None:
             return
-        inode = found[0]
+        inode = opened.inode
         remaining = self._open_inodes.pop(inode) - 1
         if remaining:
             self._open_inodes[inode] = remaining

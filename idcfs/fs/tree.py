@@ -53,6 +53,7 @@ class FileNode(Node):
     """A regular file whose bytes may have to be fetched."""
 
     direct_io = False  # True for a file whose content changes (no page cache)
+    filled = False  # the kernel's page cache was given the content: an open needs none
 
     def size(self) -> tuple[int, bool]:
         """(size in bytes, whether it is exact)."""
