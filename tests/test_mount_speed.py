@@ -334,3 +334,61 @@ def test_readers_reading_on_keep_sharing_requests(orthanc, relay, mount_idcfs, t
     for reader, contents in enumerate(results):
         for round_number, data in enumerate(contents):
             assert (level / chosen[reader + readers * round_number]).read_bytes() == data
+
+
+def _small_tile_slide(orthanc, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """1,200 tiles of 64 x 64 (a grid larger than read-ahead's windows)."""
+    slide = write_pyramid(tmp_path / "small-tiles", "small", width=40 * 64, height=30 * 64,
+                          tile=64)
+    orthanc.upload(slide.files)
+    return slide
+
+
+def _frames_fetched(relay) -> int:  # type: ignore[no-untyped-def]
+    return sum(len(frames) for frames in _frame_lists(relay))
+
+
+def _settled(relay, quiet_s: float = 1.0, limit_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the relay has seen no new request for `quiet_s`."""
+    deadline = time.monotonic() + limit_s
+    seen, since = len(relay.requests), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+        time.sleep(0.1)
+        if len(relay.requests) != seen:
+            seen, since = len(relay.requests), time.monotonic()
+
+
+def test_read_ahead_nobody_consumes_is_capped(orthanc, relay, mount_idcfs, tmp_path) -> None:
+    """A walk that stops after its first tile: read-ahead fetches its first window and
+    no more, because the staging area (--readahead-size) is full and nobody reads it;
+    what it holds stays within that size."""
+    slide = _small_tile_slide(orthanc, tmp_path)
+    mount = mount_idcfs(relay.url + "/dicom-web", "--readahead-size", "32K")
+    level = series_dir(mount.path, slide) / "level-0"
+    names = os.listdir(level)
+    relay.reset()
+    (level / names[0]).read_bytes()  # where a walk starts
+    _settled(relay)
+    first_window = 256
+    assert _frames_fetched(relay) <= first_window + 1, _frame_lists(relay)
+    assert _statistics(level)["readahead_staged_bytes"] <= 32 << 10
+    assert len(names) == 1200
+
+
+def test_read_ahead_never_evicts_tiles_being_read(orthanc, relay, mount_idcfs,
+                                                  tmp_path) -> None:
+    """Tiles read (memory cache) stay when read-ahead then fetches far more than the
+    staging area holds: reading them again sends no request."""
+    slide = _small_tile_slide(orthanc, tmp_path)
+    mount = mount_idcfs(relay.url + "/dicom-web", "--readahead-size", "32K")
+    level = series_dir(mount.path, slide) / "level-0"
+    names = os.listdir(level)
+    kept = [names[index] for index in range(300, 1200, 45)]  # far apart: no walk
+    first = {name: (level / name).read_bytes() for name in kept}
+    relay.reset()
+    (level / names[0]).read_bytes()  # a walk starts: 256 tiles read ahead
+    _settled(relay)
+    assert _frames_fetched(relay) > 200
+    relay.reset()
+    assert {name: (level / name).read_bytes() for name in kept} == first
+    assert _frames_fetched(relay) == 0, "tiles being read were evicted by read-ahead"
