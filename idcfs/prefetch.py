@@ -13,7 +13,10 @@ from the memory cache; when the staging area is nearly full (nobody consumes wha
 read ahead) no more is scheduled. Frames are claimed when scheduled (single flight),
 so a reader that catches up waits for the batch rather than asking on its own.
 Whoever set `on_landed` is told of each batch that landed (the FUSE adapter then fills
-the kernel's page cache with it: `idcfs.fs.pagecache`).
+the kernel's page cache with it: `idcfs.fs.pagecache`). Whoever set `take_over` is
+offered each batch before it is claimed, and takes the tiles it will put in the kernel's
+page cache itself (`idcfs.fs.diskfill`); it gives back those it could not with
+`fetch_frames`.
 """
 
 from __future__ import annotations
@@ -177,7 +180,11 @@ class ReadAhead:
             self._queued[batch] = QueuedBatch(slide, tiles, stream, owned)
         try:
             self._executor.submit(self._fetch, batch)
-        except RuntimeError:  # closed meanwhile: close() abandons what is queued
+        except RuntimeError:  # closed: give up what close() may not have seen
+            with self._lock:
+                queued = self._queued.pop(batch, None)
+            if queued is not None:
+                self.loader.abandon_claimed(slide, queued.owned)
             return False
         return True
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -368,3 +368,36 @@ def test_page_cache_filler_drops_when_behind_and_stops_when_refused() -> None:
     filler.offer("slide", [(FrameRef("i", 5), b"x")])
     filler.stop()
     assert calls == [11, 12, 13] and filler.stored == 1 and filler.unknown == 1
+
+
+def test_readahead_offers_batches_to_take_over_and_fetches_what_is_given_back() -> None:
+    loader = FakeLoader()
+    readahead = ReadAhead(loader, ReadAheadSettings(workers=1))  # type: ignore[arg-type]
+    offered: list[list[int]] = []
+
+    def take_over(slide: Any, frames: list[FrameRef]) -> list[FrameRef]:
+        offered.append([frame.number for frame in frames])
+        return [frame for frame in frames if frame.number % 2 == 0]  # the even ones
+
+    readahead.take_over = take_over
+    tiles = _grid(64)
+    readahead.on_open("slide", tiles, 0)  # type: ignore[arg-type]
+    readahead._executor.shutdown(wait=True)
+    assert offered == [list(range(1, 65))]
+    assert sorted(loader.fetched) == list(range(1, 65, 2))  # the rest, claimed and fetched
+    given_back = [tiles[1].frame, tiles[3].frame]  # frames 2 and 4
+    readahead._executor = ThreadPoolExecutor(1)
+    readahead.fetch_frames("slide", given_back)  # type: ignore[arg-type]
+    readahead._executor.shutdown(wait=True)
+    assert loader.fetched[-2:] == [2, 4]
+
+
+def test_readahead_closed_gives_up_what_it_claims() -> None:
+    loader = FakeLoader()
+    abandoned: list[int] = []
+    loader.abandon_claimed = lambda slide, owned: abandoned.extend(  # type: ignore[method-assign]
+        frame.number for frame in owned)
+    readahead = ReadAhead(loader, ReadAheadSettings(workers=1))  # type: ignore[arg-type]
+    readahead.close()
+    readahead.fetch_frames("slide", [FrameRef("i", 7)])  # type: ignore[arg-type]
+    assert abandoned == [7] and not readahead._queued
