@@ -138,3 +138,17 @@ def test_stored_files_are_marked_and_the_rest_given_back() -> None:
     assert given == [[2]]
     assert filler.statistics() | {"running": None} == {
         "running": None, "stored": 1, "given_back": 1, "not_taken_busy": 0}
+
+
+def test_after_a_failure_batches_still_queued_are_given_back() -> None:
+    files = {number: [FakeFile(100 + number, 500)] for number in range(1, 5)}
+    filler = _running_filler(files)
+    given: list[list[int]] = []
+    filler.give_back = lambda slide, frames: given.append([f.number for f in frames])
+    filler.take("slide", _frames(1, 2))  # type: ignore[arg-type]
+    filler.take("slide", _frames(3, 4))  # type: ignore[arg-type]
+    filler._failed.set()  # the helper ended after these were taken
+    filler._queue.put(None)
+    filler._run()
+    assert given == [[1, 2], [3, 4]]
+    assert not any(node.filled for nodes in files.values() for node in nodes)

@@ -60,7 +60,8 @@ class DiskPageFiller:
         self._queue: queue.Queue[Batch | None] = queue.Queue(queued_batches)
         self._process: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._run, name="idcfs-diskfill", daemon=True)
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # unmount
+        self._failed = threading.Event()  # the helper ended or misbehaved
         self.stored = 0
         self.given_back = 0
         self.not_taken_busy = 0
@@ -86,7 +87,8 @@ class DiskPageFiller:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and not self._stopping.is_set()
+        return (self._process is not None and not self._stopping.is_set()
+                and not self._failed.is_set())
 
     def take(self, slide: Slide, frames: list[FrameRef]) -> list[FrameRef]:
         """Take the frames whose files the kernel holds at an exact size, unopened and
@@ -140,20 +142,27 @@ class DiskPageFiller:
                 "given_back": self.given_back, "not_taken_busy": self.not_taken_busy}
 
     def _run(self) -> None:
+        """Send batches until unmount; after a failure, give every batch still queued
+        back to read-ahead."""
         while True:
             batch = self._queue.get()
             if batch is None or self._stopping.is_set():
                 return
             slide, wanted = batch
-            try:
-                stored = self._ask(slide, wanted)
-            except (OSError, ValueError) as error:
-                if not self._stopping.is_set():
-                    self._stopping.set()
-                    log.warning("disk page filler stopped (%s%s): tiles are read in-process",
-                                error, self._helper_said())
-                stored = set()
+            stored = self._ask_or_fail(slide, wanted) if self.running else set()
+            if self._stopping.is_set():
+                return
             self._settle(slide, wanted, stored)
+
+    def _ask_or_fail(self, slide: Slide, wanted: dict[FrameRef, list[TileFile]]) -> set[int]:
+        try:
+            return self._ask(slide, wanted)
+        except (OSError, ValueError) as error:
+            if not self._stopping.is_set():
+                self._failed.set()
+                log.warning("disk page filler stopped (%s%s): tiles are read in-process",
+                            error, self._helper_said())
+            return set()
 
     def _helper_said(self) -> str:
         """The helper's last words on stderr (it is stopped first, if it still runs)."""
