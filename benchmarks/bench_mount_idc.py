@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from idcfs.testing.orthanc import OrthancServer
+from tests.support.orthanc import OrthancServer
 
 
 def one_run(url: str, work: Path) -> dict[str, float]:

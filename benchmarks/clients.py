@@ -95,7 +95,7 @@ def dicomweb_client_frames(target: Target, count: int, threads: int) -> Result:
 
 def raw_batched(target: Target, per_request: int = 64, in_flight: int = 4) -> Result:
     """(d) urllib3, `per_request` frames per request, `in_flight` requests at a time."""
-    from idcfs.fetch.multipart import parse_content_type, split_multipart
+    from idcfs.source.multipart import parse_content_type, split_multipart
 
     pool = urllib3.PoolManager(maxsize=in_flight)
     numbers = list(target.frame_numbers)

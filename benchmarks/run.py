@@ -41,9 +41,9 @@ from benchmarks.clients import (
     wsidicom_loop,
 )
 from idcfs.cli import is_mounted
-from idcfs.testing.orthanc import OrthancServer
-from idcfs.testing.relay import TcpLatencyRelay
-from idcfs.testing.slides import write_pyramid
+from tests.support.orthanc import OrthancServer
+from tests.support.relay import TcpLatencyRelay
+from tests.support.slides import write_pyramid
 
 RESULTS = Path(__file__).parent / "results"
 CACHE_SIZE = "128M"

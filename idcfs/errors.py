@@ -19,5 +19,9 @@ class QuotaExhaustedError(FetchError):
     """The server said its quota is spent (HTTP 429); no request is sent until reset."""
 
 
+class MetadataError(IdcfsError):
+    """Series metadata that cannot be read or lacks what the slide model needs (EIO)."""
+
+
 class DecodeError(IdcfsError):
     """A frame could not be decoded or converted to JPEG (EIO)."""

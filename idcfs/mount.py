@@ -19,12 +19,12 @@ from idcfs.cache.memory import ByteLRU
 from idcfs.catalog.base import Catalog
 from idcfs.errors import IdcfsError
 from idcfs.fetch.coalesce import CoalesceSettings
-from idcfs.fetch.dicomweb import ClientSettings, DicomWebClient
 from idcfs.fetch.loader import TileLoader
-from idcfs.fs.adapter import IdcfsOperations
+from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
+from idcfs.fetch.slides import SlideStore
 from idcfs.fs.tree import Tree
-from idcfs.prefetch import ReadAhead, ReadAheadSettings
-from idcfs.slide.store import SlideStore
+from idcfs.fuse.adapter import IdcfsOperations
+from idcfs.source.dicomweb import ClientSettings, DicomWebClient
 from idcfs.tiles.convert import DEFAULT_QUALITY
 
 log = logging.getLogger(__name__)

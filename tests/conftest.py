@@ -2,60 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest_orthanc import orthanc, relay, test_slides  # noqa: F401  (fixtures)
 
-from idcfs.cli import is_mounted
-
-MOUNT_TIMEOUT = 120
-
-
-@dataclass
-class Mount:
-    """A running idcfs mount started by a test."""
-
-    path: Path
-    log_file: Path
-    pid: int
-
-    def log(self) -> str:
-        return self.log_file.read_text() if self.log_file.exists() else ""
-
-
-def idcfs_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "idcfs", *args]
-
-
-def run_idcfs(*args: str, timeout: float = MOUNT_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(idcfs_command(*args), capture_output=True, text=True, timeout=timeout)
-
-
-def stop_mount(mount: Mount) -> None:
-    """Unmount and wait (bounded) for the daemon we started to exit; kill it by PID if not."""
-    if is_mounted(mount.path):
-        subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], capture_output=True)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and _alive(mount.pid):
-        time.sleep(0.05)
-    if _alive(mount.pid):
-        os.kill(mount.pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.support.fixtures import orthanc, relay, test_slides  # noqa: F401  (fixtures)
+from tests.support.mounting import Mount, run_idcfs, stop_mount
 
 
 @pytest.fixture

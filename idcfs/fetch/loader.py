@@ -23,10 +23,10 @@ from idcfs.cache.disk import DiskCache
 from idcfs.cache.memory import ByteLRU
 from idcfs.cache.sizes import TileSizes
 from idcfs.errors import DecodeError, FetchError
+from idcfs.fetch.claims import SingleFlight, wait
 from idcfs.fetch.coalesce import CoalesceSettings, RequestCoalescer
-from idcfs.fetch.dicomweb import DicomWebClient, Frame
-from idcfs.singleflight import SingleFlight, wait
 from idcfs.slide.model import AssociatedImage, FrameRef, InstanceInfo, Slide
+from idcfs.source.dicomweb import DicomWebClient, Frame
 from idcfs.tiles.convert import (
     DEFAULT_QUALITY,
     TileDecodeError,

@@ -1,6 +1,6 @@
 """The filesystem's core: directories and files as nodes with inode numbers.
 
-No FUSE import here (the adapter in `idcfs.fs.adapter` is thin). Methods that may
+No FUSE import here (the adapter in `idcfs.fuse.adapter` is thin). Methods that may
 block on the network are plain blocking calls; the adapter runs them in threads.
 Directories list their children once and keep them; a failed listing is not kept.
 """
@@ -18,9 +18,9 @@ from typing import Any
 from idcfs.catalog.base import Catalog, SeriesEntry
 from idcfs.errors import NotFoundError
 from idcfs.fetch.loader import TileLoader
-from idcfs.prefetch import ReadAhead
+from idcfs.fetch.readahead import ReadAhead
+from idcfs.fetch.slides import SlideStore
 from idcfs.slide.model import AssociatedImage, FrameRef, Level, Slide, TileGrid
-from idcfs.slide.store import SlideStore
 
 ROOT_INODE = 1
 STATS_FILE = ".idcfs-stats.json"

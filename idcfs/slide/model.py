@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from idcfs.tiles.pixels import PixelFormat
+from idcfs.dicom.pixels import PixelFormat
 
 
 @dataclass(frozen=True)

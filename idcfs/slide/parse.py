@@ -13,8 +13,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from idcfs.dicom_json import WSI_SOP_CLASS, DicomJson, first_item, first_value, values
-from idcfs.errors import FetchError
+from idcfs.dicom.dicom_json import WSI_SOP_CLASS, DicomJson, first_item, first_value, values
+from idcfs.dicom.pixels import PixelFormat
+from idcfs.errors import MetadataError
 from idcfs.slide.model import (
     AssociatedImage,
     FrameRef,
@@ -24,7 +25,6 @@ from idcfs.slide.model import (
     TileGrid,
     TilePosition,
 )
-from idcfs.tiles.pixels import PixelFormat
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ class Placement:
 
 
 def parse_slide(study_uid: str, series_uid: str, metadata: Sequence[DicomJson]) -> Slide:
-    """The slide model of a series; FetchError when it holds no usable WSI instance."""
+    """The slide model of a series; MetadataError when it holds no usable WSI instance."""
     pairs = [(info, meta) for meta in metadata if _is_wsi(meta)
              for info in _readable_instance(meta)]
     if not pairs:
-        raise FetchError(f"series {series_uid} has no whole-slide image instances")
+        raise MetadataError(f"series {series_uid} has no whole-slide image instances")
     infos = {info.uid: info for info, _ in pairs}
     placements = {info.uid: list(frame_placements(meta, info)) for info, meta in pairs}
     spacing = {info.uid: _pixel_spacing(meta) for info, meta in pairs}

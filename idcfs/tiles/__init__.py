@@ -1,4 +1,4 @@
 """Stored DICOM frames to served JPEG files: see `idcfs.tiles.convert`.
 
-Kept empty of imports so that `idcfs.tiles.pixels` loads without the codecs.
+Kept empty of imports so that `idcfs.dicom.pixels` loads without the codecs.
 """

@@ -20,10 +20,10 @@ import io
 import numpy as np
 from PIL import Image
 
+from idcfs.dicom.pixels import PixelFormat
 from idcfs.tiles.decoders import decode_samples
 from idcfs.tiles.errors import TileDecodeError
 from idcfs.tiles.jpeg_markers import SOI, jpeg_info, with_rgb_app14
-from idcfs.tiles.pixels import PixelFormat
 from idcfs.tiles.scaling import to_8bit
 from idcfs.tiles.sniff import SYNTAX_CODECS, Codec
 

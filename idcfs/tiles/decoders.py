@@ -16,9 +16,9 @@ from collections.abc import Callable
 import imagecodecs
 import numpy as np
 
+from idcfs.dicom.pixels import PixelFormat
 from idcfs.tiles.errors import TileDecodeError
 from idcfs.tiles.jpeg_markers import ends_with_marker, jpeg_info, with_rgb_app14
-from idcfs.tiles.pixels import PixelFormat
 from idcfs.tiles.sniff import BIG_ENDIAN, DEFLATED, J2K_CODESTREAM, Codec, codec_for
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

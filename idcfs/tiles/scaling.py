@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from idcfs.dicom.pixels import PixelFormat
 from idcfs.tiles.errors import TileDecodeError
-from idcfs.tiles.pixels import PixelFormat
 
 
 def to_8bit(array: np.ndarray, pixels: PixelFormat) -> np.ndarray:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import struct
 from enum import Enum
 
+from idcfs.dicom.pixels import PixelFormat
 from idcfs.tiles.errors import TileDecodeError
 from idcfs.tiles.jpeg_markers import jpeg_info
-from idcfs.tiles.pixels import PixelFormat
 
 
 class Codec(Enum):

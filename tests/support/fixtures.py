@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.testing.orthanc import OrthancServer, orthanc_available
-from idcfs.testing.relay import HttpRelay
-from idcfs.testing.slides import GeneratedSlide, generate_test_slides
+from tests.support.orthanc import OrthancServer, orthanc_available
+from tests.support.relay import HttpRelay
+from tests.support.slides import GeneratedSlide, generate_test_slides
 
-REAL_DATA = Path(__file__).parent / "data" / "real"
+REAL_DATA = Path(__file__).parent.parent / "data" / "real"
 NO_ORTHANC = "Orthanc or its DICOMweb plugin (Debian packages orthanc, orthanc-dicomweb) missing"
 
 

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
-from test_mount_bytes import frames_by_path
-from test_mount_tree import named
 
 from idcfs.catalog.idc_index import IdcIndexCatalog
+from tests.support.expected import frames_by_path
+from tests.support.mounting import named
 
 COLLECTIONS = {"jpeg_ybr": "demo_a", "jpeg_rgb": "demo_a", "sparse": "demo_b"}
 MISSING_SERIES = ("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2")
@@ -115,7 +115,7 @@ def test_cohort_query_mounts_exactly_its_series(orthanc, mount_idcfs) -> None:
 
 
 def test_bad_query_is_one_line_exit_2(orthanc, tmp_path) -> None:
-    from conftest import run_idcfs
+    from tests.support.mounting import run_idcfs
 
     result = run_idcfs("mount", "--url", orthanc.dicomweb_url, "--query", "SELECT nonsense",
                        str(tmp_path))

@@ -20,9 +20,9 @@ from urllib.parse import urlencode
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from idcfs.dicom_json import WSI_SOP_CLASS, first_value
+from idcfs.dicom.dicom_json import WSI_SOP_CLASS, first_value, parse_json_list
 from idcfs.errors import FetchError, QuotaExhaustedError
-from idcfs.fetch.multipart import parse_content_type, split_multipart
+from idcfs.source.multipart import parse_content_type, split_multipart
 
 log = logging.getLogger(__name__)
 
@@ -204,19 +204,6 @@ def _frames_from_response(response: urllib3.BaseHTTPResponse) -> list[Frame]:
         Frame(part.content, parse_content_type(part.content_type)[1].get("transfer-syntax"))
         for part in split_multipart(response.data, boundary)
     ]
-
-
-def parse_json_list(body: bytes, what: str) -> list[dict[str, Any]]:
-    """A DICOM JSON list from an answer body (empty body: empty list); FetchError if bad."""
-    if not body.strip():
-        return []
-    try:
-        parsed = json.loads(body)
-    except ValueError as error:
-        raise FetchError(f"{what}: answer is not JSON ({error})") from error
-    if not isinstance(parsed, list):
-        raise FetchError(f"{what}: answer is not a JSON list")
-    return parsed
 
 
 def _short(body: bytes) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from idcfs.dicom_json import first_item, first_value
+from idcfs.dicom.dicom_json import first_item, first_value
 
 ROWS = "00280010"
 COLUMNS = "00280011"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,4 +81,19 @@ def wsi_series_on_server(url: str) -> set[tuple[str, str]]:
     for instance in client.search_for_instances(fields=["00080016"]):
         if instance.get("00080016", {}).get("Value", [None])[0] == WSI_SOP_CLASS:
             found.add((instance["0020000D"]["Value"][0], instance["0020000E"]["Value"][0]))
+    return found
+
+
+def frames_by_path(url: str, slide, nested: bool) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    """Every expected tile path with its frame as stored on the server."""
+    tiles = list(expected_tiles(read_headers(slide.files), nested))
+    by_instance = defaultdict(list)
+    for tile in tiles:
+        by_instance[tile.instance_uid].append(tile)
+    found = {}
+    for instance_uid, members in by_instance.items():
+        numbers = [tile.frame_number for tile in members]
+        frames = direct_frames(url, slide.study_uid, slide.series_uid, instance_uid, numbers)
+        pairs = zip(members, frames, strict=True)
+        found.update({tile.relative_path: frame for tile, frame in pairs})
     return found

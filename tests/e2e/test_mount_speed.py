@@ -15,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import stop_mount
-from test_mount_tree import named, series_dir
 
-from idcfs.testing.slides import write_pyramid
+from tests.support.mounting import named, series_dir, stop_mount
+from tests.support.slides import write_pyramid
 
 
 def _big_slide(orthanc, tmp_path: Path):  # type: ignore[no-untyped-def]

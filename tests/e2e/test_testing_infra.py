@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest_orthanc import real_files
 from pydicom.encaps import generate_frames
 
-from idcfs.testing.orthanc import OrthancServer
-from idcfs.testing.relay import HttpRelay, TcpLatencyRelay
-from idcfs.testing.slides import (
+from tests.support.fixtures import real_files
+from tests.support.orthanc import OrthancServer
+from tests.support.relay import HttpRelay, TcpLatencyRelay
+from tests.support.slides import (
     APP0,
     APP14,
     SOF0,

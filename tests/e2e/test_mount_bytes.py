@@ -7,18 +7,18 @@ import mmap
 import shutil
 import subprocess
 import tarfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from expected import direct_frames, expected_tiles, read_headers
 from PIL import Image
-from test_mount_tree import REAL, named, series_dir
 
 from idcfs.tiles.convert import psnr
 from idcfs.tiles.jpeg_markers import header_segments
+from tests.support.expected import expected_tiles, frames_by_path, read_headers
+from tests.support.fixtures import REAL_DATA
+from tests.support.mounting import named, series_dir
 
 APP14 = 0xEE
 
@@ -26,21 +26,6 @@ APP14 = 0xEE
 @pytest.fixture
 def mounted(orthanc, mount_idcfs):  # type: ignore[no-untyped-def]
     return mount_idcfs(orthanc.dicomweb_url)
-
-
-def frames_by_path(url: str, slide, nested: bool) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
-    """Every expected tile path with its frame as stored on the server."""
-    tiles = list(expected_tiles(read_headers(slide.files), nested))
-    by_instance = defaultdict(list)
-    for tile in tiles:
-        by_instance[tile.instance_uid].append(tile)
-    found = {}
-    for instance_uid, members in by_instance.items():
-        numbers = [tile.frame_number for tile in members]
-        frames = direct_frames(url, slide.study_uid, slide.series_uid, instance_uid, numbers)
-        pairs = zip(members, frames, strict=True)
-        found.update({tile.relative_path: frame for tile, frame in pairs})
-    return found
 
 
 def without_app14(data: bytes) -> bytes:
@@ -62,7 +47,7 @@ def test_jpeg_tiles_are_the_stored_frames(mounted, orthanc, test_slides, name, n
 
 
 def test_real_camelyon_tiles_are_the_stored_frames(mounted, orthanc) -> None:
-    path = REAL / "ezwsi__multiframe_camelyon_challenge_image.dcm"
+    path = REAL_DATA / "ezwsi__multiframe_camelyon_challenge_image.dcm"
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     slide = type("Real", (), {"files": [path], "study_uid": ds.StudyInstanceUID,
                               "series_uid": ds.SeriesInstanceUID})

@@ -1,6 +1,6 @@
-"""The disk page filler's helper process (`idcfs.fs.diskfill` starts and feeds it).
+"""The disk page filler's helper process (`idcfs.fuse.diskfill` starts and feeds it).
 
-    python -m idcfs.fs.diskfill_process FUSE_FD CACHE_DIR CACHE_BYTES
+    python -m idcfs.fuse.diskfill_process FUSE_FD CACHE_DIR CACHE_BYTES
 
 Requests on stdin, one JSON line each: [[disk key, size, [inode, ...]], ...]. Each
 tile that is sound in the disk cache (length and checksum, as `DiskCache.get` checks)
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from idcfs.cache.disk import DiskCache
-from idcfs.fs.fuse_store import store
+from idcfs.fuse.fuse_store import store
 
 
 def fill(disk: DiskCache, fd: int, request: list[list[Any]]) -> list[int]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from idcfs.testing.service import Service
+from tests.support.service import Service
 
 UPSTREAM_TIMEOUT_S = 120.0
 HOP_BY_HOP = frozenset({

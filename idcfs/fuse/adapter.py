@@ -12,7 +12,7 @@ attributes, so the `fstat`, reads and `mmap` that follow see the exact size; the
 cache is kept (`keep_cache`).
 
 Tiles read ahead are stored into the kernel's page cache before they are opened
-(`idcfs.fs.pagecache`), so their reads do not come here.
+(`idcfs.fuse.pagecache`), so their reads do not come here.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from idcfs.errors import DecodeError, FetchError, NotFoundError
-from idcfs.fs.diskfill import DiskPageFiller
-from idcfs.fs.pagecache import PageCacheFiller
+from idcfs.errors import DecodeError, FetchError, MetadataError, NotFoundError
 from idcfs.fs.tree import Attributes, FileNode, Node, Tree
+from idcfs.fuse.diskfill import DiskPageFiller
+from idcfs.fuse.pagecache import PageCacheFiller
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def to_fuse_error(error: BaseException, what: str) -> pyfuse3.FUSEError:
         return pyfuse3.FUSEError(errno.ENOENT)
     if isinstance(error, NotADirectoryError):
         return pyfuse3.FUSEError(errno.ENOTDIR)
-    if isinstance(error, FetchError | DecodeError):
+    if isinstance(error, FetchError | DecodeError | MetadataError):
         log.error("EIO on %s: %s", what, error)
     else:
         log.exception("EIO on %s: unexpected %s", what, type(error).__name__, exc_info=error)

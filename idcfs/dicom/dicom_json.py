@@ -5,8 +5,11 @@ Shape: `{"0020000D": {"vr": "UI", "Value": [...]}}`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
+
+from idcfs.errors import MetadataError
 
 DicomJson = Mapping[str, Any]
 
@@ -37,3 +40,16 @@ def first_item(element_map: DicomJson, *sequence_tags: str) -> DicomJson:
             return {}
         current = item
     return current
+
+
+def parse_json_list(body: bytes, what: str) -> list[dict[str, Any]]:
+    """A DICOM JSON list from an answer body (empty body: empty list); MetadataError if bad."""
+    if not body.strip():
+        return []
+    try:
+        parsed = json.loads(body)
+    except ValueError as error:
+        raise MetadataError(f"{what}: answer is not JSON ({error})") from error
+    if not isinstance(parsed, list):
+        raise MetadataError(f"{what}: answer is not a JSON list")
+    return parsed

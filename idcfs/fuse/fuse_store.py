@@ -1,7 +1,7 @@
 """FUSE's store notification, written straight to the session's `/dev/fuse` descriptor.
 
 pyfuse3 offers `notify_store`, but only in the process that runs the session. The
-disk page filler (`idcfs.fs.diskfill`) stores from a helper process instead, which
+disk page filler (`idcfs.fuse.diskfill`) stores from a helper process instead, which
 inherits the session's descriptor: its disk reads and stores then never compete with
 the FUSE loop for this process's GIL. The message is the kernel's own ABI
 (`linux/fuse.h`, FUSE_NOTIFY_STORE, since Linux 2.6.36): an output header with the

@@ -14,6 +14,7 @@ from PIL import Image
 from pydicom.pixels import convert_color_space
 from pydicom.pixels.encoders import RLELosslessEncoder
 
+from idcfs.dicom.pixels import PixelFormat
 from idcfs.tiles.convert import (
     DEFAULT_QUALITY,
     TileDecodeError,
@@ -24,7 +25,6 @@ from idcfs.tiles.convert import (
     to_8bit,
 )
 from idcfs.tiles.jpeg_markers import jpeg_info, with_rgb_app14
-from idcfs.tiles.pixels import PixelFormat
 
 BASELINE = "1.2.840.10008.1.2.4.50"
 EXTENDED = "1.2.840.10008.1.2.4.51"
@@ -40,7 +40,7 @@ BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 SIZE = 256
 MIN_PSNR = 40.0
-REAL_DIR = Path(__file__).parent / "data" / "real"
+REAL_DIR = Path(__file__).parent.parent / "data" / "real"
 
 
 # -- synthetic tiles ----------------------------------------------------------------

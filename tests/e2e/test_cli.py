@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import idcfs_command, run_idcfs
 
 from idcfs.cli import is_mounted, parse_size
+from tests.support.mounting import idcfs_command, run_idcfs
 
 
 def test_sizes_parse() -> None:

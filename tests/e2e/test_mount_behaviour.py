@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_mount_tree import named, series_dir
+
+from tests.support.mounting import named, series_dir
 
 
 @pytest.fixture

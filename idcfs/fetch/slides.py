@@ -10,8 +10,8 @@ import threading
 from typing import Protocol
 
 from idcfs.cache.disk import DiskCache
-from idcfs.fetch.dicomweb import parse_json_list
-from idcfs.singleflight import SingleFlight
+from idcfs.dicom.dicom_json import parse_json_list
+from idcfs.fetch.claims import SingleFlight
 from idcfs.slide.model import Slide
 from idcfs.slide.parse import parse_slide
 

@@ -12,13 +12,13 @@ import pytest
 
 from idcfs.cache.disk import DiskCache, seal, unseal
 from idcfs.cache.memory import ByteLRU
-from idcfs.errors import FetchError
-from idcfs.fetch.dicomweb import next_utc_midnight
-from idcfs.fetch.multipart import parse_content_type, split_multipart
-from idcfs.prefetch import ReadAhead, ReadAheadSettings
-from idcfs.singleflight import SingleFlight
+from idcfs.errors import FetchError, MetadataError
+from idcfs.fetch.claims import SingleFlight
+from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
 from idcfs.slide.model import FrameRef, TilePosition
 from idcfs.slide.parse import parse_slide
+from idcfs.source.dicomweb import next_utc_midnight
+from idcfs.source.multipart import parse_content_type, split_multipart
 
 WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
@@ -89,8 +89,8 @@ def test_two_planes_in_one_tiled_full_instance() -> None:
     assert [[t.frame.number for t in g.tiles] for g in grids] == [[1, 2], [3, 4]]
 
 
-def test_no_wsi_instance_is_a_fetch_error() -> None:
-    with pytest.raises(FetchError):
+def test_no_wsi_instance_is_a_metadata_error() -> None:
+    with pytest.raises(MetadataError):
         parse_slide("s", "r", [])
 
 
@@ -232,7 +232,7 @@ class FakeFrameClient:
         self.requests: list[list[int]] = []
 
     def frames(self, study: str, series: str, instance: str, numbers: list[int]) -> list:
-        from idcfs.fetch.dicomweb import Frame
+        from idcfs.source.dicomweb import Frame
 
         self.requests.append(list(numbers))
         return [Frame(self.jpeg, None) for _ in numbers]
@@ -312,7 +312,7 @@ class FakeTree:
 
 def _filler(tiles: dict[int, FakeTile], store: Any, open_inodes: set[int] = frozenset(),  # type: ignore[assignment]
             queued: int = 16) -> Any:
-    from idcfs.fs.pagecache import PageCacheFiller
+    from idcfs.fuse.pagecache import PageCacheFiller
 
     return PageCacheFiller(FakeTree(tiles), open_inodes.__contains__, store,  # type: ignore[arg-type]
                            queued_batches=queued)

@@ -13,9 +13,9 @@ from the memory cache; when the staging area is nearly full (nobody consumes wha
 read ahead) no more is scheduled. Frames are claimed when scheduled (single flight),
 so a reader that catches up waits for the batch rather than asking on its own.
 Whoever set `on_landed` is told of each batch that landed (the FUSE adapter then fills
-the kernel's page cache with it: `idcfs.fs.pagecache`). Whoever set `take_over` is
+the kernel's page cache with it: `idcfs.fuse.pagecache`). Whoever set `take_over` is
 offered each batch before it is claimed, and takes the tiles it will put in the kernel's
-page cache itself (`idcfs.fs.diskfill`); it gives back those it could not with
+page cache itself (`idcfs.fuse.diskfill`); it gives back those it could not with
 `fetch_frames`.
 """
 

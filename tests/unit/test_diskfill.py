@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from idcfs.cache.disk import DiskCache
-from idcfs.fs import diskfill_process, fuse_store
-from idcfs.fs.diskfill import DiskPageFiller
+from idcfs.fuse import diskfill_process, fuse_store
+from idcfs.fuse.diskfill import DiskPageFiller
 from idcfs.slide.model import FrameRef
 
 

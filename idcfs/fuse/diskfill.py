@@ -4,7 +4,7 @@ After a remount, reading a level from the disk cache cost this process a disk re
 checksum and a store per tile, on threads that took the GIL from the FUSE loop at every
 SQLite and zlib call: the reader then waited on the loop. Instead, when read-ahead is
 about to read a batch, the tiles the kernel was shown an exact size for (the size index
-knew it at listing) are handed to a helper process (`idcfs.fs.diskfill_process`) that
+knew it at listing) are handed to a helper process (`idcfs.fuse.diskfill_process`) that
 holds the FUSE session's descriptor too: it reads them from the disk cache, checks them
 (checksum, and the exact size the kernel holds), and stores each in the page cache.
 
@@ -30,8 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 from idcfs.cache.disk import DiskCache
-from idcfs.fs.fuse_store import session_fd
 from idcfs.fs.tree import TileFile, Tree
+from idcfs.fuse.fuse_store import session_fd
 from idcfs.slide.model import FrameRef, Slide
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class DiskPageFiller:
         if fd is None:
             log.info("no single FUSE session descriptor: the page cache is filled in-process")
             return False
-        command = [sys.executable, "-m", "idcfs.fs.diskfill_process", str(fd),
+        command = [sys.executable, "-m", "idcfs.fuse.diskfill_process", str(fd),
                    str(self.disk.directory), str(self.disk.max_bytes)]
         try:
             self._process = subprocess.Popen(

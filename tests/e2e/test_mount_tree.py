@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
-from expected import expected_tiles, read_headers, volume_instances, wsi_series_on_server
 
-REAL = Path(__file__).parent / "data" / "real"
-
-
-def named(slides: list, name: str):  # type: ignore[no-untyped-def]
-    return next(slide for slide in slides if slide.name == name)
-
-
-def series_dir(mount_path: Path, slide) -> Path:  # type: ignore[no-untyped-def]
-    return mount_path / "studies" / slide.study_uid / slide.series_uid
+from tests.support.expected import (
+    expected_tiles,
+    read_headers,
+    volume_instances,
+    wsi_series_on_server,
+)
+from tests.support.mounting import named, series_dir
 
 
 @pytest.fixture

@@ -466,7 +466,7 @@ def _add_patient_study_series(ds: Dataset, spec: InstanceSpec) -> None:
     ds.FrameOfReferenceUID = identity.frame_of_reference_uid
     ds.PositionReferenceIndicator = "SLIDE_CORNER"
     ds.Manufacturer, ds.ManufacturerModelName = "idcfs", "synthetic"
-    ds.DeviceSerialNumber, ds.SoftwareVersions = "0001", "idcfs.testing.slides"
+    ds.DeviceSerialNumber, ds.SoftwareVersions = "0001", "tests.support.slides"
     ds.InstanceNumber = spec.instance_number
     ds.ContentDate, ds.ContentTime = FIXED_DATE, FIXED_TIME
     ds.AcquisitionDateTime = FIXED_DATE + FIXED_TIME

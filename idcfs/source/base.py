@@ -1,0 +1,76 @@
+"""The seam between the loader and wherever frames come from.
+
+A `FrameSource` answers two questions: what the instances of a series are (their DICOM
+JSON, each with a `location` only the source itself understands), and what the stored
+bytes of some frames of one instance are. DICOMweb (`idcfs.source.dicomweb`) is one
+source; DICOM files read by byte ranges are another. Everything above (slide store,
+loader, read-ahead, caches, the tree) holds a `FrameSource` and nothing more specific,
+as wsidicom's web and file image data sit behind one interface and mountpoint-s3's file
+system is generic over its object client.
+
+Promises every source keeps:
+- `frames` returns exactly one `Frame` per number asked, in the order asked, or raises
+  `FetchError` (the server or the file could not give them) - never a partial list.
+- Every call is bounded in time (the source's own timeouts) and thread-safe.
+- A transient failure is a `FetchError`, never a `NotFoundError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from idcfs.dicom.dicom_json import DicomJson
+from idcfs.slide.model import InstanceInfo
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame as stored, with the transfer syntax its source declared (if any)."""
+
+    data: bytes
+    transfer_syntax: str | None
+
+
+@dataclass(frozen=True)
+class InstanceMetadata:
+    """One instance of a series: its DICOM JSON and where the source finds it again."""
+
+    location: str
+    dicom: DicomJson
+
+    def to_json(self) -> dict[str, Any]:
+        return {"location": self.location, "dicom": dict(self.dicom)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> InstanceMetadata:
+        """Inverse of `to_json`; ValueError when `value` is not of that shape."""
+        if not isinstance(value, dict) or not isinstance(value.get("dicom"), dict):
+            raise ValueError("not an instance metadata record")
+        return cls(str(value.get("location", "")), value["dicom"])
+
+
+class FrameSource(Protocol):
+    """Where series metadata and stored frames come from; thread-safe, blocking."""
+
+    @property
+    def description(self) -> str:
+        """What the log says this source is (no credentials)."""
+        ...
+
+    def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceMetadata]:
+        """Every instance of a series; FetchError when the source cannot say."""
+        ...
+
+    def frames(self, instance: InstanceInfo, numbers: Sequence[int]) -> list[Frame]:
+        """Frames `numbers` (1-based) of one instance as stored, in the order asked."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; no call is made after this."""
+        ...
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters for the statistics file (requests sent, bytes received...)."""
+        ...
