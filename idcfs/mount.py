@@ -1,6 +1,8 @@
-"""Wiring one mount together and serving it until unmount or a signal.
+"""The composition root: every part of a mount is built here, and closed here.
 
-catalog → slide store → tile loader (DICOMweb client + cache) → tree → FUSE adapter.
+source → slide store → tile caches → loader → read-ahead → page-cache fillers → views →
+tree → FUSE adapter, each given what it uses through its constructor. `Mounted` owns the
+order of shutdown. Adding a frame source or a view is one line here.
 """
 
 from __future__ import annotations
@@ -16,14 +18,23 @@ import trio
 
 from idcfs.cache.disk import DiskCache
 from idcfs.cache.memory import ByteLRU
+from idcfs.cache.tiles import TileCache
 from idcfs.catalog.base import Catalog
 from idcfs.errors import IdcfsError
 from idcfs.fetch.coalesce import CoalesceSettings
 from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
 from idcfs.fetch.slides import SlideStore
+from idcfs.fs.nodes import LiveFile, TileFileIndex, json_bytes
 from idcfs.fs.tree import Tree
+from idcfs.fs.views.catalog import CatalogView
+from idcfs.fs.views.dicom_levels import DicomLevelsView
 from idcfs.fuse.adapter import IdcfsOperations
+from idcfs.fuse.diskfill import DiskPageFiller
+from idcfs.fuse.openfiles import OpenFiles
+from idcfs.fuse.pagecache import PageCacheFiller
+from idcfs.metrics import Metrics
+from idcfs.source.base import FrameSource
 from idcfs.source.dicomweb import ClientSettings, DicomWebClient
 from idcfs.tiles.convert import DEFAULT_QUALITY
 
@@ -35,6 +46,7 @@ IDC_PROXY_URL = (
 )
 IDC_MAX_CONNECTIONS = 16
 FUSE_MAX_TASKS = 128
+STATS_FILE = ".idcfs-stats.json"
 
 
 class SetupError(IdcfsError):
@@ -91,31 +103,84 @@ def build_catalog(config: MountConfig, client: DicomWebClient) -> Catalog:
     return QidoCatalog(client)
 
 
-def build_operations(config: MountConfig) -> IdcfsOperations:
-    """Check the server, build every layer, and return the FUSE operations."""
+@dataclass
+class Mounted:
+    """Every long-lived part of one mount, and the order they start and stop in."""
+
+    operations: IdcfsOperations
+    source: FrameSource
+    loader: TileLoader
+    tiles: TileCache
+    disk: DiskCache | None = None
+    readahead: ReadAhead | None = None
+    page_filler: PageCacheFiller | None = None
+    disk_filler: DiskPageFiller | None = None
+
+    def session_opened(self) -> None:
+        """The FUSE session exists: notifications to the kernel may start."""
+        if self.page_filler is not None:
+            self.page_filler.start()
+        if self.disk_filler is not None:
+            self.disk_filler.start()
+
+    def session_closing(self) -> None:
+        """The FUSE session is about to close: notifications must stop first."""
+        if self.page_filler is not None:
+            self.page_filler.stop()
+        if self.disk_filler is not None:
+            self.disk_filler.stop()
+
+    def close(self) -> None:
+        """After unmount: read-ahead, then demand requests, then the size index (written
+        into the disk cache, so before it closes), the disk cache and the source."""
+        if self.readahead is not None:
+            self.readahead.close()
+        self.loader.close()
+        self.tiles.flush()
+        if self.disk is not None:
+            self.disk.close()
+        self.source.close()
+
+
+def connect_source(config: MountConfig, metrics: Metrics) -> DicomWebClient:
+    """The DICOMweb server, checked to answer; SetupError with one line otherwise."""
     client = DicomWebClient(
-        config.server_url, ClientSettings(max_connections=config.connection_limit)
+        config.server_url, ClientSettings(max_connections=config.connection_limit), metrics
     )
     try:
         client.check_reachable()
     except IdcfsError as error:
         raise SetupError(f"cannot reach DICOMweb server {config.server_url}: {error}") from None
+    return client
+
+
+def build_mount(config: MountConfig) -> Mounted:
+    """Check the server and build every part of the mount."""
+    metrics = Metrics()
+    client = connect_source(config, metrics)
     catalog = build_catalog(config, client)
     disk = DiskCache(config.cache_dir, config.disk_cache_bytes) if config.cache_dir else None
-    loader = TileLoader(
-        client,
-        ByteLRU(config.cache_bytes),
-        quality=config.quality,
-        staged=ByteLRU(config.readahead_bytes),
-        disk=disk,
-        demand=CoalesceSettings(workers=config.connection_limit),
-    )
-    readahead = None
+    tiles = TileCache(ByteLRU(config.cache_bytes), ByteLRU(config.readahead_bytes), disk,
+                      config.quality, metrics)
+    loader = TileLoader(client, tiles, metrics, quality=config.quality,
+                        demand=CoalesceSettings(workers=config.connection_limit))
+    open_files = OpenFiles()
+    tile_index = TileFileIndex()
+    page_filler = disk_filler = readahead = None
     if config.readahead_bytes > 0:
+        page_filler = PageCacheFiller(tile_index, open_files.is_open, metrics)
+        if disk is not None:
+            disk_filler = DiskPageFiller(tile_index, open_files.is_open, loader, disk, metrics)
         workers = max(1, min(4, config.connection_limit // 2))
-        readahead = ReadAhead(loader, ReadAheadSettings(workers=workers))
-    tree = Tree(catalog, SlideStore(client, disk), loader, readahead)
-    return IdcfsOperations(tree)
+        readahead = ReadAhead(
+            loader, metrics, ReadAheadSettings(workers=workers),
+            on_landed=page_filler.offer, take_over=disk_filler.take if disk_filler else None,
+        )
+    views = [DicomLevelsView(loader, tile_index, readahead)]
+    statistics = LiveFile(STATS_FILE, lambda: json_bytes(metrics.snapshot()))
+    catalog_view = CatalogView(catalog, SlideStore(client, disk), views, [statistics])
+    operations = IdcfsOperations(Tree(catalog_view.root_children), open_files, metrics)
+    return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler)
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -127,31 +192,22 @@ def fuse_options(config: MountConfig) -> set[str]:
 
 def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount, call on_ready, and serve until unmounted or SIGINT/SIGTERM."""
-    operations = build_operations(config)
+    mounted = build_mount(config)
     try:
-        pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
+        pyfuse3.init(mounted.operations, str(config.mountpoint), fuse_options(config))
     except RuntimeError as error:
+        mounted.close()
         raise SetupError(f"cannot mount {config.mountpoint}: {error}") from None
-    log.info("mounted %s from %s", config.mountpoint, config.server_url)
-    operations.session_opened()
+    log.info("mounted %s from %s", config.mountpoint, mounted.source.description)
+    mounted.session_opened()
     on_ready()
     try:
         trio.run(main_until_signal)
     finally:
-        operations.session_closing()
+        mounted.session_closing()
         pyfuse3.close(unmount=True)
-        _close(operations)
+        mounted.close()
         log.info("unmounted %s", config.mountpoint)
-
-
-def _close(operations: IdcfsOperations) -> None:
-    tree = operations.tree
-    if tree.readahead is not None:
-        tree.readahead.close()
-    tree.loader.close()  # writes the size index: before the disk cache closes
-    if tree.loader.disk is not None:
-        tree.loader.disk.close()
-    tree.loader.client.close()
 
 
 async def main_until_signal() -> None:

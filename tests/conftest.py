@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,6 +10,24 @@ import pytest
 
 from tests.support.fixtures import orthanc, relay, test_slides  # noqa: F401  (fixtures)
 from tests.support.mounting import Mount, run_idcfs, stop_mount
+
+XDG_DIRECTORIES = ("XDG_STATE_HOME", "XDG_CACHE_HOME")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep every test (and every idcfs it starts) out of the user's real state and
+    cache directories: logs default to $XDG_STATE_HOME/idcfs."""
+    home = tmp_path_factory.mktemp("xdg")
+    saved = {name: os.environ.get(name) for name in XDG_DIRECTORIES}
+    for name in XDG_DIRECTORIES:
+        os.environ[name] = str(home / name.lower())
+    yield home
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ most `anticipate_fraction` of that request's duration and never past `anticipate
 Without the wait a slot leaves with whatever queued meanwhile, its own readers miss it
 by a few milliseconds and wait a whole request longer.
 
-The caller has claimed each frame (single flight) and waits on its future.
-`run_batch` fetches a batch and `abandon_batch` gives one up (at close); each must
-resolve and release every future it is given, success or failure.
+The caller has claimed each frame (`idcfs.fetch.claims`) and waits on its future.
+`run_batch` fetches a batch and `abandon_batch` gives one up (at close); each must end
+every claim it is given, success or failure (the claim rule).
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from idcfs.fetch.claims import Claim
 from idcfs.slide.model import FrameRef, Slide
 
 log = logging.getLogger(__name__)
 
-Batch = dict[FrameRef, "Future[bytes]"]
+Batch = dict[FrameRef, Claim[bytes]]
 RunBatch = Callable[[Slide, Batch], None]
 
 

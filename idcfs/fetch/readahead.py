@@ -12,11 +12,12 @@ Read-ahead lands in the loader's staging area, which is bounded in bytes and sep
 from the memory cache; when the staging area is nearly full (nobody consumes what was
 read ahead) no more is scheduled. Frames are claimed when scheduled (single flight),
 so a reader that catches up waits for the batch rather than asking on its own.
-Whoever set `on_landed` is told of each batch that landed (the FUSE adapter then fills
-the kernel's page cache with it: `idcfs.fuse.pagecache`). Whoever set `take_over` is
+`on_landed`, if given, is told of each batch that landed (the page-cache filler then
+stores it in the kernel's page cache: `idcfs.fuse.pagecache`). `take_over`, if given, is
 offered each batch before it is claimed, and takes the tiles it will put in the kernel's
-page cache itself (`idcfs.fuse.diskfill`); it gives back those it could not with
-`fetch_frames`.
+page cache itself (`idcfs.fuse.diskfill`); it hands back those it could not through the
+`GiveBack` it is passed (this object's `fetch_frames`). Streams are kept per grid for
+the `grids_kept` grids opened most recently; older grids' streams are dropped.
 """
 
 from __future__ import annotations
@@ -24,17 +25,20 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from idcfs.fetch.loader import TileLoader
+from idcfs.fetch.loader import TileClaims, TileLoader
+from idcfs.metrics import Metrics
 from idcfs.slide.model import FrameRef, Slide, TilePosition
 
 log = logging.getLogger(__name__)
 
 LandedListener = Callable[[Slide, list[tuple[FrameRef, bytes]]], None]
-TakeOver = Callable[[Slide, list[FrameRef]], list[FrameRef]]
+GiveBack = Callable[[Slide, list[FrameRef]], None]
+TakeOver = Callable[[Slide, list[FrameRef], GiveBack], list[FrameRef]]
 
 
 @dataclass
@@ -55,7 +59,7 @@ class QueuedBatch:
     slide: Slide
     tiles: Sequence[TilePosition]
     stream: Stream | None
-    owned: dict[FrameRef, Future[bytes]]
+    owned: TileClaims
 
 
 @dataclass(frozen=True)
@@ -66,27 +70,38 @@ class ReadAheadSettings:
     min_streak: int = 2
     streams_per_grid: int = 16
     max_batch: int = 64
+    grids_kept: int = 1024
 
 
 class ReadAhead:
     """Schedules read-ahead for tile opens; thread-safe and never blocking the caller."""
 
-    def __init__(self, loader: TileLoader, settings: ReadAheadSettings | None = None) -> None:
+    def __init__(
+        self,
+        loader: TileLoader,
+        metrics: Metrics,
+        settings: ReadAheadSettings | None = None,
+        on_landed: LandedListener | None = None,
+        take_over: TakeOver | None = None,
+    ) -> None:
         self.loader = loader
         self.settings = settings or ReadAheadSettings()
+        self.on_landed = on_landed
+        self.take_over = take_over
         self._executor = ThreadPoolExecutor(self.settings.workers, "idcfs-readahead")
-        self._streams: dict[int, list[Stream]] = {}
+        self._streams: OrderedDict[Hashable, list[Stream]] = OrderedDict()
         self._lock = threading.Lock()
         self._queued: dict[int, QueuedBatch] = {}
         self._batch_ids = itertools.count()
-        self.scheduled_tiles = 0
-        self.on_landed: LandedListener | None = None
-        self.take_over: TakeOver | None = None
+        self._scheduled_tiles = metrics.counter("readahead_scheduled_tiles")
 
-    def on_open(self, slide: Slide, tiles: Sequence[TilePosition], index: int) -> None:
-        """Note that tile `index` of a grid was opened; maybe fetch the ones after it."""
+    def on_open(
+        self, slide: Slide, grid: Hashable, tiles: Sequence[TilePosition], index: int
+    ) -> None:
+        """Note that tile `index` of a grid (`grid` names it) was opened; maybe fetch the
+        ones after it."""
         with self._lock:
-            stream = self._stream_for(id(tiles), index)
+            stream = self._stream_for(grid, index)
             span = self._advance(stream, index, len(tiles))
         if span is not None:
             self._schedule(slide, tiles, span, stream)
@@ -112,8 +127,8 @@ class ReadAhead:
         for batch in queued:
             self.loader.abandon_claimed(batch.slide, batch.owned)
 
-    def _stream_for(self, grid: int, index: int) -> Stream:
-        streams = self._streams.setdefault(grid, [])
+    def _stream_for(self, grid: Hashable, index: int) -> Stream:
+        streams = self._streams_of(grid)
         for stream in streams:
             if stream.last < index <= max(stream.last + 2, stream.ahead_until - 1):
                 stream.streak += 1
@@ -129,6 +144,20 @@ class ReadAhead:
             streams.pop(0).alive = False
         return stream
 
+    def _streams_of(self, grid: Hashable) -> list[Stream]:
+        """The grid's streams, the grid now the most recent; the oldest grid's streams
+        are dropped beyond `grids_kept`."""
+        streams = self._streams.get(grid)
+        if streams is None:
+            streams = self._streams[grid] = []
+            if len(self._streams) > self.settings.grids_kept:
+                _, dropped = self._streams.popitem(last=False)
+                for stream in dropped:
+                    stream.alive = False
+        else:
+            self._streams.move_to_end(grid)
+        return streams
+
     def _advance(self, stream: Stream, index: int, count: int) -> tuple[int, int] | None:
         """The span to read ahead now: whole batches up to `window` tiles past `index`.
 
@@ -136,7 +165,7 @@ class ReadAhead:
         have the next request queued; each refill doubles the window, up to the maximum.
         """
         settings = self.settings
-        if stream.streak < settings.min_streak or self._staging_nearly_full():
+        if stream.streak < settings.min_streak or self.loader.tiles.staging_nearly_full():
             return None
         window = stream.window or settings.first_window
         start = max(stream.ahead_until, index)
@@ -149,10 +178,6 @@ class ReadAhead:
         stream.ahead_until = end
         return start, end
 
-    def _staging_nearly_full(self) -> bool:
-        staged = self.loader.staged
-        return staged.current_bytes > staged.max_bytes * 3 // 4
-
     def _schedule(
         self, slide: Slide, tiles: Sequence[TilePosition], span: tuple[int, int], stream: Stream
     ) -> None:
@@ -161,7 +186,7 @@ class ReadAhead:
         for first in range(start, end, size):
             frames = [tile.frame for tile in tiles[first : min(first + size, end)]]
             if self.take_over is not None:
-                taken = set(self.take_over(slide, frames))
+                taken = set(self.take_over(slide, frames, self.fetch_frames))
                 frames = [frame for frame in frames if frame not in taken]
             if not self._submit(slide, tiles, frames, stream):
                 return
@@ -174,7 +199,7 @@ class ReadAhead:
         owned = self.loader.claim_for_prefetch(slide, frames)
         if not owned:
             return True
-        self.scheduled_tiles += len(owned)
+        self._scheduled_tiles.add(len(owned))
         batch = next(self._batch_ids)
         with self._lock:
             self._queued[batch] = QueuedBatch(slide, tiles, stream, owned)
@@ -208,9 +233,9 @@ class ReadAhead:
         if listener is None:
             return
         landed = [
-            (frame, future.result())
-            for frame, future in batch.owned.items()
-            if future.done() and future.exception() is None
+            (frame, claim.future.result())
+            for frame, claim in batch.owned.items()
+            if claim.done and claim.future.exception() is None
         ]
         if landed:
             try:

@@ -1,36 +1,37 @@
-"""Slides by series: one series-metadata request each, parsed once and kept.
+"""Slides by series: the source's series metadata, parsed once and kept.
 
-With a disk cache the metadata answer also survives a remount.
+One metadata call per series (DICOMweb: one request; files: a listing and a header read
+per instance). With a disk cache the metadata also survives a remount, together with
+each instance's location in the source.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from typing import Protocol
 
 from idcfs.cache.disk import DiskCache
-from idcfs.dicom.dicom_json import parse_json_list
-from idcfs.fetch.claims import SingleFlight
+from idcfs.dicom.dicom_json import first_value
+from idcfs.fetch.claims import Claims
 from idcfs.slide.model import Slide
 from idcfs.slide.parse import parse_slide
+from idcfs.source.base import FrameSource, InstanceMetadata
 
 log = logging.getLogger(__name__)
 
-
-class MetadataSource(Protocol):
-    def series_metadata_json(self, study_uid: str, series_uid: str) -> bytes: ...
+DISK_KEY_VERSION = "metadata-v2"
 
 
 class SlideStore:
     """Thread-safe cache of parsed slides; failures are not cached (retried next time)."""
 
-    def __init__(self, source: MetadataSource, disk: DiskCache | None = None) -> None:
+    def __init__(self, source: FrameSource, disk: DiskCache | None = None) -> None:
         self._source = source
         self._disk = disk
         self._slides: dict[tuple[str, str], Slide] = {}
         self._lock = threading.Lock()
-        self._flights: SingleFlight[Slide] = SingleFlight()
+        self._claims: Claims[Slide] = Claims()
 
     def get(self, study_uid: str, series_uid: str) -> Slide:
         key = (study_uid, series_uid)
@@ -38,19 +39,36 @@ class SlideStore:
             slide = self._slides.get(key)
         if slide is not None:
             return slide
-        return self._flights.run(key, lambda: self._load(study_uid, series_uid))
+        return self._claims.run(key, lambda: self._load(study_uid, series_uid))
 
     def _load(self, study_uid: str, series_uid: str) -> Slide:
-        disk_key = f"metadata/{study_uid}/{series_uid}"
-        cached = self._disk.get(disk_key) if self._disk else None
-        body = cached if cached is not None else self._source.series_metadata_json(
-            study_uid, series_uid
+        disk_key = f"{DISK_KEY_VERSION}/{study_uid}/{series_uid}"
+        instances = self._from_disk(disk_key)
+        fetched = instances is None
+        if instances is None:
+            instances = self._source.series_metadata(study_uid, series_uid)
+        slide = parse_slide(
+            study_uid, series_uid, [item.dicom for item in instances],
+            {_uid(item): item.location for item in instances},
         )
-        slide = parse_slide(study_uid, series_uid, parse_json_list(body, "series metadata"))
-        if cached is None and self._disk:
-            self._disk.put(disk_key, body)
+        if fetched and self._disk is not None:
+            self._disk.put(disk_key, json.dumps([item.to_json() for item in instances]).encode())
         with self._lock:
             self._slides[(study_uid, series_uid)] = slide
         log.info("series %s: %d levels, %d instances", series_uid, len(slide.levels),
                  len(slide.instances))
         return slide
+
+    def _from_disk(self, disk_key: str) -> list[InstanceMetadata] | None:
+        body = self._disk.get(disk_key) if self._disk is not None else None
+        if body is None:
+            return None
+        try:
+            return [InstanceMetadata.from_json(item) for item in json.loads(body)]
+        except (ValueError, TypeError) as error:
+            log.warning("disk cache: unreadable metadata %s (%s); fetching again", disk_key, error)
+            return None
+
+
+def _uid(item: InstanceMetadata) -> str:
+    return str(first_value(item.dicom, "00080018", ""))

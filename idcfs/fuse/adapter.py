@@ -12,29 +12,30 @@ attributes, so the `fstat`, reads and `mmap` that follow see the exact size; the
 cache is kept (`keep_cache`).
 
 Tiles read ahead are stored into the kernel's page cache before they are opened
-(`idcfs.fuse.pagecache`), so their reads do not come here.
+(`idcfs.fuse.pagecache`, `idcfs.fuse.diskfill`), so their reads do not come here; the
+fillers are built and started by `idcfs.mount`, and learn which files are open from the
+`OpenFiles` this adapter keeps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import stat
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
 from idcfs.errors import DecodeError, FetchError, MetadataError, NotFoundError
-from idcfs.fs.tree import Attributes, FileNode, Node, Tree
-from idcfs.fuse.diskfill import DiskPageFiller
-from idcfs.fuse.pagecache import PageCacheFiller
+from idcfs.fs.nodes import FileNode, Node
+from idcfs.fs.tree import Attributes, Tree
+from idcfs.fuse.openfiles import OpenFile, OpenFiles
+from idcfs.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,6 @@ def to_fuse_error(error: BaseException, what: str) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EIO)
 
 
-@dataclass
-class OpenFile:
-    """An open handle: the file, the size the kernel holds, and the content (None when
-    the kernel was given it before the open: loaded at the first read that comes)."""
-
-    inode: int
-    shown_size: int
-    content: bytes | None
-    failed: bool = False
-
-
 class IdcfsOperations(pyfuse3.Operations):
     """pyfuse3 operations over a `Tree`; read-only."""
 
@@ -78,47 +68,16 @@ class IdcfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, worker_threads: int = 64) -> None:
+    def __init__(
+        self, tree: Tree, open_files: OpenFiles, metrics: Metrics, worker_threads: int = 64
+    ) -> None:
         super().__init__()
         self.tree = tree
+        self._open = open_files
         self._limiter = trio.CapacityLimiter(worker_threads)
-        self._open_files: dict[int, OpenFile] = {}  # by handle
-        self._open_inodes: dict[int, int] = {}  # inode: open handles
-        self._handles = itertools.count(1)
         self._uid = os.getuid()
         self._gid = os.getgid()
-        self.reads_served = 0
-        self.filler: PageCacheFiller | None = None
-        if tree.readahead is not None:
-            self.filler = PageCacheFiller(tree, self.is_open)
-            tree.readahead.on_landed = self.filler.offer
-            tree.add_statistics("page_cache_fill", self.filler.statistics)
-        self.disk_filler: DiskPageFiller | None = None
-        disk = tree.loader.disk
-        if tree.readahead is not None and disk is not None:
-            self.disk_filler = DiskPageFiller(tree, self.is_open, disk)
-            tree.add_statistics("disk_page_fill", self.disk_filler.statistics)
-        tree.add_statistics("fuse", lambda: {"reads_served": self.reads_served})
-
-    def session_opened(self) -> None:
-        """Called once the FUSE session exists: notifications to the kernel may start."""
-        if self.filler is not None:
-            self.filler.start()
-        readahead = self.tree.readahead
-        if self.disk_filler is not None and readahead is not None and self.disk_filler.start():
-            readahead.take_over = self.disk_filler.take
-            self.disk_filler.give_back = readahead.fetch_frames
-
-    def session_closing(self) -> None:
-        """Called before the FUSE session closes: notifications must stop."""
-        if self.filler is not None:
-            self.filler.stop()
-        if self.disk_filler is not None:
-            self.disk_filler.stop()
-
-    def is_open(self, inode: int) -> bool:
-        """Whether a file is open (through any handle)."""
-        return inode in self._open_inodes
+        self._reads_served = metrics.counter("fuse.reads_served")
 
     # -- helpers --------------------------------------------------------------------
 
@@ -205,9 +164,7 @@ class IdcfsOperations(pyfuse3.Operations):
         data = await self._content_at_open(node)
         if data is not None and len(data) != shown_size:
             _forget_cached_attributes(inode)
-        handle = next(self._handles)
-        self._open_files[handle] = OpenFile(inode, shown_size, data)
-        self._open_inodes[inode] = self._open_inodes.get(inode, 0) + 1
+        handle = self._open.add(OpenFile(inode, shown_size, data))
         return pyfuse3.FileInfo(fh=handle, keep_cache=not node.direct_io, direct_io=node.direct_io)
 
     async def _content_at_open(self, node: FileNode) -> bytes | None:
@@ -222,10 +179,10 @@ class IdcfsOperations(pyfuse3.Operations):
         return data
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        opened = self._open_files.get(fh)
+        opened = self._open.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        self.reads_served += 1
+        self._reads_served.add()
         if opened.content is None:
             opened.content = await self._content_as_shown(opened)
         return opened.content[off : off + size]
@@ -249,13 +206,7 @@ class IdcfsOperations(pyfuse3.Operations):
         return data
 
     async def release(self, fh: int) -> None:
-        opened = self._open_files.pop(fh, None)
-        if opened is None:
-            return
-        inode = opened.inode
-        remaining = self._open_inodes.pop(inode) - 1
-        if remaining:
-            self._open_inodes[inode] = remaining
+        self._open.remove(fh)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()

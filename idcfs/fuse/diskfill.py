@@ -27,11 +27,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from idcfs.cache.disk import DiskCache
-from idcfs.fs.tree import TileFile, Tree
+from idcfs.fetch.loader import TileLoader
+from idcfs.fetch.readahead import GiveBack
+from idcfs.fs.nodes import TileFile, TileFileIndex
 from idcfs.fuse.fuse_store import session_fd
+from idcfs.metrics import Metrics
 from idcfs.slide.model import FrameRef, Slide
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,7 @@ log = logging.getLogger(__name__)
 QUEUED_BATCHES = 16
 STOP_WAIT_S = 2.0
 
-GiveBack = Callable[[Slide, list[FrameRef]], None]
-Batch = tuple[Slide, dict[FrameRef, list[TileFile]]]
+Batch = tuple[Slide, dict[FrameRef, list[TileFile]], GiveBack]
 
 
 class DiskPageFiller:
@@ -48,23 +49,26 @@ class DiskPageFiller:
 
     def __init__(
         self,
-        tree: Tree,
+        tile_index: TileFileIndex,
         is_open: Callable[[int], bool],
+        loader: TileLoader,
         disk: DiskCache,
+        metrics: Metrics,
         queued_batches: int = QUEUED_BATCHES,
     ) -> None:
-        self.tree = tree
+        self.tile_index = tile_index
         self.is_open = is_open
+        self.loader = loader
         self.disk = disk
-        self.give_back: GiveBack | None = None
         self._queue: queue.Queue[Batch | None] = queue.Queue(queued_batches)
         self._process: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._run, name="idcfs-diskfill", daemon=True)
         self._stopping = threading.Event()  # unmount
         self._failed = threading.Event()  # the helper ended or misbehaved
-        self.stored = 0
-        self.given_back = 0
-        self.not_taken_busy = 0
+        self.stored = metrics.counter("disk_page_fill.stored")
+        self.given_back = metrics.counter("disk_page_fill.given_back")
+        self.not_taken_busy = metrics.counter("disk_page_fill.not_taken_busy")
+        metrics.gauge("disk_page_fill.running", lambda: self.running)
 
     def start(self) -> bool:
         """Start the helper once the FUSE session exists; False when it cannot run."""
@@ -90,22 +94,23 @@ class DiskPageFiller:
         return (self._process is not None and not self._stopping.is_set()
                 and not self._failed.is_set())
 
-    def take(self, slide: Slide, frames: list[FrameRef]) -> list[FrameRef]:
+    def take(self, slide: Slide, frames: list[FrameRef], give_back: GiveBack) -> list[FrameRef]:
         """Take the frames whose files the kernel holds at an exact size, unopened and
-        not in memory; never blocks (when the helper is behind, nothing is taken)."""
+        not in memory; never blocks (when the helper is behind, nothing is taken). Those
+        it then fails to store go to `give_back`."""
         if not self.running:
             return []
         wanted = {}
         for frame in frames:
-            nodes = self.tree.tile_files(slide, frame)
+            nodes = self.tile_index.files(slide, frame)
             if nodes and self._fillable(slide, frame, nodes):
                 wanted[frame] = nodes
         if not wanted:
             return []
         try:
-            self._queue.put_nowait((slide, wanted))
+            self._queue.put_nowait((slide, wanted, give_back))
         except queue.Full:
-            self.not_taken_busy += len(wanted)
+            self.not_taken_busy.add(len(wanted))
             return []
         return list(wanted)
 
@@ -115,7 +120,7 @@ class DiskPageFiller:
             None not in sizes
             and len(sizes) == 1
             and not any(node.filled or self.is_open(node.inode) for node in nodes)
-            and not self.tree.loader.holds(slide, frame)
+            and not self.loader.holds(slide, frame)
         )
 
     def stop(self) -> None:
@@ -137,10 +142,6 @@ class DiskPageFiller:
             process.wait()
         self._thread.join(STOP_WAIT_S)
 
-    def statistics(self) -> dict[str, Any]:
-        return {"running": self.running, "stored": self.stored,
-                "given_back": self.given_back, "not_taken_busy": self.not_taken_busy}
-
     def _run(self) -> None:
         """Send batches until unmount; after a failure, give every batch still queued
         back to read-ahead."""
@@ -148,11 +149,11 @@ class DiskPageFiller:
             batch = self._queue.get()
             if batch is None or self._stopping.is_set():
                 return
-            slide, wanted = batch
+            slide, wanted, give_back = batch
             stored = self._ask_or_fail(slide, wanted) if self.running else set()
             if self._stopping.is_set():
                 return
-            self._settle(slide, wanted, stored)
+            self._settle(slide, wanted, stored, give_back)
 
     def _ask_or_fail(self, slide: Slide, wanted: dict[FrameRef, list[TileFile]]) -> set[int]:
         try:
@@ -179,7 +180,7 @@ class DiskPageFiller:
         process = self._process
         assert process is not None and process.stdin is not None and process.stdout is not None
         request = [
-            [self.tree.loader.disk_key(slide, frame), nodes[0].exact_size,
+            [self.loader.tiles.disk_key(slide, frame), nodes[0].exact_size,
              [node.inode for node in nodes]]
             for frame, nodes in wanted.items()
         ]
@@ -191,19 +192,19 @@ class DiskPageFiller:
         return set(json.loads(answer))
 
     def _settle(self, slide: Slide, wanted: dict[FrameRef, list[TileFile]],
-                stored: set[int]) -> None:
+                stored: set[int], give_back: GiveBack) -> None:
         """Mark the files stored; give the tiles stored nowhere back to read-ahead."""
         missed = []
         for frame, nodes in wanted.items():
             filled = [node for node in nodes if node.inode in stored]
             for node in filled:
                 node.filled = True
-            self.stored += len(filled)
+            self.stored.add(len(filled))
             if not filled:
                 missed.append(frame)
-        if missed and self.give_back is not None:
-            self.given_back += len(missed)
+        if missed:
+            self.given_back.add(len(missed))
             try:
-                self.give_back(slide, missed)
+                give_back(slide, missed)
             except Exception:  # read-ahead closed meanwhile: readers fetch on demand
                 log.exception("cannot give tiles back to read-ahead")

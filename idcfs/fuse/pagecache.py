@@ -25,11 +25,11 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import pyfuse3
 
-from idcfs.fs.tree import TileFile, Tree
+from idcfs.fs.nodes import TileFile, TileFileIndex
+from idcfs.metrics import Metrics
 from idcfs.slide.model import FrameRef, Slide
 
 log = logging.getLogger(__name__)
@@ -45,21 +45,22 @@ class PageCacheFiller:
 
     def __init__(
         self,
-        tree: Tree,
+        tile_index: TileFileIndex,
         is_open: Callable[[int], bool],
+        metrics: Metrics,
         store: Store = pyfuse3.notify_store,
         queued_batches: int = QUEUED_BATCHES,
     ) -> None:
-        self.tree = tree
+        self.tile_index = tile_index
         self.is_open = is_open
         self._store = store
         self._queue: queue.Queue[list[tuple[TileFile, bytes]]] = queue.Queue(queued_batches)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="idcfs-pagecache", daemon=True)
-        self.stored = 0
-        self.skipped = 0
-        self.dropped = 0
-        self.unknown = 0
+        self.stored = metrics.counter("page_cache_fill.stored")
+        self.skipped = metrics.counter("page_cache_fill.skipped_opened")
+        self.dropped = metrics.counter("page_cache_fill.dropped_busy")
+        self.unknown = metrics.counter("page_cache_fill.not_known_to_kernel")
 
     def start(self) -> None:
         """Begin storing; call once the FUSE session exists."""
@@ -72,7 +73,7 @@ class PageCacheFiller:
             return
         batch = []
         for frame, data in landed:
-            for node in self.tree.tile_files(slide, frame):
+            for node in self.tile_index.files(slide, frame):
                 if node.exact_size == len(data):
                     batch.append((node, data))
         if not batch:
@@ -80,7 +81,7 @@ class PageCacheFiller:
         try:
             self._queue.put_nowait(batch)
         except queue.Full:
-            self.dropped += len(batch)
+            self.dropped.add(len(batch))
 
     def stop(self) -> None:
         """Stop storing and wait (briefly) for a store under way; before the session
@@ -88,10 +89,6 @@ class PageCacheFiller:
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(STOP_WAIT_S)
-
-    def statistics(self) -> dict[str, Any]:
-        return {"stored": self.stored, "skipped_opened": self.skipped,
-                "dropped_busy": self.dropped, "not_known_to_kernel": self.unknown}
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -109,15 +106,15 @@ class PageCacheFiller:
     def _store_one(self, node: TileFile, data: bytes) -> bool:
         """Store one tile; False when the kernel cannot take stores at all."""
         if self.is_open(node.inode) or not node.read_ahead_unread():
-            self.skipped += 1  # its reader is at it or was: the kernel has it, or will
+            self.skipped.add()  # its reader is at it or was: the kernel has it, or will
             return True
         try:
             self._store(node.inode, 0, data)
         except OSError as error:
             if error.errno == errno.ENOENT:  # not looked up yet, or forgotten
-                self.unknown += 1
+                self.unknown.add()
                 return True
             log.warning("cannot fill the page cache (%s); reads go through the daemon", error)
             return False
-        self.stored += 1
+        self.stored.add()
         return True

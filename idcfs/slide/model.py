@@ -31,6 +31,7 @@ class InstanceInfo:
     frame_count: int
     total_width: int
     total_height: int
+    location: str = ""  # where the frame source finds the instance; opaque to all else
 
     @property
     def flavour(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from idcfs.dicom.dicom_json import WSI_SOP_CLASS, DicomJson, first_item, first_value, values
@@ -48,10 +48,18 @@ class Placement:
     frame: FrameRef
 
 
-def parse_slide(study_uid: str, series_uid: str, metadata: Sequence[DicomJson]) -> Slide:
-    """The slide model of a series; MetadataError when it holds no usable WSI instance."""
+def parse_slide(
+    study_uid: str,
+    series_uid: str,
+    metadata: Sequence[DicomJson],
+    locations: Mapping[str, str] | None = None,
+) -> Slide:
+    """The slide model of a series; MetadataError when it holds no usable WSI instance.
+
+    `locations` (by SOPInstanceUID) is where the frame source finds each instance."""
+    where = locations or {}
     pairs = [(info, meta) for meta in metadata if _is_wsi(meta)
-             for info in _readable_instance(meta)]
+             for info in _readable_instance(meta, where)]
     if not pairs:
         raise MetadataError(f"series {series_uid} has no whole-slide image instances")
     infos = {info.uid: info for info, _ in pairs}
@@ -72,10 +80,11 @@ def parse_slide(study_uid: str, series_uid: str, metadata: Sequence[DicomJson]) 
     )
 
 
-def _readable_instance(meta: DicomJson) -> list[InstanceInfo]:
+def _readable_instance(meta: DicomJson, locations: Mapping[str, str]) -> list[InstanceInfo]:
     """[the instance's facts], or [] (with a warning) when its pixel description is unusable."""
     try:
-        return [read_instance(meta)]
+        info = read_instance(meta)
+        return [replace(info, location=locations.get(info.uid, ""))]
     except (ValueError, TypeError) as error:
         log.warning("instance %s skipped: %s", first_value(meta, "00080018"), error)
         return []

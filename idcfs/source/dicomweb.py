@@ -1,5 +1,8 @@
 """A small DICOMweb client: QIDO-RS search, series metadata and WADO-RS frames.
 
+It is a `FrameSource` (`idcfs.source.base`): an instance's location is its WADO-RS path
+(`/studies/S/series/R/instances/I`), and the frames of one instance come in one request.
+
 Built on urllib3 (one keep-alive connection pool, per-request timeouts, retries with
 backoff for transient 5xx). Every wait is bounded: a connection slot, the connect,
 each socket read, and the number of retries.
@@ -22,6 +25,9 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from idcfs.dicom.dicom_json import WSI_SOP_CLASS, first_value, parse_json_list
 from idcfs.errors import FetchError, QuotaExhaustedError
+from idcfs.metrics import Metrics
+from idcfs.slide.model import InstanceInfo
+from idcfs.source.base import Frame, InstanceMetadata
 from idcfs.source.multipart import parse_content_type, split_multipart
 
 log = logging.getLogger(__name__)
@@ -29,14 +35,6 @@ log = logging.getLogger(__name__)
 FRAMES_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 JSON_ACCEPT = "application/dicom+json"
 QIDO_PAGE = 1000
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One frame as stored on the server, with the transfer syntax its part declared."""
-
-    data: bytes
-    transfer_syntax: str | None
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,9 @@ class ClientSettings:
 class DicomWebClient:
     """Thread-safe DICOMweb client for one server."""
 
-    def __init__(self, base_url: str, settings: ClientSettings | None = None) -> None:
+    def __init__(
+        self, base_url: str, settings: ClientSettings | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.settings = settings or ClientSettings()
         self._slots = threading.BoundedSemaphore(self.settings.max_connections)
@@ -75,7 +75,18 @@ class DicomWebClient:
         )
         self._quota_lock = threading.Lock()
         self._blocked_until: float = 0.0
-        self.requests_sent = 0
+        self._requests_sent = (metrics or Metrics()).counter("requests_sent")
+
+    @property
+    def description(self) -> str:
+        return f"DICOMweb {self.base_url}"
+
+    @property
+    def requests_sent(self) -> int:
+        return self._requests_sent.value
+
+    def statistics(self) -> dict[str, Any]:
+        return {"requests_sent": self.requests_sent}
 
     # -- public calls -------------------------------------------------------------
 
@@ -95,23 +106,20 @@ class DicomWebClient:
                 found.add((first_value(instance, "0020000D"), first_value(instance, "0020000E")))
         return sorted(found)
 
-    def series_metadata(self, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
-        """The DICOM JSON metadata of every instance of a series."""
-        return parse_json_list(self.series_metadata_json(study_uid, series_uid), "metadata")
+    def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceMetadata]:
+        """Every instance of a series (one request), located by its WADO-RS path."""
+        series_path = f"/studies/{study_uid}/series/{series_uid}"
+        body = self._get(f"{series_path}/metadata", JSON_ACCEPT)
+        return [
+            InstanceMetadata(f"{series_path}/instances/{first_value(meta, '00080018')}", meta)
+            for meta in parse_json_list(body, "series metadata")
+        ]
 
-    def series_metadata_json(self, study_uid: str, series_uid: str) -> bytes:
-        """The series metadata answer as sent (DICOM JSON)."""
-        return self._get(f"/studies/{study_uid}/series/{series_uid}/metadata", JSON_ACCEPT)
-
-    def frames(
-        self, study_uid: str, series_uid: str, instance_uid: str, numbers: Sequence[int]
-    ) -> list[Frame]:
+    def frames(self, instance: InstanceInfo, numbers: Sequence[int]) -> list[Frame]:
         """Frames `numbers` (1-based) of one instance, as stored, in the order asked."""
-        frame_list = ",".join(str(number) for number in numbers)
-        path = (
-            f"/studies/{study_uid}/series/{series_uid}/instances/{instance_uid}"
-            f"/frames/{frame_list}"
-        )
+        if not instance.location:
+            raise FetchError(f"instance {instance.uid}: no WADO-RS location")
+        path = f"{instance.location}/frames/{','.join(str(number) for number in numbers)}"
         response = self._request(path, FRAMES_ACCEPT)
         frames = _frames_from_response(response)
         if len(frames) != len(numbers):
@@ -161,7 +169,7 @@ class DicomWebClient:
 
     def _send(self, path: str, accept: str) -> urllib3.BaseHTTPResponse:
         url = self.base_url + path
-        self.requests_sent += 1
+        self._requests_sent.add()
         try:
             return self._pool.request("GET", url, headers={"Accept": accept})
         except Urllib3Error as error:

@@ -1,0 +1,124 @@
+"""Where a served tile can already be: memory, the staging area, or the disk cache.
+
+Three tiers, looked up in that order by the loader:
+- memory (`ByteLRU`): tiles that were read;
+- staging: tiles read ahead and not read yet, a separate LRU bounded in bytes so that
+  read-ahead never evicts what readers use; a read moves a tile to memory;
+- disk (optional, `--cache-dir`): tiles of earlier reads and mounts, checked, with an
+  index of their sizes (`TileSizes`) so a listing after a remount shows exact sizes.
+
+Keys: a tile is (series, instance, frame number) in memory; on disk the JPEG quality is
+part of the key too, since a re-encoded tile depends on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+from idcfs.cache.disk import DiskCache
+from idcfs.cache.memory import ByteLRU
+from idcfs.cache.sizes import TileSizes
+from idcfs.metrics import Metrics
+from idcfs.slide.model import FrameRef, Slide
+
+
+def tile_key(slide: Slide, frame: FrameRef) -> Hashable:
+    """The memory key of one served tile."""
+    return (slide.series_uid, frame.instance_uid, frame.number)
+
+
+class TileCache:
+    """The three tiers of served tiles; thread-safe, never blocking except on disk."""
+
+    def __init__(
+        self,
+        memory: ByteLRU,
+        staged: ByteLRU,
+        disk: DiskCache | None,
+        quality: int,
+        metrics: Metrics,
+    ) -> None:
+        self.memory = memory
+        self.staged = staged
+        self.disk = disk
+        self.quality = quality
+        self.sizes = TileSizes(disk) if disk is not None else None
+        self._disk_hits = metrics.counter("disk_cache_hits")
+        metrics.gauge("memory_cache", self._memory_statistics)
+        metrics.gauge("readahead_staged_bytes", lambda: staged.current_bytes)
+
+    # -- memory and staging -----------------------------------------------------------
+
+    def for_reading(self, slide: Slide, frame: FrameRef) -> bytes | None:
+        """A tile from memory; a staged one moves to memory (it is being read now)."""
+        key = tile_key(slide, frame)
+        found = self.memory.get(key)
+        if found is None:
+            found = self.staged.pop(key)
+            if found is not None:
+                self.memory.put(key, found)
+        return found
+
+    def in_memory(self, slide: Slide, frame: FrameRef) -> bool:
+        """Whether a tile is in memory or staged."""
+        key = tile_key(slide, frame)
+        return key in self.memory or key in self.staged
+
+    def is_staged(self, slide: Slide, frame: FrameRef) -> bool:
+        """Whether a tile was read ahead and not read since."""
+        return tile_key(slide, frame) in self.staged
+
+    def keep(self, slide: Slide, frame: FrameRef, data: bytes, staged: bool) -> None:
+        """Keep a tile just fetched: in staging (read ahead) or memory, and on disk."""
+        (self.staged if staged else self.memory).put(tile_key(slide, frame), data)
+        if self.disk is not None:
+            self.disk.put(self.disk_key(slide, frame), data)
+            self._note_size(slide, frame, data)
+
+    def staging_nearly_full(self) -> bool:
+        """Whether read-ahead should hold back (nobody reads what it fetched)."""
+        return self.staged.current_bytes > self.staged.max_bytes * 3 // 4
+
+    # -- disk -------------------------------------------------------------------------
+
+    def from_disk(self, slide: Slide, frames: Sequence[FrameRef], staged: bool) -> dict[
+        FrameRef, bytes
+    ]:
+        """The tiles among `frames` the disk cache holds, now also in memory or staging."""
+        if self.disk is None or not frames:
+            return {}
+        keys = {self.disk_key(slide, frame): frame for frame in frames}
+        found = {keys[key]: data for key, data in self.disk.get_many(list(keys)).items()}
+        target = self.staged if staged else self.memory
+        for frame, data in found.items():
+            self._disk_hits.add()
+            target.put(tile_key(slide, frame), data)
+            self._note_size(slide, frame, data)
+        return found
+
+    def known_size(self, slide: Slide, frame: FrameRef) -> int | None:
+        """The size of a tile the disk cache holds (from its size index), else None."""
+        if self.sizes is None:
+            return None
+        return self.sizes.get(self._instance_key(slide, frame), frame.number)
+
+    def disk_key(self, slide: Slide, frame: FrameRef) -> str:
+        """A tile's key in the disk cache (the helper process reads it by this key)."""
+        return f"tile/{slide.series_uid}/{frame.instance_uid}/{frame.number}/q{self.quality}"
+
+    def flush(self) -> None:
+        """Write the size index (at unmount: before the disk cache closes)."""
+        if self.sizes is not None:
+            self.sizes.flush()
+
+    def _note_size(self, slide: Slide, frame: FrameRef, data: bytes) -> None:
+        if self.sizes is not None:
+            self.sizes.note(self._instance_key(slide, frame), frame.number, len(data))
+
+    def _instance_key(self, slide: Slide, frame: FrameRef) -> str:
+        return f"{slide.series_uid}/{frame.instance_uid}/q{self.quality}"
+
+    def _memory_statistics(self) -> dict[str, int]:
+        memory = self.memory
+        return {"hits": memory.hits, "misses": memory.misses,
+                "bytes": memory.current_bytes, "max_bytes": memory.max_bytes}

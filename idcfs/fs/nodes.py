@@ -1,0 +1,212 @@
+"""The nodes of the tree: directories listed on first use, and files of every kind.
+
+No FUSE import here. Views (`idcfs.fs.views`) build these nodes; the tree
+(`idcfs.fs.tree`) numbers them and answers the adapter. A file's content may have to be
+fetched: `content()` may block, `cached_content()` never does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from idcfs.fetch.loader import TileLoader
+from idcfs.slide.model import FrameRef, Slide
+
+
+class Node:
+    """A directory or a file in the tree."""
+
+    is_dir = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.inode = 0  # set by Tree.adopt
+
+
+class FileNode(Node):
+    """A regular file whose bytes may have to be fetched."""
+
+    direct_io = False  # True for a file whose content changes (no page cache)
+    filled = False  # the kernel's page cache was given the content: an open needs none
+
+    def size(self) -> tuple[int, bool]:
+        """(size in bytes, whether it is exact)."""
+        raise NotImplementedError
+
+    def content(self) -> bytes:
+        """The whole file; may block on the network."""
+        raise NotImplementedError
+
+    def cached_content(self) -> bytes | None:
+        """The whole file when it is at hand without blocking, else None."""
+        return None
+
+    def note_open(self) -> None:
+        """Called on every open, before the content is asked for (read-ahead hook)."""
+
+    def pending(self) -> Future[bytes] | None:
+        """The future of the content while it is being fetched, if it is."""
+        return None
+
+
+class StaticFile(FileNode):
+    """A file whose bytes are known when it is created (slide.json, collection.json)."""
+
+    def __init__(self, name: str, data: bytes) -> None:
+        super().__init__(name)
+        self.data = data
+
+    def size(self) -> tuple[int, bool]:
+        return len(self.data), True
+
+    def content(self) -> bytes:
+        return self.data
+
+    def cached_content(self) -> bytes | None:
+        return self.data
+
+
+class LiveFile(FileNode):
+    """A small file computed afresh at every open (the statistics file)."""
+
+    direct_io = True
+
+    def __init__(self, name: str, render: Callable[[], bytes]) -> None:
+        super().__init__(name)
+        self.render = render
+
+    def size(self) -> tuple[int, bool]:
+        return len(self.render()), False
+
+    def content(self) -> bytes:
+        return self.render()
+
+    def cached_content(self) -> bytes | None:
+        return self.render()
+
+
+class FetchedFile(FileNode):
+    """A file made from frames: a placeholder size until first fetched, then exact."""
+
+    def __init__(self, name: str, placeholder: int) -> None:
+        super().__init__(name)
+        self.placeholder = placeholder
+        self.exact_size: int | None = None
+
+    def size(self) -> tuple[int, bool]:
+        if self.exact_size is None:
+            return self.placeholder, False
+        return self.exact_size, True
+
+    def content(self) -> bytes:
+        data = self.fetch()
+        self.exact_size = len(data)
+        return data
+
+    def cached_content(self) -> bytes | None:
+        data = self.peek()
+        if data is not None:
+            self.exact_size = len(data)
+        return data
+
+    def fetch(self) -> bytes:
+        raise NotImplementedError
+
+    def peek(self) -> bytes | None:
+        raise NotImplementedError
+
+
+class TileFile(FetchedFile):
+    """A file holding one served tile: one stored frame of a slide, through the loader.
+
+    `on_open` is the view's read-ahead hook (which grid, which position)."""
+
+    def __init__(
+        self,
+        name: str,
+        slide: Slide,
+        frame: FrameRef,
+        loader: TileLoader,
+        placeholder: int,
+        on_open: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(name, placeholder)
+        self.slide = slide
+        self.frame = frame
+        self.loader = loader
+        self._on_open = on_open
+        self.exact_size = loader.known_size(slide, frame)  # disk-cached: known before open
+
+    def note_open(self) -> None:
+        if self._on_open is not None:
+            self._on_open()
+
+    def fetch(self) -> bytes:
+        return self.loader.tile(self.slide, self.frame)
+
+    def pending(self) -> Future[bytes] | None:
+        return self.loader.in_flight(self.slide, self.frame)
+
+    def peek(self) -> bytes | None:
+        return self.loader.cached(self.slide, self.frame)
+
+    def read_ahead_unread(self) -> bool:
+        """Whether read-ahead fetched this tile and it was not opened since."""
+        return self.loader.tiles.is_staged(self.slide, self.frame)
+
+
+class TileFileIndex:
+    """The files of each tile in the directories listed so far (a series can be listed
+    under collections/ and under studies/, and a tile can be in several views): the
+    page-cache fillers store a tile into each file the kernel knows."""
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[str, FrameRef], list[TileFile]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, node: TileFile) -> None:
+        with self._lock:
+            self._files.setdefault((node.slide.series_uid, node.frame), []).append(node)
+
+    def files(self, slide: Slide, frame: FrameRef) -> list[TileFile]:
+        with self._lock:
+            return list(self._files.get((slide.series_uid, frame), ()))
+
+
+class DirNode(Node):
+    """A directory whose children are computed on first use."""
+
+    is_dir = True
+
+    def __init__(self, name: str, list_children: Callable[[], list[Node]]) -> None:
+        super().__init__(name)
+        self._list_children = list_children
+        self._children: dict[str, Node] | None = None
+        self._lock = threading.Lock()
+
+    def loaded_children(self) -> dict[str, Node] | None:
+        return self._children
+
+    def load(self, adopt: Callable[[Node], None]) -> dict[str, Node]:
+        with self._lock:
+            if self._children is None:
+                nodes = self._list_children()
+                for node in nodes:
+                    adopt(node)
+                self._children = {node.name: node for node in nodes}
+            return self._children
+
+
+def default_placeholder(width: int, height: int, samples: int) -> int:
+    """The size shown for a file not fetched yet: its uncompressed size, an upper bound
+    for practically every JPEG of it, so a tool that trusts a stale size sees a short
+    read (an error) rather than silently missing bytes."""
+    return width * height * samples
+
+
+def json_bytes(value: dict[str, Any]) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode()

@@ -1,0 +1,61 @@
+"""Composing one image from several stored frames: a reusable step for views.
+
+A label or overview stored as a grid of frames is served as one JPEG; a later view
+(DeepZoom) builds tiles that cut across stored frames or are resized. Both are the same
+steps: decode each frame, paste it at its place on a canvas, crop (and maybe resize)
+the canvas, encode. Frames smaller than the grid's tile (edge frames some converters
+crop) are pasted at their own size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from idcfs.dicom.pixels import PixelFormat
+from idcfs.tiles.convert import DEFAULT_QUALITY, decode_frame, encode_jpeg, to_8bit
+from idcfs.tiles.errors import TileDecodeError
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One stored frame and where its top-left pixel goes on the canvas."""
+
+    top: int
+    left: int
+    data: bytes
+    transfer_syntax: str | None
+
+
+def compose(pieces: Sequence[Piece], pixels: PixelFormat, width: int, height: int) -> np.ndarray:
+    """The canvas of `width` x `height` pixels the pieces cover, in their native dtype.
+
+    Raises TileDecodeError when a piece cannot be decoded or there is none."""
+    canvas: np.ndarray | None = None
+    for piece in pieces:
+        decoded = decode_frame(piece.data, pixels, piece.transfer_syntax)
+        if canvas is None:
+            canvas = np.zeros((height, width, *decoded.shape[2:]), dtype=decoded.dtype)
+        _paste(canvas, decoded, piece.top, piece.left)
+    if canvas is None:
+        raise TileDecodeError("no frames to compose")
+    return canvas
+
+
+def composed_jpeg(
+    pieces: Sequence[Piece], pixels: PixelFormat, width: int, height: int,
+    quality: int = DEFAULT_QUALITY,
+) -> bytes:
+    """The pieces as one JPEG of `width` x `height`, scaled to 8 bits."""
+    return encode_jpeg(to_8bit(compose(pieces, pixels, width, height), pixels), quality)
+
+
+def _paste(canvas: np.ndarray, decoded: np.ndarray, top: int, left: int) -> None:
+    """Copy what of `decoded` falls inside the canvas (edge frames overhang it)."""
+    rows = max(0, min(decoded.shape[0], canvas.shape[0] - top))
+    columns = max(0, min(decoded.shape[1], canvas.shape[1] - left))
+    if decoded.ndim != canvas.ndim:
+        raise TileDecodeError("frames of one image differ in samples per pixel")
+    canvas[top : top + rows, left : left + columns] = decoded[:rows, :columns]
