@@ -1,0 +1,675 @@
+"""Reading a DICOM whole-slide instance file through byte ranges.
+
+idcfs serves frames straight from DICOM files in cloud buckets with HTTP range requests.
+This module is the transport-independent part: given `read(start, length) -> bytes` (at
+most `length` bytes, fewer only at the end of the file) and the file's size, it finds the
+instance's header (`read_header`) and where every frame's bytes are (`frame_index`), in
+a handful of reads, never one per frame.
+
+Where the frames are, in the order wsidicom looks (the first that is present wins):
+1. native (uncompressed) pixel data: frame i at the value start + i * frame length;
+2. the Extended Offset Table (7FE0,0001/0002), in the header;
+3. the Basic Offset Table, the first item of the encapsulated pixel data, when not empty;
+4. the TIFF tags of a dual-personality DICOM-TIFF file (IDC's TCGA, CPTAC, NLST... files:
+   a (Big)TIFF header in the preamble, one IFD after the pixel data whose TileOffsets
+   point at each frame's first byte and whose TileByteCounts exclude DICOM's pad byte);
+   tiles that are not exactly the fragments, one per frame in frame order (checked from
+   the offsets and counts, plus the item headers of the first and last tile), make it
+   fall back to 5, which is always right, only slower;
+5. a scan of the fragment item headers (FE FF 00 E0 + 4-byte length), reading the pixel
+   data in large sequential ranges (`SCAN_RANGE`) and skipping over fragments larger
+   than that. With more fragments than frames, a frame starts at each fragment whose
+   content begins with a start-of-image marker: JPEG / JPEG-LS SOI (FF D8), a JPEG 2000
+   codestream (FF 4F FF 51) or the JP2 signature box; a single-frame instance takes
+   every fragment.
+
+A frame made of several fragments is returned as the concatenation of their contents.
+A `FramePosition` gives the one contiguous byte run `[start, end)` to fetch for a frame
+(consecutive frames are adjacent runs, so a caller can fetch many in one range) and
+`frame_bytes` takes the frame out of the fetched bytes. With a Basic Offset Table only
+the frame starts are known without reading every item header, so those positions carry
+no fragment list and `frame_bytes` walks the item headers inside the run.
+
+Pad byte: DICOM pads an odd-length frame with one 0x00 after EOI. Contents taken from
+items (offset tables, scan) keep it, TIFF byte counts exclude it; `strip_jpeg_padding`
+removes it when a served JPEG must end at its EOI.
+
+Malformed headers raise `MetadataError`; frames that cannot be located (or runs that do
+not hold what the index says) raise `FetchError`. Nothing else is raised on bad input.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from pydicom.encaps import parse_basic_offsets
+from pydicom.uid import UID
+
+from idcfs.dicom.pixels import PixelFormat
+from idcfs.errors import FetchError, IdcfsError, MetadataError
+
+log = logging.getLogger(__name__)
+
+Read = Callable[[int, int], bytes]
+"""`read(start, length)`: at most `length` bytes from `start`; fewer only at end of file."""
+
+FIRST_RANGE = 256 * 1024
+MAX_HEADER = 64 * 1024 * 1024
+NEAR_RANGE = 64 * 1024
+SCAN_RANGE = 4 * 1024 * 1024
+BULK_THRESHOLD = 1024
+PREAMBLE_BYTES = 16
+
+PIXEL_DATA = 0x7FE00010
+EXTENDED_OFFSETS = 0x7FE00001
+EXTENDED_LENGTHS = 0x7FE00002
+ITEM = b"\xfe\xff\x00\xe0"
+SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
+UNDEFINED_LENGTH = 0xFFFFFFFF
+IMAGE_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
+JPEG_EOI = b"\xff\xd9"
+_DROPPED = "idcfs:dropped-bulk-data"
+_MAGIC = b"IDCFSFX1"
+METHODS = ("native", "eot", "bot", "tiff", "scan")
+"""How a `FrameIndex` was built, in the order they are tried."""
+_NO_FRAGMENTS = 0xFFFFFFFF
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """What the header of one instance file says, up to the Pixel Data value.
+
+    `dicom_json` is the dataset as DICOM JSON (file meta TransferSyntaxUID included as
+    "00020010"; large binary values such as ICC profiles and the offset tables left
+    out), so the slide model reads it as it reads DICOMweb metadata.
+    """
+
+    dicom_json: dict[str, Any]
+    transfer_syntax: str
+    pixel_data_offset: int
+    pixel_data_length: int | None
+    encapsulated: bool
+    frame_count: int
+    extended_offsets: tuple[int, ...] | None
+    extended_lengths: tuple[int, ...] | None
+    preamble: bytes
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form for a disk cache (`from_json` is its inverse)."""
+        return {
+            "dicom": self.dicom_json, "transfer_syntax": self.transfer_syntax,
+            "pixel_data_offset": self.pixel_data_offset,
+            "pixel_data_length": self.pixel_data_length, "encapsulated": self.encapsulated,
+            "frame_count": self.frame_count,
+            "extended_offsets": _listed(self.extended_offsets),
+            "extended_lengths": _listed(self.extended_lengths),
+            "preamble": self.preamble.hex(), "size": self.size,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> FileHeader:
+        """Inverse of `to_json`; MetadataError when `value` is not of that shape."""
+        try:
+            return cls(
+                dict(value["dicom"]), str(value["transfer_syntax"]),
+                int(value["pixel_data_offset"]), _optional_int(value["pixel_data_length"]),
+                bool(value["encapsulated"]), int(value["frame_count"]),
+                _tupled(value["extended_offsets"]), _tupled(value["extended_lengths"]),
+                bytes.fromhex(value["preamble"]), int(value["size"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise MetadataError(f"not a cached file header: {error}") from error
+
+
+@dataclass(frozen=True)
+class FramePosition:
+    """Where one frame is: the byte run `[start, end)` to fetch, and the (offset, length)
+    of each fragment content inside it, or None when only the run is known (Basic Offset
+    Table: `frame_bytes` then walks the item headers inside the run)."""
+
+    start: int
+    end: int
+    fragments: tuple[tuple[int, int], ...] | None
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class FrameIndex(Sequence[FramePosition]):
+    """Every frame's position, in frame order, and how it was found (`METHODS`)."""
+
+    method: str
+    positions: tuple[FramePosition, ...]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.positions[index]
+
+    def to_bytes(self) -> bytes:
+        """A compact form for a disk cache (zlib of fixed-size records)."""
+        out = bytearray(struct.pack("<BI", METHODS.index(self.method), len(self.positions)))
+        for position in self.positions:
+            fragments = position.fragments
+            count = _NO_FRAGMENTS if fragments is None else len(fragments)
+            out += struct.pack("<QQI", position.start, position.end, count)
+            for offset, length in fragments or ():
+                out += struct.pack("<QQ", offset, length)
+        return _MAGIC + zlib.compress(bytes(out))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FrameIndex:
+        """Inverse of `to_bytes`; FetchError when the data is damaged."""
+        if not data.startswith(_MAGIC):
+            raise FetchError("cached frame index: not a frame index")
+        try:
+            return _unpack_index(zlib.decompress(data[len(_MAGIC):]))
+        except (zlib.error, struct.error, IndexError) as error:
+            raise FetchError(f"cached frame index is damaged: {error}") from error
+
+
+
+def _unpack_index(raw: bytes) -> FrameIndex:
+    method, count = struct.unpack_from("<BI", raw)
+    position, offset = [], 5
+    for _ in range(count):
+        start, end, fragment_count = struct.unpack_from("<QQI", raw, offset)
+        offset += 20
+        fragments = None
+        if fragment_count != _NO_FRAGMENTS:
+            fragments = tuple(struct.unpack_from("<QQ", raw, offset + 16 * i)
+                              for i in range(fragment_count))
+            offset += 16 * fragment_count
+        position.append(FramePosition(start, end, fragments))
+    if offset != len(raw):
+        raise IndexError("trailing bytes")
+    return FrameIndex(METHODS[method], tuple(position))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def frame_bytes(run: bytes, run_start: int, position: FramePosition) -> bytes:
+    """The frame's bytes (its fragment contents joined) out of a fetched byte run that
+    starts at file offset `run_start` and covers `[position.start, position.end)`."""
+    low, high = position.start - run_start, position.end - run_start
+    if low < 0 or high > len(run):
+        raise FetchError(f"bytes {run_start}-{run_start + len(run)} do not hold the frame "
+                         f"at {position.start}-{position.end}")
+    if position.fragments is not None:
+        return b"".join(run[o - run_start : o - run_start + n] for o, n in position.fragments)
+    return b"".join(_item_contents(run, low, high, run_start))
+
+
+def _item_contents(run: bytes, low: int, high: int, run_start: int) -> Iterator[bytes]:
+    """Contents of the items exactly filling run[low:high]; FetchError otherwise."""
+    cursor = low
+    while cursor < high:
+        header = run[cursor : cursor + 8]
+        if len(header) < 8 or header[:4] != ITEM:
+            raise FetchError(f"no fragment item at file offset {run_start + cursor}")
+        length = int.from_bytes(header[4:], "little")
+        if cursor + 8 + length > high:
+            raise FetchError(f"fragment at file offset {run_start + cursor} runs past its frame")
+        yield run[cursor + 8 : cursor + 8 + length]
+        cursor += 8 + length
+
+
+def strip_jpeg_padding(data: bytes) -> bytes:
+    """The frame without DICOM's trailing pad byte: one 0x00 after an EOI (JPEG) or EOC
+    (JPEG 2000, the same FF D9), so a served JPEG ends at its EOI whatever the source."""
+    if data.endswith(JPEG_EOI + b"\x00"):
+        return data[:-1]
+    return data
+
+
+class _RangeReader:
+    """`read` with a few recent ranges kept, so that nearby small reads cost nothing;
+    counts the reads made. Every answer is exactly the bytes asked, or FetchError."""
+
+    def __init__(self, read: Read, size: int, keep: int = 3) -> None:
+        self._read, self.size, self._keep = read, size, keep
+        self._chunks: list[tuple[int, bytes]] = []
+        self.reads = 0
+
+    def get(self, offset: int, length: int, readahead: int = NEAR_RANGE) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise FetchError(f"bytes {offset}-{offset + length} lie outside the file "
+                             f"({self.size} bytes)")
+        for start, data in self._chunks:
+            if start <= offset and offset + length <= start + len(data):
+                return data[offset - start : offset - start + length]
+        data = _read_exactly(self._read, offset, min(max(length, readahead), self.size - offset))
+        self.reads += 1
+        self._chunks = [(offset, data), *self._chunks[: self._keep - 1]]
+        return data[:length]
+
+
+def _read_exactly(read: Read, offset: int, length: int) -> bytes:
+    try:
+        data = bytes(read(offset, length))
+    except IdcfsError:
+        raise
+    except OSError as error:
+        raise FetchError(f"reading bytes {offset}-{offset + length}: {error}") from error
+    if len(data) != length:
+        raise FetchError(f"reading bytes {offset}-{offset + length}: got {len(data)} bytes "
+                         "(the file is shorter than its size says)")
+    return data
+
+
+# --------------------------------------------------------------------------- header
+
+
+def read_header(read: Read, size: int, first_range: int = FIRST_RANGE, *,
+                max_header: int = MAX_HEADER) -> FileHeader:
+    """The instance's header, parsed by pydicom from the first `first_range` bytes; the
+    range doubles (reading only the new part) while the Pixel Data element is not in it,
+    up to `max_header` bytes: TILED_SPARSE per-frame groups or an ICC profile can make
+    headers of many megabytes. MetadataError when it is not a WSI Part 10 file."""
+    if size < 132:
+        raise MetadataError(f"a {size}-byte file is too short for a DICOM Part 10 file")
+    buffer = b""
+    length = min(size, max(first_range, 132))
+    while True:
+        buffer += _read_exactly(read, len(buffer), length - len(buffer))
+        found = _parse_up_to_pixels(buffer, complete=length >= size)
+        if found is not None:
+            return _header(buffer, size, *found)
+        if length >= min(size, max_header):
+            raise MetadataError(f"no Pixel Data element in the first {length} bytes")
+        length = min(size, length * 2, max_header)
+
+
+def _parse_up_to_pixels(buffer: bytes, complete: bool) -> tuple[Any, int] | None:
+    """(dataset, offset of the Pixel Data tag), or None when `buffer` ends before it."""
+    if buffer[128:132] != b"DICM":
+        raise MetadataError("not a DICOM Part 10 file: no 'DICM' at byte 128")
+    stream = io.BytesIO(buffer)
+    try:
+        dataset = pydicom.dcmread(stream, stop_before_pixels=True)
+    except Exception as error:  # pydicom raises many types on a cut or damaged header
+        if complete:
+            raise MetadataError(f"unreadable DICOM header: {error}") from error
+        return None
+    tag_at = stream.tell()
+    if tag_at + 12 > len(buffer):
+        if complete:
+            raise MetadataError("the file ends before its Pixel Data element")
+        return None
+    return dataset, tag_at
+
+
+def _header(buffer: bytes, size: int, dataset: Any, tag_at: int) -> FileHeader:
+    syntax = _transfer_syntax(dataset)
+    endian = "<" if syntax.is_little_endian else ">"
+    group, element = struct.unpack_from(f"{endian}HH", buffer, tag_at)
+    if (group << 16 | element) != PIXEL_DATA:
+        raise MetadataError(f"the dataset has no Pixel Data (found ({group:04X},{element:04X}))")
+    value_at, length = _pixel_element(buffer, tag_at, syntax, endian)
+    encapsulated = length == UNDEFINED_LENGTH
+    if encapsulated != syntax.is_encapsulated:
+        raise MetadataError(f"Pixel Data of {'un' if encapsulated else ''}defined length "
+                            f"does not match transfer syntax {syntax}")
+    if value_at + (0 if encapsulated else length) > size:
+        raise MetadataError("the Pixel Data value runs past the end of the file")
+    offsets, lengths = _extended_offsets(dataset)
+    return FileHeader(
+        dicom_json=_dicom_json(dataset, syntax),
+        transfer_syntax=str(syntax),
+        pixel_data_offset=value_at,
+        pixel_data_length=None if encapsulated else length,
+        encapsulated=encapsulated,
+        frame_count=_frame_count(dataset),
+        extended_offsets=offsets,
+        extended_lengths=lengths,
+        preamble=buffer[:PREAMBLE_BYTES],
+        size=size,
+    )
+
+
+def _transfer_syntax(dataset: Any) -> UID:
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if not syntax:
+        raise MetadataError("the file meta has no TransferSyntaxUID")
+    syntax = UID(str(syntax))
+    if syntax.is_deflated or not syntax.is_transfer_syntax:
+        raise MetadataError(f"transfer syntax {syntax} cannot be read by byte ranges")
+    return syntax
+
+
+def _pixel_element(buffer: bytes, tag_at: int, syntax: UID, endian: str) -> tuple[int, int]:
+    """(offset of the value, its length) from the Pixel Data element header."""
+    if syntax.is_implicit_VR:
+        return tag_at + 8, struct.unpack_from(f"{endian}L", buffer, tag_at + 4)[0]
+    vr = buffer[tag_at + 4 : tag_at + 6]
+    if vr not in (b"OB", b"OW"):
+        raise MetadataError(f"Pixel Data has VR {vr!r}, not OB or OW")
+    return tag_at + 12, struct.unpack_from(f"{endian}L", buffer, tag_at + 8)[0]
+
+
+def _extended_offsets(dataset: Any) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    if EXTENDED_OFFSETS not in dataset:
+        return None, None
+    table = _uint64s(dataset[EXTENDED_OFFSETS].value, "Extended Offset Table")
+    lengths = None
+    if EXTENDED_LENGTHS in dataset:
+        lengths = _uint64s(dataset[EXTENDED_LENGTHS].value, "Extended Offset Table Lengths")
+        if len(lengths) != len(table):
+            raise MetadataError(f"Extended Offset Table has {len(table)} offsets "
+                                f"but {len(lengths)} lengths")
+    return table, lengths
+
+
+def _uint64s(value: Any, what: str) -> tuple[int, ...]:
+    data = bytes(value or b"")
+    if len(data) % 8:
+        raise MetadataError(f"{what} is {len(data)} bytes, not a multiple of 8")
+    return struct.unpack(f"<{len(data) // 8}Q", data)
+
+
+def _frame_count(dataset: Any) -> int:
+    try:
+        count = int(dataset.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as error:
+        raise MetadataError(f"unreadable NumberOfFrames: {error}") from error
+    if count < 1:
+        raise MetadataError(f"NumberOfFrames is {count}")
+    return count
+
+
+def _dicom_json(dataset: Any, syntax: UID) -> dict[str, Any]:
+    """DICOM JSON without bulk binary values (ICC profiles...) and the offset tables,
+    with the file meta's TransferSyntaxUID, which DICOMweb metadata may lack."""
+    try:
+        tree = dataset.to_json_dict(bulk_data_threshold=BULK_THRESHOLD,
+                                    bulk_data_element_handler=lambda _element: _DROPPED)
+    except Exception as error:  # pydicom's value conversions raise various types
+        raise MetadataError(f"header cannot be converted to DICOM JSON: {error}") from error
+    tree = {tag: value for tag, value in tree.items() if not tag.upper().startswith("7FE0")}
+    _drop_bulk(tree)
+    tree["00020010"] = {"vr": "UI", "Value": [str(syntax)]}
+    return tree
+
+
+def _drop_bulk(tree: dict[str, Any]) -> None:
+    for tag in list(tree):
+        element = tree[tag]
+        if element.get("BulkDataURI") == _DROPPED:
+            del tree[tag]
+        elif element.get("vr") == "SQ":
+            for item in element.get("Value") or ():
+                if isinstance(item, dict):
+                    _drop_bulk(item)
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def frame_index(read: Read, size: int, header: FileHeader, *,
+                scan_range: int = SCAN_RANGE) -> FrameIndex:
+    """Every frame's position (module docstring: native, EOT, BOT, TIFF tags, scan).
+    FetchError when the frames cannot be located."""
+    reader = _RangeReader(read, size)
+    if not header.encapsulated:
+        return FrameIndex("native", _native_positions(header))
+    first_item, offsets = _basic_offsets(reader, header)
+    if header.extended_offsets is not None:
+        return FrameIndex("eot", _table_positions(
+            reader, header, first_item, header.extended_offsets, header.extended_lengths))
+    if offsets:
+        return FrameIndex("bot", _table_positions(reader, header, first_item, offsets, None))
+    tiff = _tiff_positions(reader, header, first_item)
+    if tiff is not None:
+        return FrameIndex("tiff", tiff)
+    return FrameIndex("scan", _scan_positions(reader, header, first_item, scan_range))
+
+
+def _native_positions(header: FileHeader) -> tuple[FramePosition, ...]:
+    try:
+        length = PixelFormat.from_dicom_json(header.dicom_json).frame_bytes
+    except (TypeError, ValueError) as error:
+        raise FetchError(f"native frames cannot be located: {error}") from error
+    total = header.pixel_data_length or 0
+    if length <= 0 or length * header.frame_count > total:
+        raise FetchError(f"{header.frame_count} frames of {length} bytes do not fit in "
+                         f"{total} bytes of Pixel Data")
+    starts = (header.pixel_data_offset + i * length for i in range(header.frame_count))
+    return tuple(FramePosition(s, s + length, ((s, length),)) for s in starts)
+
+
+def _basic_offsets(reader: _RangeReader, header: FileHeader) -> tuple[int, list[int]]:
+    """(file offset of the first fragment's item, the Basic Offset Table's offsets)."""
+    start = header.pixel_data_offset
+    head = reader.get(start, 8, readahead=max(NEAR_RANGE, 8 + 4 * header.frame_count))
+    if head[:4] != ITEM:
+        raise FetchError(f"no Basic Offset Table item at the Pixel Data value ({start})")
+    length = int.from_bytes(head[4:], "little")
+    try:
+        offsets = parse_basic_offsets(reader.get(start, 8 + length))
+    except (ValueError, struct.error) as error:
+        raise FetchError(f"unreadable Basic Offset Table: {error}") from error
+    return start + 8 + length, offsets
+
+
+def _table_positions(reader: _RangeReader, header: FileHeader, first_item: int,
+                     offsets: Sequence[int], lengths: Sequence[int] | None
+                     ) -> tuple[FramePosition, ...]:
+    """Positions from an offset table: frame i runs from its item to frame i+1's item;
+    the last frame's items are walked up to the sequence delimiter. With EOT lengths a
+    frame whose run is exactly one item gets its exact fragment (length without pad)."""
+    _check_table(reader, header, first_item, offsets)
+    starts = [first_item + offset for offset in offsets]
+    positions = [_table_position(start, end, lengths[i] if lengths else None)
+                 for i, (start, end) in enumerate(zip(starts, starts[1:], strict=False))]
+    last = tuple((o, n) for o, n, _ in _walk_items(reader, starts[-1], NEAR_RANGE))
+    if not last:
+        raise FetchError(f"no fragment at the last frame's offset ({starts[-1]})")
+    if lengths and len(last) == 1 and lengths[-1] <= last[0][1]:
+        last = ((last[0][0], lengths[-1]),)
+    positions.append(FramePosition(last[0][0], last[-1][0] + last[-1][1], last))
+    return tuple(positions)
+
+
+def _table_position(start: int, end: int, length: int | None) -> FramePosition:
+    if length is not None and end - start == 8 + length + length % 2:
+        return FramePosition(start + 8, start + 8 + length, ((start + 8, length),))
+    return FramePosition(start, end, None)
+
+
+def _check_table(reader: _RangeReader, header: FileHeader, first_item: int,
+                 offsets: Sequence[int]) -> None:
+    if len(offsets) != header.frame_count:
+        raise FetchError(f"offset table has {len(offsets)} entries for "
+                         f"{header.frame_count} frames")
+    if offsets[0] != 0 or any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)):
+        raise FetchError("offset table does not start at 0 and increase")
+    if first_item + offsets[-1] + 8 > reader.size:
+        raise FetchError("offset table points past the end of the file")
+    if reader.get(first_item, 4) != ITEM:
+        raise FetchError(f"no fragment item where the first frame should be ({first_item})")
+
+
+def _walk_items(reader: _RangeReader, start: int, readahead: int
+                ) -> Iterator[tuple[int, int, bytes]]:
+    """(content offset, length, first content bytes) of consecutive items from `start` up
+    to the sequence delimiter, reading `readahead` bytes at a time."""
+    cursor = start
+    while True:
+        block = reader.get(cursor, min(16, reader.size - cursor), readahead)
+        if block[:4] == SEQUENCE_DELIMITER:
+            return
+        if len(block) < 8 or block[:4] != ITEM:
+            raise FetchError(f"no fragment item or sequence delimiter at {cursor}")
+        length = int.from_bytes(block[4:8], "little")
+        if cursor + 8 + length > reader.size:
+            raise FetchError(f"fragment at {cursor} runs past the end of the file")
+        yield cursor + 8, length, block[8 : 8 + length]
+        cursor += 8 + length
+
+
+def _scan_positions(reader: _RangeReader, header: FileHeader, first_item: int,
+                    scan_range: int) -> tuple[FramePosition, ...]:
+    items = list(_walk_items(reader, first_item, scan_range))
+    groups = _group_fragments(items, header.frame_count)
+    return tuple(FramePosition(g[0][0], g[-1][0] + g[-1][1], tuple(g)) for g in groups)
+
+
+def _group_fragments(items: list[tuple[int, int, bytes]], frames: int
+                     ) -> list[list[tuple[int, int]]]:
+    """Fragments per frame: all for one frame, one each when the counts match, else a
+    new frame at each fragment that starts with an image marker (module docstring)."""
+    fragments = [(offset, length) for offset, length, _ in items]
+    if not fragments:
+        raise FetchError("the encapsulated Pixel Data holds no fragment")
+    if frames == 1:
+        return [fragments]
+    if len(fragments) == frames:
+        return [[fragment] for fragment in fragments]
+    starts = [i for i, (_, _, head) in enumerate(items) if head.startswith(IMAGE_STARTS)]
+    if len(starts) != frames or starts[0] != 0:
+        raise FetchError(f"{len(fragments)} fragments with {len(starts)} image starts "
+                         f"for {frames} frames")
+    ends = [*starts[1:], len(fragments)]
+    return [fragments[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+# --------------------------------------------------------------------------- TIFF
+
+
+@dataclass(frozen=True)
+class _Tiff:
+    endian: str
+    big: bool
+    first_ifd: int
+
+    @property
+    def entry_size(self) -> int:
+        return 20 if self.big else 12
+
+
+_TIFF_TYPES = {3: "H", 4: "L", 16: "Q", 13: "L", 18: "Q"}
+_WANTED_TAGS = (273, 279, 324, 325)
+MAX_IFDS = 64
+
+
+def _tiff_layout(preamble: bytes) -> _Tiff | None:
+    """The TIFF header in the preamble: classic (II*\\0, MM\\0*) or BigTIFF (II+\\0)."""
+    order = preamble[:2]
+    if order not in (b"II", b"MM") or len(preamble) < 16:
+        return None
+    endian = "<" if order == b"II" else ">"
+    version = struct.unpack_from(f"{endian}H", preamble, 2)[0]
+    if version == 42:
+        return _Tiff(endian, False, struct.unpack_from(f"{endian}L", preamble, 4)[0])
+    if version == 43 and struct.unpack_from(f"{endian}HH", preamble, 4) == (8, 0):
+        return _Tiff(endian, True, struct.unpack_from(f"{endian}Q", preamble, 8)[0])
+    return None
+
+
+def _tiff_positions(reader: _RangeReader, header: FileHeader, first_item: int
+                    ) -> tuple[FramePosition, ...] | None:
+    """Positions from the tile (or strip) offsets and byte counts of the IFD that has one
+    tile per frame inside the pixel data; None (scan instead) when there is none."""
+    layout = _tiff_layout(header.preamble)
+    if layout is None:
+        return None
+    try:
+        for tags in _ifds(reader, layout):
+            offsets = tags.get(324) or tags.get(273) or ()
+            counts = tags.get(325) or tags.get(279) or ()
+            if len(offsets) == len(counts) == header.frame_count and _tiles_are_frames(
+                    reader, first_item, offsets, counts):
+                return tuple(FramePosition(o, o + n, ((o, n),))
+                             for o, n in zip(offsets, counts, strict=True))
+    except (FetchError, struct.error) as error:
+        log.warning("TIFF tags of the file unreadable (%s); scanning its fragments", error)
+        return None
+    log.warning("no TIFF directory of the file matches its %d frames; scanning its fragments",
+                header.frame_count)
+    return None
+
+
+def _ifds(reader: _RangeReader, layout: _Tiff) -> Iterator[dict[int, tuple[int, ...]]]:
+    """The wanted tags of each IFD in the chain (bounded, loops cut)."""
+    seen: set[int] = set()
+    ifd = layout.first_ifd
+    count_format, next_format = ("Q", "Q") if layout.big else ("H", "L")
+    count_size = 8 if layout.big else 2
+    while ifd and ifd not in seen and len(seen) < MAX_IFDS:
+        seen.add(ifd)
+        count = struct.unpack(layout.endian + count_format, reader.get(ifd, count_size))[0]
+        if count > 4096:
+            raise FetchError(f"TIFF directory at {ifd} claims {count} entries")
+        table = reader.get(ifd + count_size, count * layout.entry_size + struct.calcsize(
+            next_format))
+        yield _ifd_tags(reader, layout, table, count)
+        ifd = struct.unpack_from(layout.endian + next_format, table, count * layout.entry_size)[0]
+
+
+def _ifd_tags(reader: _RangeReader, layout: _Tiff, table: bytes, count: int
+              ) -> dict[int, tuple[int, ...]]:
+    tags: dict[int, tuple[int, ...]] = {}
+    entry_format = layout.endian + ("HHQ" if layout.big else "HHL")
+    inline = 8 if layout.big else 4
+    for index in range(count):
+        at = index * layout.entry_size
+        tag, kind, number = struct.unpack_from(entry_format, table, at)
+        if tag not in _WANTED_TAGS or kind not in _TIFF_TYPES:
+            continue
+        value_format = f"{layout.endian}{number}{_TIFF_TYPES[kind]}"
+        width = struct.calcsize(value_format)
+        value_at = at + struct.calcsize(entry_format)
+        if width <= inline:
+            data = table[value_at : value_at + width]
+        else:
+            pointer = struct.unpack_from(layout.endian + ("Q" if layout.big else "L"),
+                                         table, value_at)[0]
+            data = reader.get(pointer, width)
+        tags[tag] = struct.unpack(value_format, data)
+    return tags
+
+
+def _tiles_are_frames(reader: _RangeReader, first_item: int, offsets: Sequence[int],
+                      counts: Sequence[int]) -> bool:
+    """The tiles are the frames' fragments, one each, in order: consecutive tiles are
+    separated by exactly a pad byte (or none) and an item header, and the first and the
+    last sit right after an item header whose length is the byte count (plus the pad).
+    So the whole chain is checked with at most two small reads."""
+    gaps = (b - a - n for a, n, b in zip(offsets, counts, offsets[1:], strict=False))
+    if any(gap not in (8, 9) for gap in gaps):
+        return False
+    if offsets[0] != first_item + 8 or offsets[-1] + counts[-1] > reader.size:
+        return False
+    for index in {0, len(offsets) - 1}:
+        header = reader.get(offsets[index] - 8, 8)
+        length = int.from_bytes(header[4:], "little")
+        if header[:4] != ITEM or length - counts[index] not in (0, 1):
+            return False
+    return True
+
+
+def _listed(values: tuple[int, ...] | None) -> list[int] | None:
+    return None if values is None else list(values)
+
+
+def _tupled(values: Any) -> tuple[int, ...] | None:
+    return None if values is None else tuple(int(v) for v in values)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
