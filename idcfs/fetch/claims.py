@@ -43,13 +43,13 @@ class Claim(Generic[V]):
         """Give every waiter `value` and leave the table."""
         if not self.future.done():
             self.future.set_result(value)
-        self._owner.finish(self.key)
+        self._owner.finish(self.key, self.future)
 
     def fail(self, error: BaseException) -> None:
         """Give every waiter `error` (unless the claim already ended) and leave the table."""
         if not self.future.done():
             self.future.set_exception(error)
-        self._owner.finish(self.key)
+        self._owner.finish(self.key, self.future)
 
     def release(self, reason: str) -> None:
         """End the claim if nothing else did: waiters get a FetchError saying `reason`."""
@@ -78,9 +78,12 @@ class Claims(Generic[V]):
         """The key's future while someone produces it, else None."""
         return self._running.get(key)
 
-    def finish(self, key: Hashable) -> None:
+    def finish(self, key: Hashable, future: Future[V]) -> None:
+        """Take `future` out of the table, if it is still the key's: a claim ended a
+        second time must not remove a newer claim of the same key."""
         with self._lock:
-            self._running.pop(key, None)
+            if self._running.get(key) is future:
+                del self._running[key]
 
     def run(self, key: Hashable, compute: Callable[[], V]) -> V:
         """compute() once for concurrent callers of the same key; errors are shared."""
