@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from idcfs.dicom.dicom_json import first_item, first_value
+from idcfs.dicom.dicom_json import first_item, first_value, whole_number
 
 ROWS = "00280010"
 COLUMNS = "00280011"
@@ -60,15 +61,22 @@ class PixelFormat:
     def from_dicom_json(cls, instance: Mapping[str, Any]) -> PixelFormat:
         """Read the description from a DICOM JSON (PS3.18 F.2) instance metadata object.
 
+        Raises ValueError (naming the attribute) when Rows/Columns are missing, or when a
+        value is not a number or out of its range: a tile size of 0, 5 samples or 70
+        allocated bits describe no frame we could cut or decode, and guessing would show
+        a wrong layout. A value of 0 where 0 is meaningless reads as absent, as before.
         The VOI window is taken from the top level, else from the Frame VOI LUT of the
         shared (then first per-frame) functional groups, where multi-frame images keep it.
         """
-        rows = _int(instance, ROWS)
-        columns = _int(instance, COLUMNS)
+        rows = _int(instance, ROWS, "Rows", 1, 65535)
+        columns = _int(instance, COLUMNS, "Columns", 1, 65535)
         if rows is None or columns is None:
             raise ValueError("instance metadata has no Rows/Columns")
-        spp = _int(instance, SAMPLES_PER_PIXEL) or 1
-        allocated = _int(instance, BITS_ALLOCATED) or 8
+        spp = _int(instance, SAMPLES_PER_PIXEL, "SamplesPerPixel", 0, 4) or 1
+        if spp not in (1, 3):
+            raise ValueError(f"SamplesPerPixel is {spp}; a slide frame has 1 or 3")
+        allocated = _int(instance, BITS_ALLOCATED, "BitsAllocated", 0, 64) or 8
+        stored = _int(instance, BITS_STORED, "BitsStored", 0, allocated) or allocated
         photometric = str(first_value(instance, PHOTOMETRIC) or "")
         default_photometric = "RGB" if spp == 3 else "MONOCHROME2"
         center, width = _window(instance)
@@ -77,10 +85,12 @@ class PixelFormat:
             columns=columns,
             samples_per_pixel=spp,
             bits_allocated=allocated,
-            bits_stored=_int(instance, BITS_STORED) or allocated,
-            pixel_representation=_int(instance, PIXEL_REPRESENTATION) or 0,
+            bits_stored=stored,
+            pixel_representation=_int(instance, PIXEL_REPRESENTATION, "PixelRepresentation",
+                                      0, 1) or 0,
             photometric=photometric.strip().upper() or default_photometric,
-            planar_configuration=_int(instance, PLANAR_CONFIGURATION) or 0,
+            planar_configuration=_int(instance, PLANAR_CONFIGURATION, "PlanarConfiguration",
+                                      0, 1) or 0,
             window_center=center,
             window_width=width,
         )
@@ -100,12 +110,17 @@ def _window(instance: Mapping[str, Any]) -> tuple[float | None, float | None]:
     return None, None
 
 
-def _int(element_map: Mapping[str, Any], tag: str) -> int | None:
+def _int(
+    element_map: Mapping[str, Any], tag: str, name: str, minimum: int, maximum: int
+) -> int | None:
+    """An integer attribute within [minimum, maximum], None when absent; else ValueError."""
     value = first_value(element_map, tag)
-    try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
+    if value is None or value == "":
         return None
+    number = whole_number(value, name, minimum)
+    if number > maximum:
+        raise ValueError(f"{name} is {number}, more than {maximum}")
+    return number
 
 
 def _float(element_map: Mapping[str, Any], tag: str) -> float | None:
@@ -114,6 +129,7 @@ def _float(element_map: Mapping[str, Any], tag: str) -> float | None:
     if isinstance(value, str):
         value = value.split("\\")[0].strip()
     try:
-        return None if value is None or value == "" else float(value)
-    except (TypeError, ValueError):
+        number = None if value is None or value == "" else float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is not None and math.isfinite(number) else None

@@ -3,6 +3,12 @@
 Handles TILED_FULL (frame order: column fastest, then row, focal plane, optical
 path) and TILED_SPARSE (per-frame plane positions), concatenations (frame offsets),
 several focal planes and optical paths, and LABEL / OVERVIEW / THUMBNAIL images.
+
+Metadata comes from a server and may be anything: an instance whose description is
+unusable (missing or non-numeric sizes, zero or negative sizes, absurd frame counts,
+positions that are not numbers) is skipped with a warning, never laid out by a guess;
+a series left with no usable instance is a MetadataError. Frames placed outside their
+instance's grid are dropped with a warning.
 """
 
 from __future__ import annotations
@@ -13,7 +19,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from idcfs.dicom.dicom_json import WSI_SOP_CLASS, DicomJson, first_item, first_value, values
+from idcfs.dicom.dicom_json import (
+    WSI_SOP_CLASS,
+    DicomJson,
+    decimal_number,
+    first_item,
+    first_value,
+    values,
+    whole_number,
+)
 from idcfs.dicom.pixels import PixelFormat
 from idcfs.errors import MetadataError
 from idcfs.slide.model import (
@@ -35,13 +49,28 @@ PER_FRAME_GROUPS = "52009230"
 PLANE_POSITION = "0048021A"
 OPTICAL_PATH_ID_SEQ = "00480207"
 OPTICAL_PATH_ID = "00480106"
+TOTAL_PIXEL_MATRIX_ORIGIN = "00480008"
+Z_OFFSET = "0040074A"
+
+MAX_FRAMES = 1 << 22
+"""Frames one instance may have (IDC's largest have a few hundred thousand): a bogus
+NumberOfFrames of 10**12 must not turn into a loop that never ends."""
+Z_DECIMALS = 3
+"""Z offsets (µm) are compared rounded to the nanometre, as wsidicom does: a level
+written as 0.00025 and one computed as 0.000249999 are the same plane."""
+
+PlaneKey = tuple[int, float]
+UNKNOWN_PLANE: PlaneKey = (2, 0.0)
+"""The plane of a single-plane instance that gives no Z: it is the same plane as the
+slide's one known Z if there is exactly one, else plane (1, 0.0), the first of the
+instances whose planes are known only by their TILED_FULL order (keys (1, index))."""
 
 
 @dataclass(frozen=True)
 class Placement:
     """Where one frame sits: plane key, optical path, tile column and row."""
 
-    plane_key: tuple[int, float]
+    plane_key: PlaneKey
     optical_path: str
     column: int
     row: int
@@ -58,79 +87,165 @@ def parse_slide(
 
     `locations` (by SOPInstanceUID) is where the frame source finds each instance."""
     where = locations or {}
-    pairs = [(info, meta) for meta in metadata if _is_wsi(meta)
-             for info in _readable_instance(meta, where)]
-    if not pairs:
-        raise MetadataError(f"series {series_uid} has no whole-slide image instances")
-    infos = {info.uid: info for info, _ in pairs}
-    placements = {info.uid: list(frame_placements(meta, info)) for info, meta in pairs}
-    spacing = {info.uid: _pixel_spacing(meta) for info, meta in pairs}
+    readable = [found for meta in metadata if _is_wsi(meta)
+                for found in _readable_instance(meta, where)]
+    if not readable:
+        raise MetadataError(f"series {series_uid} has no usable whole-slide image instances")
+    infos = {info.uid: info for info, _, _ in readable}
+    placements = {info.uid: frames for info, frames, _ in readable}
+    spacing = {info.uid: mm for info, _, mm in readable}
     volumes = [info for info in infos.values() if info.flavour == "VOLUME"]
-    plane_keys = sorted({p.plane_key for info in volumes for p in placements[info.uid]})
+    plane_index, focal_planes = _plane_index(
+        {p.plane_key for info in volumes for p in placements[info.uid]}
+    )
     paths = sorted({p.optical_path for info in volumes for p in placements[info.uid]}, key=_natural)
-    plane_index = {key: index for index, key in enumerate(plane_keys)}
     return Slide(
         study_uid=study_uid,
         series_uid=series_uid,
         instances=infos,
         levels=_levels(volumes, placements, plane_index, spacing),
         associated=_associated(infos, placements),
-        focal_planes=[key[1] if key[0] == 0 else None for key in plane_keys],
+        focal_planes=focal_planes,
         optical_paths=paths,
     )
 
 
-def _readable_instance(meta: DicomJson, locations: Mapping[str, str]) -> list[InstanceInfo]:
-    """[the instance's facts], or [] (with a warning) when its pixel description is unusable."""
+def _readable_instance(
+    meta: DicomJson, locations: Mapping[str, str]
+) -> list[tuple[InstanceInfo, list[Placement], tuple[float, float] | None]]:
+    """[(facts, frame placements, pixel spacing)] of an instance, or [] with a warning
+    when its description is unusable (every reader raises ValueError for bad values)."""
     try:
         info = read_instance(meta)
-        return [replace(info, location=locations.get(info.uid, ""))]
-    except (ValueError, TypeError) as error:
+        info = replace(info, location=locations.get(info.uid, ""))
+        return [(info, list(frame_placements(meta, info)), _pixel_spacing(meta))]
+    except ValueError as error:
         log.warning("instance %s skipped: %s", first_value(meta, "00080018"), error)
         return []
 
 
 def read_instance(meta: DicomJson) -> InstanceInfo:
-    """The per-instance facts the tile layer needs."""
+    """The per-instance facts the tile layer needs; ValueError when they are unusable."""
     pixels = PixelFormat.from_dicom_json(meta)
+    uid = first_value(meta, "00080018")
+    if not isinstance(uid, str) or not uid.strip():
+        raise ValueError(f"SOPInstanceUID is {uid!r}, not a UID")
+    image_type = tuple(str(value) for value in values(meta, "00080008"))
+    frame_count = _count(meta, "00280008", "NumberOfFrames", MAX_FRAMES)
+    width, height = _total_size(meta, pixels, frame_count, image_type)
     return InstanceInfo(
-        uid=str(first_value(meta, "00080018")),
-        image_type=tuple(str(value) for value in values(meta, "00080008")),
+        uid=uid,
+        image_type=image_type,
         pixels=pixels,
         transfer_syntax=_transfer_syntax(meta),
-        frame_count=int(first_value(meta, "00280008", 1)),
-        total_width=int(first_value(meta, "00480006", pixels.columns)),
-        total_height=int(first_value(meta, "00480007", pixels.rows)),
+        frame_count=frame_count,
+        total_width=width,
+        total_height=height,
     )
 
 
+def _count(meta: DicomJson, tag: str, name: str, maximum: int) -> int:
+    """A count attribute (absent or 0: 1, as before), at most `maximum`; else ValueError."""
+    count = whole_number(first_value(meta, tag, 1), name, 0) or 1
+    if count > maximum:
+        raise ValueError(f"{name} is {count}, more than the {maximum} idcfs accepts")
+    return count
+
+
+def _total_size(
+    meta: DicomJson, pixels: PixelFormat, frame_count: int, image_type: tuple[str, ...]
+) -> tuple[int, int]:
+    """TotalPixelMatrixColumns/Rows. A single frame without them is the whole image; a
+    multi-frame instance without them has no layout, so ValueError rather than a guess.
+
+    A single-frame LABEL/OVERVIEW/THUMBNAIL whose matrix is larger than its frame (some
+    converters write the slide's size there) is the frame: that is all it holds.
+    """
+    width_value, height_value = first_value(meta, "00480006"), first_value(meta, "00480007")
+    if width_value is None or height_value is None:
+        if frame_count > 1:
+            raise ValueError(f"{frame_count} frames but no TotalPixelMatrixColumns/Rows")
+        return pixels.columns, pixels.rows
+    width = whole_number(width_value, "TotalPixelMatrixColumns", 1)
+    height = whole_number(height_value, "TotalPixelMatrixRows", 1)
+    associated = len(image_type) > 2 and image_type[2].upper() != "VOLUME"
+    if associated and frame_count == 1 and (width > pixels.columns or height > pixels.rows):
+        log.warning(
+            "instance %s: one %dx%d frame for a %dx%d matrix; the image is the frame",
+            first_value(meta, "00080018"), pixels.columns, pixels.rows, width, height,
+        )
+        return pixels.columns, pixels.rows
+    return width, height
+
+
 def frame_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]:
-    """Every frame of an instance with its position, in frame order."""
+    """Every frame of an instance with its position, in frame order.
+
+    TILED_SPARSE, or no DimensionOrganizationType at all while every frame has a
+    position (older converters), takes the per-frame positions; TILED_FULL the order.
+    """
     per_frame = values(meta, PER_FRAME_GROUPS)
-    sparse = str(first_value(meta, "00209311", "")).upper() == "TILED_SPARSE"
+    organization = str(first_value(meta, "00209311", "")).strip().upper()
+    sparse = organization == "TILED_SPARSE" or (
+        not organization and _all_positioned(per_frame, info.frame_count)
+    )
     if sparse and len(per_frame) < info.frame_count:
         log.warning("instance %s: TILED_SPARSE without per-frame positions; skipped", info.uid)
         return
     if sparse:
-        yield from _sparse_placements(meta, info, per_frame)
+        yield from _inside_grid(info, _sparse_placements(meta, info, per_frame))
     else:
         yield from _full_placements(meta, info)
+
+
+def _all_positioned(per_frame: Sequence[Any], frame_count: int) -> bool:
+    return frame_count > 1 and len(per_frame) >= frame_count and all(
+        first_value(first_item(item, PLANE_POSITION), "0048021E") is not None
+        for item in per_frame[:frame_count]
+    )
 
 
 def _full_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]:
     columns = -(-info.total_width // info.pixels.columns)
     rows = -(-info.total_height // info.pixels.rows)
-    planes = int(first_value(meta, "00480303", 1) or 1)
+    planes = _count(meta, "00480303", "TotalPixelMatrixFocalPlanes", MAX_FRAMES)
     paths = _instance_optical_paths(meta)
-    shared_z = _z_offset(first_item(meta, SHARED_GROUPS, PLANE_POSITION))
-    offset = int(first_value(meta, "00209228", 0) or 0)
-    for local in range(info.frame_count):
+    cells = columns * rows
+    offset = _frame_offset(meta, info, cells * planes * len(paths))
+    z = _single_plane_z(meta) if planes == 1 else None
+    usable = max(0, min(info.frame_count, cells * planes * len(paths) - offset))
+    if usable < info.frame_count:
+        log.warning("instance %s: %d of its %d frames lie beyond its %dx%d grid; ignored",
+                    info.uid, info.frame_count - usable, info.frame_count, columns, rows)
+    for local in range(usable):
         index = offset + local
-        plane = (index // (columns * rows)) % planes
-        path = paths[min(index // (columns * rows * planes), len(paths) - 1)]
-        plane_key = (0, shared_z) if shared_z is not None and planes == 1 else (1, float(plane))
+        plane = (index // cells) % planes
+        path = paths[index // (cells * planes)]
+        if planes > 1:
+            plane_key: PlaneKey = (1, float(plane))
+        else:
+            plane_key = (0, z) if z is not None else UNKNOWN_PLANE
         frame = FrameRef(info.uid, local + 1)
         yield Placement(plane_key, path, index % columns, (index // columns) % rows, frame)
+
+
+def _frame_offset(meta: DicomJson, info: InstanceInfo, grid_frames: int) -> int:
+    """ConcatenationFrameOffsetNumber, or 0 for an instance that holds its whole grid by
+    itself: ez-wsi's test_wsi.dcm is a one-frame label marked as part 5 of a
+    concatenation at offset 12, which would put its only frame beyond its 1x1 grid."""
+    offset = whole_number(first_value(meta, "00209228", 0) or 0, "ConcatenationFrameOffset", 0)
+    if offset and info.frame_count == grid_frames:
+        log.warning("instance %s holds all %d frames of its grid; its concatenation frame "
+                    "offset %d is ignored", info.uid, grid_frames, offset)
+        return 0
+    return offset
+
+
+def _single_plane_z(meta: DicomJson) -> float | None:
+    """The Z of a one-plane TILED_FULL instance: its shared plane position, else the
+    Z of its TotalPixelMatrixOriginSequence (where wsidicom also looks)."""
+    shared = _z_offset(first_item(meta, SHARED_GROUPS, PLANE_POSITION))
+    return shared if shared is not None else _z_offset(first_item(meta, TOTAL_PIXEL_MATRIX_ORIGIN))
 
 
 def _sparse_placements(
@@ -143,27 +258,63 @@ def _sparse_placements(
         row_position = first_value(position, "0048021F")
         if column_position is None or row_position is None:
             continue
+        column = whole_number(column_position, "ColumnPositionInTotalImagePixelMatrix")
+        row = whole_number(row_position, "RowPositionInTotalImagePixelMatrix")
         z = _z_offset(position)
         path = first_value(first_item(item, OPTICAL_PATH_ID_SEQ), OPTICAL_PATH_ID, default_path)
         yield Placement(
-            (0, z) if z is not None else (1, 0.0),
+            (0, z) if z is not None else UNKNOWN_PLANE,
             str(path),
-            (int(column_position) - 1) // info.pixels.columns,
-            (int(row_position) - 1) // info.pixels.rows,
+            (column - 1) // info.pixels.columns,
+            (row - 1) // info.pixels.rows,
             FrameRef(info.uid, local + 1),
         )
+
+
+def _inside_grid(info: InstanceInfo, placements: Iterator[Placement]) -> Iterator[Placement]:
+    """The placements whose tile lies in the instance's grid; a warning for the others
+    (a position outside the total pixel matrix would name a tile no listing has)."""
+    columns = -(-info.total_width // info.pixels.columns)
+    rows = -(-info.total_height // info.pixels.rows)
+    outside = 0
+    for placement in placements:
+        if 0 <= placement.column < columns and 0 <= placement.row < rows:
+            yield placement
+        else:
+            outside += 1
+    if outside:
+        log.warning("instance %s: %d frames positioned outside its %dx%d grid; ignored",
+                    info.uid, outside, columns, rows)
+
+
+def _plane_index(keys: set[PlaneKey]) -> tuple[dict[PlaneKey, int], list[float | None]]:
+    """Each plane key's focal plane index, and each plane's Z (None when unknown).
+
+    Planes are one plane when their Z is the same, or unknown in a single-plane
+    instance while the slide knows just one Z: a pyramid mixing TILED_SPARSE levels at
+    Z 0 with TILED_FULL levels that give no Z is one focal plane. Planes known only by
+    their TILED_FULL order (several in one instance, no Z) keep their own indices.
+    """
+    known = sorted(key for key in keys if key[0] == 0)
+    unknown_is = known[0] if len(known) == 1 else (1, 0.0)
+    resolved = {key: unknown_is if key == UNKNOWN_PLANE else key for key in keys}
+    ordered = sorted(set(resolved.values()))
+    position = {key: index for index, key in enumerate(ordered)}
+    index = {key: position[resolved[key]] for key in keys}
+    return index, [key[1] if key[0] == 0 else None for key in ordered]
 
 
 def _levels(
     volumes: list[InstanceInfo],
     placements: dict[str, list[Placement]],
-    plane_index: dict[tuple[int, float], int],
+    plane_index: dict[PlaneKey, int],
     spacing: dict[str, tuple[float, float] | None],
 ) -> list[Level]:
-    by_size: dict[tuple[int, int], list[InstanceInfo]] = defaultdict(list)
+    by_size: dict[tuple[int, int, int, int], list[InstanceInfo]] = defaultdict(list)
     for info in volumes:
-        by_size[(info.total_width, info.total_height)].append(info)
-    sizes = sorted(by_size, key=lambda size: (-size[0], -size[1]))
+        tile = (info.pixels.columns, info.pixels.rows)
+        by_size[(info.total_width, info.total_height, *tile)].append(info)
+    sizes = sorted(by_size, key=lambda size: (-size[0], -size[1], size[2], size[3]))
     base_width = sizes[0][0] if sizes else 1
     levels = []
     for index, size in enumerate(sizes):
@@ -188,7 +339,7 @@ def _levels(
 def _grids(
     members: list[InstanceInfo],
     placements: dict[str, list[Placement]],
-    plane_index: dict[tuple[int, float], int],
+    plane_index: dict[PlaneKey, int],
 ) -> list[TileGrid]:
     grids: dict[tuple[int, str], dict[tuple[int, int], TilePosition]] = defaultdict(dict)
     for info in members:
@@ -231,33 +382,52 @@ def _instance_optical_paths(meta: DicomJson) -> list[str]:
         if first_value(item, OPTICAL_PATH_ID) is not None
     ]
     shared = first_value(first_item(meta, SHARED_GROUPS, OPTICAL_PATH_ID_SEQ), OPTICAL_PATH_ID)
-    if shared is not None and int(first_value(meta, "00480302", 1) or 1) == 1:
+    paths = whole_number(first_value(meta, "00480302", 1) or 1, "NumberOfOpticalPaths", 0)
+    if shared is not None and paths <= 1:
         return [str(shared)]
     return identifiers or ["1"]
 
 
 def _z_offset(position: DicomJson) -> float | None:
-    z = first_value(position, "0040074A")
-    return float(z) if z is not None else None
+    """ZOffsetInSlideCoordinateSystem (µm) rounded to Z_DECIMALS; None when absent."""
+    z = first_value(position, Z_OFFSET)
+    if z is None or z == "":
+        return None
+    return round(decimal_number(z, "ZOffsetInSlideCoordinateSystem"), Z_DECIMALS) + 0.0
 
 
 def _pixel_spacing(meta: DicomJson) -> tuple[float, float] | None:
-    spacing = values(first_item(meta, SHARED_GROUPS, "00289110"), "00280030")
-    if len(spacing) == 2:
-        return (float(spacing[0]), float(spacing[1]))
+    """(row, column) spacing in mm, None when absent, not numbers or not positive: it
+    is only shown in slide.json, so bad values must not cost the instance."""
+    try:
+        spacing = values(first_item(meta, SHARED_GROUPS, "00289110"), "00280030")
+        if len(spacing) == 2:
+            found = (decimal_number(spacing[0], "PixelSpacing"),
+                     decimal_number(spacing[1], "PixelSpacing"))
+        else:
+            found = _spacing_from_volume(meta)
+    except ValueError:
+        return None
+    return found if found is not None and min(found) > 0 else None
+
+
+def _spacing_from_volume(meta: DicomJson) -> tuple[float, float] | None:
     width_mm = first_value(meta, "00480001")
     height_mm = first_value(meta, "00480002")
     columns = first_value(meta, "00480006")
     rows = first_value(meta, "00480007")
-    if width_mm and height_mm and columns and rows:
-        return (float(height_mm) / int(rows), float(width_mm) / int(columns))
-    return None
+    if not (width_mm and height_mm and columns and rows):
+        return None
+    return (decimal_number(height_mm, "ImagedVolumeHeight") / whole_number(rows, "Rows", 1),
+            decimal_number(width_mm, "ImagedVolumeWidth") / whole_number(columns, "Columns", 1))
 
 
 def _transfer_syntax(meta: DicomJson) -> str | None:
     syntax = first_value(meta, "00020010") or first_value(meta, "00083002")
-    return str(syntax) if syntax else None
+    return (syntax.strip() or None) if isinstance(syntax, str) else None
 
 
 def _natural(text: str) -> tuple[int, int | str]:
-    return (0, int(text)) if text.isdigit() else (1, text)
+    """Numeric identifiers in numeric order ("2" before "10"); ASCII digits only, as
+    str.isdigit() accepts "²", which int() refuses."""
+    return (0, int(text)) if text.isascii() and text.isdigit() else (1, text)

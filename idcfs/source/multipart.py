@@ -34,7 +34,13 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
 
 
 def split_multipart(body: bytes, boundary: str) -> list[Part]:
-    """Split a complete multipart body; raise FetchError when it is malformed or cut short."""
+    """Split a complete multipart body; raise FetchError when it is malformed or cut short.
+
+    The boundary comes from the server's Content-Type header: one that is empty or not
+    ASCII (RFC 2046 allows 1-70 ASCII characters) is a malformed answer too.
+    """
+    if not boundary or not boundary.isascii():
+        raise FetchError(f"multipart answer with an unusable boundary {boundary!r}")
     delimiter = b"--" + boundary.encode("ascii")
     position = body.find(delimiter)
     if position < 0:

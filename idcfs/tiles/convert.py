@@ -7,6 +7,12 @@
    JPEG XL, more than 8 bits, MONOCHROME1): decoded, scaled to 8 bits (`to_8bit`) and
    encoded as a JPEG with 4:4:4 chroma at `quality`.
 
+A frame may be smaller than the metadata's Rows x Columns: converters such as
+wsidicomizer (`add_missing_levels`) store JPEG 2000 edge frames cropped to the image.
+Such a frame is served at the size it holds, as a stored JPEG frame would be; a frame
+larger than the metadata says is an error (and is refused before it is decoded, so a
+corrupt header cannot make a decoder allocate gigabytes).
+
 DEFAULT_QUALITY: measured on seeded grainy H&E-like 256x256 tiles with Pillow's
 libjpeg-turbo, 4:4:4 chroma, PSNR against the decoded source (min over 6 tiles): grain
 sigma 3: q95 39.2 dB, q96 40.3, q97 41.7; grain 5 (33 dB at q90 4:2:0, the grainiest of
@@ -38,6 +44,8 @@ __all__ = [
 ]
 
 DEFAULT_QUALITY = 97
+MAX_JPEG_SIDE = 65500
+"""libjpeg's limit on a JPEG's width and height (JPEG_MAX_DIMENSION)."""
 
 
 def served_jpeg(
@@ -51,7 +59,10 @@ def served_jpeg(
     stored = _as_stored(frame, pixels, transfer_syntax)
     if stored is not None:
         return stored
-    return encode_jpeg(to_8bit(decode_frame(frame, pixels, transfer_syntax), pixels), quality)
+    samples = decode_frame(frame, pixels, transfer_syntax)
+    if max(samples.shape[:2]) > MAX_JPEG_SIDE:
+        raise TileDecodeError(f"a {_size(samples)} frame is too large for a JPEG file")
+    return encode_jpeg(to_8bit(samples, pixels), quality)
 
 
 def _as_stored(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> bytes | None:
@@ -63,6 +74,7 @@ def _as_stored(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -
         return None
     if not info.is_complete:
         raise TileDecodeError("JPEG frame is truncated: no scan or no EOI marker at its end")
+    _check_header_size(info.width, info.height, pixels)
     photometric = pixels.photometric
     if info.components == 1 and photometric == "MONOCHROME2":
         return frame
@@ -76,14 +88,19 @@ def _as_stored(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -
 def decode_frame(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> np.ndarray:
     """Samples of one frame: HxW or HxWxC (C 1 or 3), native dtype, colour in RGB order.
 
-    MONOCHROME1 samples are returned as stored (`to_8bit` inverts them).
+    MONOCHROME1 samples are returned as stored (`to_8bit` inverts them). A frame
+    smaller than Rows x Columns (a cropped edge frame) is returned at its own size.
     """
     array = decode_samples(frame, pixels, transfer_syntax)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    if array.shape[:2] != (pixels.rows, pixels.columns):
+    if array.ndim not in (2, 3) or 0 in array.shape[:2]:
+        raise TileDecodeError(f"decoded frame has shape {array.shape}, not an image")
+    height, width = array.shape[:2]
+    if height > pixels.rows or width > pixels.columns:
         raise TileDecodeError(
-            f"decoded frame is {_size(array)}, the metadata says {pixels.columns}x{pixels.rows}"
+            f"decoded frame is {_size(array)}, larger than the metadata's "
+            f"{pixels.columns}x{pixels.rows}"
         )
     if array.ndim == 3 and array.shape[2] != 3:
         raise TileDecodeError(f"decoded frame has {array.shape[2]} samples per pixel")
@@ -110,6 +127,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"shapes differ: {a.shape} and {b.shape}")
     error = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if error == 0 else 10.0 * float(np.log10(255.0**2 / error))
+
+
+def _check_header_size(width: int, height: int, pixels: PixelFormat) -> None:
+    """A stored JPEG served as it is must hold an image no larger than the tile."""
+    if width == 0 or height == 0:
+        raise TileDecodeError(f"JPEG frame header gives a {width}x{height} image")
+    if width > pixels.columns or height > pixels.rows:
+        raise TileDecodeError(
+            f"JPEG frame is {width}x{height}, larger than the metadata's "
+            f"{pixels.columns}x{pixels.rows}"
+        )
 
 
 def _check_quality(quality: int) -> None:

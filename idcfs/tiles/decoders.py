@@ -19,7 +19,7 @@ import numpy as np
 from idcfs.dicom.pixels import PixelFormat
 from idcfs.tiles.errors import TileDecodeError
 from idcfs.tiles.jpeg_markers import ends_with_marker, jpeg_info, with_rgb_app14
-from idcfs.tiles.sniff import BIG_ENDIAN, DEFLATED, J2K_CODESTREAM, Codec, codec_for
+from idcfs.tiles.sniff import BIG_ENDIAN, DEFLATED, J2K_CODESTREAM, Codec, codec_for, j2k_size
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 RLE_SYNTAX = "1.2.840.10008.1.2.5"
@@ -44,7 +44,7 @@ def decode_samples(frame: bytes, pixels: PixelFormat, transfer_syntax: str | Non
 def _native(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> np.ndarray:
     expected = pixels.frame_bytes
     if transfer_syntax == DEFLATED and len(frame) - expected not in (0, 1):
-        frame = zlib.decompress(frame, -zlib.MAX_WBITS)
+        frame = _inflate(frame, expected)
     if len(frame) - expected not in (0, 1):
         raise TileDecodeError(
             f"uncompressed frame has {len(frame)} bytes, {expected} expected "
@@ -53,6 +53,12 @@ def _native(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> n
         )
     syntax = BIG_ENDIAN if transfer_syntax == BIG_ENDIAN else EXPLICIT_LE
     return _ybr_to_rgb(_pydicom(frame[:expected], pixels, syntax), pixels)
+
+
+def _inflate(frame: bytes, expected: int) -> bytes:
+    """A deflated frame, inflated to at most one byte more than a frame holds (a few
+    KB that inflate to gigabytes must not be inflated whole)."""
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(frame, expected + 2)
 
 
 def _rle(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> np.ndarray:
@@ -86,6 +92,7 @@ def _jpeg(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> np.
     if info is None:
         raise TileDecodeError(f"JPEG frame has no readable frame header (starts {frame[:8].hex()})")
     _require_end_marker(frame, "JPEG")
+    _require_fits(info.width, info.height, pixels, "JPEG")
     if info.sof_marker == 0xF7:
         return _ybr_to_rgb(imagecodecs.jpegls_decode(frame), pixels)
     if info.sof_marker == 0xC3:
@@ -110,6 +117,10 @@ def _j2k(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> np.n
     """JPEG 2000 and HTJ2K: the decoders undo YBR_ICT/YBR_RCT themselves."""
     if frame.startswith(J2K_CODESTREAM):
         _require_end_marker(frame, "JPEG 2000")
+    size = j2k_size(frame)
+    if size is None:
+        raise TileDecodeError("JPEG 2000 frame has no readable SIZ header")
+    _require_fits(*size, pixels, "JPEG 2000")
     try:
         array = imagecodecs.jpeg2k_decode(frame)
     except Exception as first:
@@ -127,6 +138,16 @@ def _jxl(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> np.n
 def _require_end_marker(frame: bytes, name: str) -> None:
     if not ends_with_marker(frame, END_MARKER):
         raise TileDecodeError(f"{name} frame is truncated: it does not end with an EOI/EOC marker")
+
+
+def _require_fits(width: int, height: int, pixels: PixelFormat, name: str) -> None:
+    """The header's image size must be within the metadata's tile (a cropped edge frame
+    may be smaller), so decoders never allocate for a corrupt or foreign header."""
+    if not 0 < width <= pixels.columns or not 0 < height <= pixels.rows:
+        raise TileDecodeError(
+            f"{name} frame header gives a {width}x{height} image, the metadata a "
+            f"{pixels.columns}x{pixels.rows} tile"
+        )
 
 
 def _ybr_to_rgb(array: np.ndarray, pixels: PixelFormat) -> np.ndarray:

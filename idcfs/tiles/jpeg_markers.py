@@ -9,6 +9,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from idcfs.tiles.errors import TileDecodeError
+
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
 SOS = 0xDA
@@ -127,11 +129,12 @@ def with_rgb_app14(frame: bytes) -> bytes:
     JFIF APP0 segments are dropped as well: libjpeg (Pillow, browsers) lets JFIF, which
     implies YCbCr, win over APP14. A frame that has an Adobe APP14 already keeps it (and
     its transform) and is returned unchanged unless it also has a JFIF APP0.
-    Raises ValueError for data without a readable JPEG header.
+    Raises TileDecodeError for data without a readable JPEG header (a server's bytes,
+    so the project's own error, not a ValueError a caller would not expect).
     """
     info = jpeg_info(frame)
     if info is None:
-        raise ValueError("not a JPEG frame with a readable header")
+        raise TileDecodeError("not a JPEG frame with a readable header")
     if info.has_app14 and not info.has_jfif:
         return frame
     pieces = [SOI] if info.has_app14 else [SOI, ADOBE_RGB_SEGMENT]

@@ -87,6 +87,18 @@ def sniff_codec(frame: bytes, pixels: PixelFormat) -> Codec:
     )
 
 
+def j2k_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG 2000 codestream's SIZ segment (PS3.5 A.4.4, ISO
+    15444-1 A.5.1), in a bare codestream or the first 64 KB of a JP2 file; None when
+    there is no readable SIZ. Read before decoding so that a corrupt header cannot make
+    the decoder allocate an image of 4 billion pixels squared."""
+    start = frame.find(J2K_CODESTREAM, 0, 1 << 16)
+    if start < 0 or len(frame) < start + 24:
+        return None
+    x_size, y_size, x_origin, y_origin = struct.unpack_from(">4I", frame, start + 8)
+    return max(0, x_size - x_origin), max(0, y_size - y_origin)
+
+
 def looks_like_rle(frame: bytes) -> bool:
     """A DICOM RLE header (PS3.5 G.5): 1-15 segments, the first at offset 64, ascending."""
     if len(frame) < 64:

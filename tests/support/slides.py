@@ -812,6 +812,31 @@ def _uncompressed16(out_dir: Path) -> GeneratedSlide:
     return writer.slide
 
 
+def converter_quirks(out_dir: Path) -> GeneratedSlide:
+    """A pyramid as converters write them (issue 12, 4c); not in RECIPES, so the shared
+    Orthanc and the tests that count its slides never see it.
+
+    level-0: 600x400, TILED_SPARSE JPEG (YBR) with per-frame positions at Z 0 (6 tiles
+    of 256). level-1: 300x200, TILED_FULL lossless JPEG 2000 without any Z, its edge
+    frames cropped to the image as wsidicomizer's `add_missing_levels` stores them
+    (3x2 tiles of 128: the right column 44 wide, the bottom row 72 high). One focal
+    plane, one optical path.
+    """
+    writer = SlideWriter(out_dir, "converter_quirks")
+    base = tissue_texture(_rng("converter_quirks"), 600, 400)
+    jpeg = CODECS["jpeg_ybr"]
+    tiles = cut_tiles(base, 256, 256)
+    positions = sorted(tiles, key=lambda cell: (cell[1], cell[0]))
+    writer.add_encoded_level(0, [jpeg.encode(tiles[cell]) for cell in positions], (600, 400),
+                             256, jpeg, sparse=positions, offset_table=False)
+    small = resize(base, 300, 200)
+    j2k = CODECS["j2k_lossless"]
+    cropped = [j2k.encode(small[row * 128 : (row + 1) * 128, column * 128 : (column + 1) * 128])
+               for row in range(2) for column in range(3)]
+    writer.add_encoded_level(1, cropped, (300, 200), 128, j2k)
+    return writer.slide
+
+
 RECIPES: dict[str, Callable[[Path], GeneratedSlide]] = {
     "jpeg_ybr": _jpeg_ybr,
     "jpeg_rgb": _jpeg_rgb,
