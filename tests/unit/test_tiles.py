@@ -497,9 +497,10 @@ def test_corrupt_frames_raise_with_a_reason(frame: bytes, syntax: str | None, re
         served_jpeg(frame, rgb_format(), syntax)
 
 
-def test_frame_of_the_wrong_size_raises() -> None:
-    frame = pillow_jpeg(Image.fromarray(tissue(41, size=64)), quality=90)
-    with pytest.raises(TileDecodeError, match="64x64"):
+def test_frame_larger_than_its_tile_raises() -> None:
+    """Smaller frames are cropped edge frames (served at their size); larger are refused."""
+    frame = pillow_jpeg(Image.fromarray(tissue(41, size=300)), quality=90)
+    with pytest.raises(TileDecodeError, match="300x300"):
         decode_frame(frame, rgb_format("YBR_FULL_422"), BASELINE)
 
 
