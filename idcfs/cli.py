@@ -70,6 +70,16 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"bad time {text!r} (seconds, more than 0)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="idcfs",
@@ -122,6 +132,9 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
     mount.add_argument("--max-connections", type=positive_int, default=8, metavar="N",
                        help="concurrent HTTP requests to the server (default 8; at most 16 "
                        "for IDC)")
+    mount.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
+                       help="the longest an open() or read() waits on the server, retries "
+                       "included, before it fails with EIO (default 30)")
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="serve in the foreground until SIGINT/SIGTERM, then unmount")
     mount.add_argument("-o", dest="fuse_options", action="append", default=[],
@@ -204,6 +217,8 @@ def mount(args: argparse.Namespace) -> None:
     )
     if args.quality is not None:
         config.quality = args.quality
+    if args.timeout is not None:
+        config.timeout = args.timeout
     if args.foreground:
         _configure_logging(args.log_file, args.debug)
         _serve_or_fail(config, on_ready=lambda: _write_pid(args.pid_file))

@@ -35,7 +35,7 @@ from idcfs.fuse.openfiles import OpenFiles
 from idcfs.fuse.pagecache import PageCacheFiller
 from idcfs.metrics import Metrics
 from idcfs.source.base import FrameSource
-from idcfs.source.dicomweb import ClientSettings, DicomWebClient
+from idcfs.source.dicomweb import DEFAULT_TIMEOUT_S, ClientSettings, DicomWebClient
 from idcfs.tiles.convert import DEFAULT_QUALITY
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class MountConfig:
     cache_dir: Path | None = None
     disk_cache_bytes: int = 10 << 30
     readahead_bytes: int = 64 << 20
+    timeout: float = DEFAULT_TIMEOUT_S  # the deadline of every open and read (seconds)
 
     @property
     def server_url(self) -> str:
@@ -144,9 +145,8 @@ class Mounted:
 
 def connect_source(config: MountConfig, metrics: Metrics) -> DicomWebClient:
     """The DICOMweb server, checked to answer; SetupError with one line otherwise."""
-    client = DicomWebClient(
-        config.server_url, ClientSettings(max_connections=config.connection_limit), metrics
-    )
+    settings = ClientSettings(max_connections=config.connection_limit, timeout=config.timeout)
+    client = DicomWebClient(config.server_url, settings, metrics)
     try:
         client.check_reachable()
     except IdcfsError as error:
@@ -163,7 +163,8 @@ def build_mount(config: MountConfig) -> Mounted:
     tiles = TileCache(ByteLRU(config.cache_bytes), ByteLRU(config.readahead_bytes), disk,
                       config.quality, metrics)
     loader = TileLoader(client, tiles, metrics, quality=config.quality,
-                        demand=CoalesceSettings(workers=config.connection_limit))
+                        demand=CoalesceSettings(workers=config.connection_limit),
+                        wait_s=config.timeout)
     open_files = OpenFiles()
     tile_index = TileFileIndex()
     page_filler = disk_filler = readahead = None
@@ -179,7 +180,8 @@ def build_mount(config: MountConfig) -> Mounted:
     views = [DicomLevelsView(loader, tile_index, readahead)]
     statistics = LiveFile(STATS_FILE, lambda: json_bytes(metrics.snapshot()))
     catalog_view = CatalogView(catalog, SlideStore(client, disk), views, [statistics])
-    operations = IdcfsOperations(Tree(catalog_view.root_children), open_files, metrics)
+    operations = IdcfsOperations(Tree(catalog_view.root_children), open_files, metrics,
+                                 timeout=config.timeout)
     return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler)
 
 

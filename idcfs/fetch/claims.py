@@ -24,7 +24,7 @@ from idcfs.errors import FetchError
 
 V = TypeVar("V")
 
-DEFAULT_WAIT_S = 900.0
+DEFAULT_WAIT_S = 30.0  # the default --timeout: a waiter gives up with the fetch
 
 
 class Claim(Generic[V]):
@@ -41,15 +41,15 @@ class Claim(Generic[V]):
 
     def resolve(self, value: V) -> None:
         """Give every waiter `value` and leave the table."""
+        self._owner.finish(self.key, self.future)  # first: a woken waiter claims afresh
         if not self.future.done():
             self.future.set_result(value)
-        self._owner.finish(self.key, self.future)
 
     def fail(self, error: BaseException) -> None:
         """Give every waiter `error` (unless the claim already ended) and leave the table."""
+        self._owner.finish(self.key, self.future)  # first: a woken waiter claims afresh
         if not self.future.done():
             self.future.set_exception(error)
-        self._owner.finish(self.key, self.future)
 
     def release(self, reason: str) -> None:
         """End the claim if nothing else did: waiters get a FetchError saying `reason`."""
@@ -114,4 +114,4 @@ def wait(future: Future[V], timeout: float) -> V:
     try:
         return future.result(timeout=timeout)
     except FutureTimeout as error:
-        raise FetchError(f"gave up waiting {timeout:.0f} s for a shared fetch") from error
+        raise FetchError(f"gave up waiting {timeout:g} s for a shared fetch") from error

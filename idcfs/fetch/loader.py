@@ -21,7 +21,7 @@ from concurrent.futures import Future
 
 from idcfs.cache.tiles import TileCache, tile_key
 from idcfs.errors import DecodeError
-from idcfs.fetch.claims import Claim, Claims, fail_all, release_all, wait
+from idcfs.fetch.claims import DEFAULT_WAIT_S, Claim, Claims, fail_all, release_all, wait
 from idcfs.fetch.coalesce import CoalesceSettings, RequestCoalescer
 from idcfs.metrics import Metrics
 from idcfs.slide.model import AssociatedImage, FrameRef, InstanceInfo, Slide
@@ -47,12 +47,15 @@ class TileLoader:
         quality: int = DEFAULT_QUALITY,
         max_frames_per_request: int = MAX_FRAMES_PER_REQUEST,
         demand: CoalesceSettings | None = None,
+        wait_s: float = DEFAULT_WAIT_S,
     ) -> None:
+        """`wait_s` bounds a reader's wait for a tile someone else fetches (the mount's
+        deadline, `--timeout`)."""
         self.source = source
         self.tiles = tiles
         self.quality = quality
         self.max_frames_per_request = max_frames_per_request
-        self._claims: Claims[bytes] = Claims()
+        self._claims: Claims[bytes] = Claims(wait_s)
         self._demand = RequestCoalescer(self._fetch_for_reading, self.abandon_claimed, demand)
         self._frames_fetched = metrics.counter("frames_fetched")
         self._frames_per_request = metrics.histogram("frames_per_request")

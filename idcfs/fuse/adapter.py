@@ -3,7 +3,9 @@
 Anything that may block (catalog, series metadata, frames) runs in a worker thread;
 answers already in memory (listed directories, cached tiles, open files) are served
 on the event loop without a thread hop, and an open of a tile that read-ahead is
-fetching waits for it on the event loop too.
+fetching waits for it on the event loop too. Getting a file's content has one deadline
+(`timeout`, `--timeout`): however it is slow (the network, a queue, a shared fetch, a
+read-ahead batch), an open or a read then fails with EIO and one log line.
 
 Size scheme (docs/SEMANTICS.md): a tile not fetched yet shows a placeholder size (or,
 held in the disk cache, its size from the cache's index); `open()` fetches it and, when
@@ -32,6 +34,7 @@ import pyfuse3
 import trio
 
 from idcfs.errors import DecodeError, FetchError, MetadataError, NotFoundError
+from idcfs.fetch.claims import DEFAULT_WAIT_S
 from idcfs.fs.nodes import FileNode, Node
 from idcfs.fs.tree import Attributes, Tree
 from idcfs.fuse.openfiles import OpenFile, OpenFiles
@@ -43,7 +46,7 @@ T = TypeVar("T")
 LONG_TIMEOUT = 3600.0
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 BLOCK_SIZE = 512
-IN_FLIGHT_WAIT_S = 900.0
+DEFAULT_TIMEOUT_S = DEFAULT_WAIT_S  # the default --timeout
 
 
 def to_fuse_error(error: BaseException, what: str) -> pyfuse3.FUSEError:
@@ -69,10 +72,12 @@ class IdcfsOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, tree: Tree, open_files: OpenFiles, metrics: Metrics, worker_threads: int = 64
+        self, tree: Tree, open_files: OpenFiles, metrics: Metrics, worker_threads: int = 64,
+        timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         super().__init__()
         self.tree = tree
+        self.timeout = timeout
         self._open = open_files
         self._limiter = trio.CapacityLimiter(worker_threads)
         self._uid = os.getuid()
@@ -81,9 +86,13 @@ class IdcfsOperations(pyfuse3.Operations):
 
     # -- helpers --------------------------------------------------------------------
 
-    async def _blocking(self, what: str, call: Callable[[], T]) -> T:
+    async def _blocking(self, what: str, call: Callable[[], T], abandon: bool = False) -> T:
+        """`call()` in a worker thread; with `abandon`, a cancelled caller stops waiting
+        (the thread runs on to its own bounded end, and its result is dropped)."""
         try:
-            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+            return await trio.to_thread.run_sync(
+                call, limiter=self._limiter, abandon_on_cancel=abandon
+            )
         except Exception as error:
             raise to_fuse_error(error, what) from None
 
@@ -172,11 +181,27 @@ class IdcfsOperations(pyfuse3.Operations):
         None for a file whose content the kernel was given already."""
         data = node.cached_content()
         if data is None and not node.filled:
-            data = await _content_in_flight(node)
-            if data is None:
-                what = f"open {node.name} (inode {node.inode})"
-                data = await self._blocking(what, node.content)
+            data = await self._content_by_deadline(node, f"open {node.name} (inode {node.inode})")
         return data
+
+    async def _content_by_deadline(self, node: FileNode, what: str) -> bytes:
+        """A file's content: the fetch under way for it, if one is, else (also when that
+        fetch failed) fetched now, all within one `timeout`; on expiry EIO and one log
+        line, which also says why a fetch it waited for failed."""
+        waiting = "its fetch"
+        with trio.move_on_after(self.timeout):
+            future = node.pending()
+            if future is not None:
+                waiting = "the fetch under way for it (another reader's, or read-ahead's)"
+                await _until_done(future)
+                data = node.cached_content()
+                if data is not None or future.exception() is None:
+                    return data if data is not None else future.result()
+                waiting = f"its own fetch, the one under way failed ({future.exception()})"
+            return await self._blocking(what, node.content, abandon=True)
+        log.error("EIO on %s: no answer within the %g s deadline, waiting for %s",
+                  what, self.timeout, waiting)
+        raise pyfuse3.FUSEError(errno.EIO)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         opened = self._open.get(fh)
@@ -195,7 +220,7 @@ class IdcfsOperations(pyfuse3.Operations):
         if opened.failed or not isinstance(node, FileNode):
             raise pyfuse3.FUSEError(errno.EIO)
         what = f"read {node.name} (inode {opened.inode})"
-        data = await self._blocking(what, node.content)
+        data = await self._content_by_deadline(node, what)
         if len(data) != opened.shown_size:
             opened.failed = True
             node.filled = False
@@ -224,24 +249,20 @@ class IdcfsOperations(pyfuse3.Operations):
         return None
 
 
-async def _content_in_flight(node: FileNode) -> bytes | None:
-    """A file's content once the fetch under way for it ends, if one is; else None
-    (also when that fetch failed: the caller then asks on its own, once)."""
-    future = node.pending()
-    if future is None:
-        return None
-    if not future.done():
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
+async def _until_done(future: Future[bytes]) -> None:
+    """Wait on the event loop (no thread) until a fetch's future is done; the caller
+    bounds the wait."""
+    if future.done():
+        return
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
 
-        def wake(_: Future[bytes]) -> None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(done.set)
+    def wake(_: Future[bytes]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
 
-        future.add_done_callback(wake)
-        with trio.move_on_after(IN_FLIGHT_WAIT_S):
-            await done.wait()
-    return node.cached_content()
+    future.add_done_callback(wake)
+    await done.wait()
 
 
 def _forget_cached_attributes(inode: int) -> None:

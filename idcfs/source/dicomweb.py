@@ -3,14 +3,20 @@
 It is a `FrameSource` (`idcfs.source.base`): an instance's location is its WADO-RS path
 (`/studies/S/series/R/instances/I`), and the frames of one instance come in one request.
 
-Built on urllib3 (one keep-alive connection pool, per-request timeouts, retries with
-backoff for transient 5xx). Every wait is bounded: a connection slot, the connect,
-each socket read, and the number of retries.
+Built on urllib3 (one keep-alive connection pool). Every request has one deadline
+(`ClientSettings.timeout`, `--timeout`, measured on `time.monotonic()`) that everything
+it waits for shares: a connection slot, each attempt's connect and answer (their
+timeouts are at most the time left), the body, read in chunks with the deadline checked
+between them (a server dripping bytes cannot hold it), and the retries (HTTP
+500/502/503/504, a 429 with Retry-After, connection errors, an answer cut short), whose
+backoff is only slept when time is left. urllib3's own retries are off: they would not
+know the deadline.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import logging
 import threading
@@ -35,18 +41,56 @@ log = logging.getLogger(__name__)
 FRAMES_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 JSON_ACCEPT = "application/dicom+json"
 QIDO_PAGE = 1000
+DEFAULT_TIMEOUT_S = 30.0
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+CHUNK_BYTES = 256 * 1024
+FRAME_MEDIA = ("image/", "application/octet-stream")  # a single-part frames answer
 
 
 @dataclass(frozen=True)
 class ClientSettings:
-    """Connection limits and timeouts (seconds)."""
+    """Connection limits, the deadline of one request and its retries (seconds).
+
+    `timeout` bounds everything one request waits for (module docstring); the connect
+    and read timeouts bound one attempt, and are cut to the time left."""
 
     max_connections: int = 8
+    timeout: float = DEFAULT_TIMEOUT_S
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
-    slot_timeout: float = 300.0
     retries: int = 4
     backoff: float = 0.3
+
+
+class Deadline:
+    """The end of one request's time budget, on the monotonic clock."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = time.monotonic()
+
+    def left(self) -> float:
+        return max(0.0, self.start + self.seconds - time.monotonic())
+
+    def allows(self, wait_s: float) -> bool:
+        """Whether waiting `wait_s` still leaves time for another attempt."""
+        return wait_s < self.left()
+
+    def spent(self) -> str:
+        return f"{time.monotonic() - self.start:.1f} s of the {self.seconds:g} s deadline"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A complete HTTP answer: status, headers and the whole body."""
+
+    status: int
+    headers: urllib3.HTTPHeaderDict
+    body: bytes
+
+
+class TransientError(Exception):
+    """One attempt failed in a way worth retrying (connection lost, answer cut short)."""
 
 
 class DicomWebClient:
@@ -61,17 +105,9 @@ class DicomWebClient:
         self._pool = urllib3.PoolManager(
             num_pools=4,
             maxsize=self.settings.max_connections,
-            timeout=urllib3.Timeout(
-                connect=self.settings.connect_timeout, read=self.settings.read_timeout
-            ),
-            retries=urllib3.Retry(
-                total=self.settings.retries,
-                backoff_factor=self.settings.backoff,
-                status_forcelist=(500, 502, 503, 504),
-                allowed_methods=("GET",),
-                respect_retry_after_header=False,
-                raise_on_status=False,
-            ),
+            # no retries of its own (they would not know the deadline); redirects are followed
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=3,
+                                  raise_on_redirect=False, raise_on_status=False),
         )
         self._quota_lock = threading.Lock()
         self._blocked_until: float = 0.0
@@ -120,8 +156,11 @@ class DicomWebClient:
         if not instance.location:
             raise FetchError(f"instance {instance.uid}: no WADO-RS location")
         path = f"{instance.location}/frames/{','.join(str(number) for number in numbers)}"
-        response = self._request(path, FRAMES_ACCEPT)
-        frames = _frames_from_response(response)
+        answer = self._request(path, FRAMES_ACCEPT)
+        try:
+            frames = _frames_from_response(answer)
+        except FetchError as error:
+            raise FetchError(f"{path}: {error}") from error
         if len(frames) != len(numbers):
             raise FetchError(
                 f"{path}: server sent {len(frames)} frames for {len(numbers)} requested"
@@ -149,31 +188,100 @@ class DicomWebClient:
             offset += len(page)
 
     def _get(self, path: str, accept: str, ok: tuple[int, ...] = (200,)) -> bytes:
-        return self._request(path, accept, ok).data
+        return self._request(path, accept, ok).body
 
-    def _request(
-        self, path: str, accept: str, ok: tuple[int, ...] = (200,)
-    ) -> urllib3.BaseHTTPResponse:
+    def _request(self, path: str, accept: str, ok: tuple[int, ...] = (200,)) -> Answer:
+        """One request's complete answer, within its deadline; FetchError otherwise."""
         self._refuse_while_over_quota(path)
-        if not self._slots.acquire(timeout=self.settings.slot_timeout):
-            raise FetchError(f"{path}: no free connection after {self.settings.slot_timeout} s")
+        deadline = Deadline(self.settings.timeout)
+        if not self._slots.acquire(timeout=deadline.left()):
+            raise FetchError(f"{path}: no free connection within {deadline.spent()}")
         try:
-            response = self._send(path, accept)
+            answer = self._attempts(path, accept, deadline)
         finally:
             self._slots.release()
-        if response.status == 429:
+        if answer.status == 429:
             self._enter_quota_pause(path)
-        if response.status not in ok:
-            raise FetchError(f"{path}: HTTP {response.status} {_short(response.data)}")
-        return response
+        if answer.status not in ok:
+            raise FetchError(f"{path}: HTTP {answer.status} {_short(answer.body)}")
+        return answer
 
-    def _send(self, path: str, accept: str) -> urllib3.BaseHTTPResponse:
-        url = self.base_url + path
+    def _attempts(self, path: str, accept: str, deadline: Deadline) -> Answer:
+        """Send until an answer worth keeping, retrying while retries and time are left."""
+        attempt = 0
+        while True:
+            try:
+                answer = self._attempt(path, accept, deadline)
+            except TransientError as error:
+                reason, pause = str(error), self._backoff(attempt)
+            else:
+                pause = self._pause_before_retry(answer, attempt)
+                if pause is None:
+                    return answer
+                reason = f"HTTP {answer.status} {_short(answer.body)}".rstrip()
+            attempt += 1
+            if attempt > self.settings.retries or not deadline.allows(pause):
+                raise FetchError(f"{path}: {reason}; gave up after {attempt} attempt(s), "
+                                 f"{deadline.spent()}")
+            time.sleep(pause)
+
+    def _attempt(self, path: str, accept: str, deadline: Deadline) -> Answer:
+        """One GET whose connect, answer and body each wait at most the time left."""
+        left = deadline.left()
+        if left <= 0:
+            raise TransientError("no time left")
         self._requests_sent.add()
+        timeout = urllib3.Timeout(connect=min(self.settings.connect_timeout, left),
+                                  read=min(self.settings.read_timeout, left))
         try:
-            return self._pool.request("GET", url, headers={"Accept": accept})
+            response = self._pool.request(
+                "GET", self.base_url + path, headers={"Accept": accept}, timeout=timeout,
+                preload_content=False,
+            )
         except Urllib3Error as error:
-            raise FetchError(f"{path}: {type(error).__name__}: {error}") from error
+            raise TransientError(_describe(error)) from error
+        try:
+            body = self._read_body(response, deadline)
+        except TransientError:
+            response.close()  # the connection is in an unknown state: never reuse it
+            raise
+        finally:
+            response.release_conn()
+        return Answer(response.status, response.headers, body)
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: Deadline) -> bytes:
+        """The whole body, a chunk at a time: each read waits at most the time left, so
+        a server sending a byte a second cannot hold a request past its deadline."""
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            left = deadline.left()
+            if left <= 0:
+                raise TransientError(f"answer not complete in time ({received} bytes received)")
+            _limit_socket_wait(response, min(self.settings.read_timeout, left))
+            try:
+                chunk = response.read1(CHUNK_BYTES)
+            except Urllib3Error as error:
+                raise TransientError(f"answer cut short after {received} bytes: "
+                                     f"{_describe(error)}") from error
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            received += len(chunk)
+
+    def _backoff(self, attempt: int) -> float:
+        return self.settings.backoff * (2**attempt)
+
+    def _pause_before_retry(self, answer: Answer, attempt: int) -> float | None:
+        """How long to wait before sending again, or None when the answer stands: a 5xx
+        backs off; a 429 with Retry-After is rate limiting (wait as told); a 429 without
+        it is the quota (`_enter_quota_pause`)."""
+        if answer.status in RETRY_STATUSES:
+            return self._backoff(attempt)
+        if answer.status == 429 and "Retry-After" in answer.headers:
+            told = retry_after_seconds(answer.headers["Retry-After"])
+            return self._backoff(attempt) if told is None else told
+        return None
 
     def _refuse_while_over_quota(self, path: str) -> None:
         if time.time() < self._blocked_until:
@@ -201,16 +309,46 @@ def next_utc_midnight(now: float | None = None) -> float:
     return midnight.timestamp()
 
 
-def _frames_from_response(response: urllib3.BaseHTTPResponse) -> list[Frame]:
-    media_type, params = parse_content_type(response.headers.get("Content-Type", ""))
+def retry_after_seconds(value: str, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks to wait (delta-seconds or an HTTP date), or
+    None when it cannot be read."""
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+def _limit_socket_wait(response: urllib3.BaseHTTPResponse, seconds: float) -> None:
+    """Bound the next socket read of `response` (its connection's timeout)."""
+    sock = getattr(response.connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
+
+
+def _describe(error: Urllib3Error) -> str:
+    reason = getattr(error, "reason", None) or error  # MaxRetryError wraps the cause
+    return f"{type(reason).__name__}: {reason}"
+
+
+def _frames_from_response(answer: Answer) -> list[Frame]:
+    """The frames of a WADO-RS answer: multipart parts, or one frame sent as its own
+    media type; anything else (an HTML error page sent with 200) is refused."""
+    media_type, params = parse_content_type(answer.headers.get("Content-Type", ""))
     if not media_type.startswith("multipart/"):
-        return [Frame(response.data, params.get("transfer-syntax"))]
+        if not media_type.startswith(FRAME_MEDIA):
+            raise FetchError(f"frames answer of type {media_type}, not frames "
+                             f"{_short(answer.body)}".rstrip())
+        return [Frame(answer.body, params.get("transfer-syntax"))]
     boundary = params.get("boundary")
     if not boundary:
         raise FetchError("multipart frames answer without a boundary")
     return [
         Frame(part.content, parse_content_type(part.content_type)[1].get("transfer-syntax"))
-        for part in split_multipart(response.data, boundary)
+        for part in split_multipart(answer.body, boundary)
     ]
 
 

@@ -16,7 +16,7 @@ from pydicom.encaps import generate_frames
 
 from tests.support.fixtures import real_files
 from tests.support.orthanc import OrthancServer
-from tests.support.relay import HttpRelay, TcpLatencyRelay
+from tests.support.relay import FaultMode, HttpRelay, TcpLatencyRelay
 from tests.support.slides import (
     APP0,
     APP14,
@@ -280,6 +280,70 @@ def test_relay_latency_is_added(relay: HttpRelay) -> None:
     started = time.monotonic()
     assert http_get(relay.port, "/system")[0] == 200
     assert time.monotonic() - started >= 0.05
+
+
+def sparse_frames_url(slide: GeneratedSlide, numbers: str = "1,2,3") -> str:
+    uid = slide.levels[0].instance_uids[0]
+    return (f"/dicom-web/studies/{slide.study_uid}/series/{slide.series_uid}"
+            f"/instances/{uid}/frames/{numbers}")
+
+
+def test_relay_cuts_and_thins_multipart_answers(relay: HttpRelay,
+                                               test_slides: list[GeneratedSlide]) -> None:
+    url = sparse_frames_url(named(test_slides, "sparse"))
+    stored = multipart_parts(*http_get(relay.port, url, AS_STORED)[1:])
+    relay.inject_fault(FaultMode.CUT_MULTIPART, 1, "/frames/")
+    _, content_type, cut = http_get(relay.port, url, AS_STORED)
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"').encode()
+    assert cut.endswith(stored[-1]) and boundary + b"--" not in cut
+    relay.inject_fault(FaultMode.FEWER_PARTS, 1, "/frames/")
+    assert multipart_parts(*http_get(relay.port, url, AS_STORED)[1:]) == stored[:2]
+    fault = relay.inject_fault(FaultMode.GARBAGE_PART, 1, "/frames/", label="image/jpeg")
+    _, content_type, garbage = http_get(relay.port, url, AS_STORED)
+    parts = multipart_parts(content_type, garbage)
+    assert parts[1:] == stored[1:] and parts[0] != stored[0] and len(parts[0]) == len(stored[0])
+    assert b"Content-Type: image/jpeg\r\n" in garbage and fault.served == 1
+
+
+def test_relay_resets_stalls_and_drips(relay: HttpRelay) -> None:
+    relay.inject_fault(FaultMode.RESET, 1, "/system")
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        http_get(relay.port, "/system")
+    relay.inject_fault(FaultMode.STALL, 1, "/system", hold_s=5.0)
+    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=0.5)
+    connection.request("GET", "/system")
+    with pytest.raises(TimeoutError):
+        connection.getresponse()
+    connection.close()
+    relay.inject_fault(FaultMode.DRIP, 1, "/system", drip_bytes_per_s=10.0)
+    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=5)
+    connection.request("GET", "/system")
+    response = connection.getresponse()
+    start = time.monotonic()
+    assert len(response.read(5)) == 5 and time.monotonic() - start >= 0.4
+    connection.close()
+
+
+def test_relay_sends_a_wrong_content_length_then_closes(relay: HttpRelay) -> None:
+    relay.inject_fault(FaultMode.WRONG_LENGTH, 1, "/system", length_delta=50)
+    with pytest.raises(http.client.IncompleteRead):
+        http_get(relay.port, "/system")
+
+
+def test_relay_drops_json_attributes(relay: HttpRelay) -> None:
+    relay.inject_fault(FaultMode.DROP_TAGS, 1, "/studies", drop_tags=("0020000D",))
+    status, _, body = http_get(relay.port, "/dicom-web/studies")
+    assert status == 200 and all("0020000D" not in study for study in json.loads(body))
+
+
+def test_relay_faults_a_seeded_fraction(relay: HttpRelay) -> None:
+    def run() -> list[int]:
+        relay.clear_faults()
+        relay.inject_fault(FaultMode.ANSWER, None, "/system", status=503, rate=0.5, seed=3)
+        return [http_get(relay.port, "/system")[0] for _ in range(12)]
+
+    first, second = run(), run()
+    assert first == second and {200, 503} == set(first)
 
 
 # --------------------------------------------------------------------------- TCP relay

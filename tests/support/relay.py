@@ -1,10 +1,15 @@
 """Loopback relays that sit between idcfs and a test server.
 
 - `HttpRelay`: an HTTP/1.1 keep-alive forwarding proxy that records every request
-  (method, path) and can answer chosen requests itself with an injected status (429
-  with an HTML body, 500, ...) without contacting the server, and add a delay. Bodies
-  pass unchanged; hop-by-hop headers are dropped (a chunked answer is re-sent with a
-  Content-Length).
+  (method, path) and injects faults into chosen requests: the next N whose path holds
+  a substring, or a seeded random fraction of them (`FaultMode`): an answer of its own
+  (500, 502, 503, 429 with or without Retry-After, a 200 HTML page, metadata that is
+  not JSON) without contacting the server; a connection reset before the headers or in
+  the middle of the body; a stall (accepts, sends nothing); a slow drip of the body
+  (1 byte/s); a multipart answer cut short (no closing boundary) or with fewer parts;
+  a wrong Content-Length; a frame part of garbage bytes; JSON lacking attributes. It
+  can also add a delay. Bodies pass unchanged otherwise; hop-by-hop headers are
+  dropped (a chunked answer is re-sent with a Content-Length).
 - `TcpLatencyRelay`: a byte-level TCP relay that delays every chunk by half a round
   trip in each direction without serialising them (like a long link), and charges a
   round trip for connection set-up; it counts connections and bytes.
@@ -17,12 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import http.client
+import json
+import random
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -52,18 +63,54 @@ class _BackgroundService(Service):
 # --------------------------------------------------------------------------- HTTP
 
 
+class FaultMode(enum.Enum):
+    """What an injected fault does to a request (see `HttpRelay.inject_fault`)."""
+
+    ANSWER = "answer"  # `status`, `headers`, `body`, without contacting the server
+    RESET = "reset"  # connection reset before any byte of the answer
+    STALL = "stall"  # accept the request, send nothing for `hold_s`, then close
+    DRIP = "drip"  # the server's headers at once, then its body at `drip_bytes_per_s`
+    RESET_MID_BODY = "reset-mid-body"  # headers and half the body, then a reset
+    WRONG_LENGTH = "wrong-length"  # Content-Length off by `length_delta`, then close
+    CUT_MULTIPART = "cut-multipart"  # multipart without its closing boundary
+    FEWER_PARTS = "fewer-parts"  # multipart with its last part left out
+    GARBAGE_PART = "garbage-part"  # first part: random bytes, Content-Type `label`
+    DROP_TAGS = "drop-tags"  # a JSON list whose objects lose the keys `drop_tags`
+
+
 @dataclass
 class Fault:
-    """An injected answer: the next `remaining` requests whose path holds `path_contains`."""
+    """An injected fault for the next `remaining` requests whose path holds
+    `path_contains`, each hit with probability `rate` (seeded by `seed`)."""
 
     status: int
     remaining: int
     path_contains: str = ""
     body: bytes = DEFAULT_FAULT_BODY
     headers: dict[str, str] = field(default_factory=dict)
+    mode: FaultMode = FaultMode.ANSWER
+    rate: float = 1.0
+    seed: int = 0
+    hold_s: float = 30.0
+    drip_bytes_per_s: float = 1.0
+    length_delta: int = 1000
+    label: str = "image/jpeg"
+    drop_tags: tuple[str, ...] = ()
+    served: int = 0  # requests this fault answered
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
 
     def matches(self, path: str) -> bool:
         return self.remaining > 0 and self.path_contains in path
+
+    def strikes(self) -> bool:
+        """Whether this matching request is hit (always at rate 1)."""
+        return self.rate >= 1.0 or self._rng.random() < self.rate
+
+    def garbage(self, size: int) -> bytes:
+        return self._rng.randbytes(size)
 
 
 class _ProxyServer(ThreadingHTTPServer):
@@ -123,8 +170,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         fault = relay.record(self.command, self.path)
         if relay.latency_s > 0:
             time.sleep(relay.latency_s)
-        if fault is not None:
-            self._answer(fault.status, list(fault.headers.items()), fault.body)
+        if fault is not None and fault.mode in LOCAL_FAULTS:
+            LOCAL_FAULTS[fault.mode](self, fault)
             return
         try:
             status, headers, payload = self._forward(body)
@@ -133,7 +180,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             message = f"relay: upstream failed: {error}".encode()
             self._answer(502, [("Content-Type", "text/plain")], message)
             return
-        self._answer(status, headers, payload)
+        if fault is None:
+            self._answer(status, headers, payload)
+        elif fault.mode in DELIVERY_FAULTS:
+            DELIVERY_FAULTS[fault.mode](self, fault, status, headers, payload)
+        else:
+            headers, payload = BODY_FAULTS[fault.mode](fault, headers, payload)
+            self._answer(status, headers, payload)
 
     def _read_request_body(self) -> bytes | None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -172,14 +225,135 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
         """Send status line, headers and body in one write (no Nagle stall between them)."""
-        reason = self.responses.get(status, ("",))[0]
         lengths = [value for name, value in headers if name.lower() == "content-length"]
-        length = lengths[0] if self.command == "HEAD" and lengths else str(len(payload))
+        length = int(lengths[0]) if self.command == "HEAD" and lengths else len(payload)
+        head = self._head(status, headers, length)
+        self.wfile.write(head if self.command == "HEAD" else head + payload)
+
+    def _head(self, status: int, headers: list[tuple[str, str]], length: int) -> bytes:
+        """The status line and headers, with `length` as the Content-Length."""
+        reason = self.responses.get(status, ("",))[0]
         lines = [f"HTTP/1.1 {status} {reason}"]
         lines += [f"{name}: {value}" for name, value in headers if name.lower() != "content-length"]
         lines.append(f"Content-Length: {length}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head if self.command == "HEAD" else head + payload)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def reset_connection(self) -> None:
+        """Abort the client connection with a TCP reset (SO_LINGER 0)."""
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        self.close_connection = True
+
+    def send_slowly(self, data: bytes, bytes_per_s: float, hold_s: float) -> None:
+        """Write `data` at `bytes_per_s` until done, the client leaves, `hold_s` passes or
+        the relay stops."""
+        stopping = self.server.relay.stopping
+        end = time.monotonic() + hold_s
+        for index in range(len(data)):
+            if stopping.wait(1.0 / bytes_per_s) or time.monotonic() > end:
+                break
+            try:
+                self.wfile.write(data[index : index + 1])
+            except OSError:
+                break
+        self.close_connection = True
+
+
+# -- faults: each answers one request in its own way ----------------------------------
+
+Headers = list[tuple[str, str]]
+
+
+def _answer_fault(handler: _ProxyHandler, fault: Fault) -> None:
+    handler._answer(fault.status, list(fault.headers.items()), fault.body)
+
+
+def _reset_fault(handler: _ProxyHandler, fault: Fault) -> None:
+    handler.reset_connection()
+
+
+def _stall_fault(handler: _ProxyHandler, fault: Fault) -> None:
+    handler.server.relay.stopping.wait(fault.hold_s)
+    handler.close_connection = True
+
+
+def _drip_fault(
+    handler: _ProxyHandler, fault: Fault, status: int, headers: Headers, payload: bytes
+) -> None:
+    handler.wfile.write(handler._head(status, headers, len(payload)))
+    handler.send_slowly(payload, fault.drip_bytes_per_s, fault.hold_s)
+
+
+def _reset_mid_body_fault(
+    handler: _ProxyHandler, fault: Fault, status: int, headers: Headers, payload: bytes
+) -> None:
+    handler.wfile.write(handler._head(status, headers, len(payload)) + payload[: len(payload) // 2])
+    handler.reset_connection()
+
+
+def _wrong_length_fault(
+    handler: _ProxyHandler, fault: Fault, status: int, headers: Headers, payload: bytes
+) -> None:
+    length = max(0, len(payload) + fault.length_delta)
+    handler.wfile.write(handler._head(status, headers, length) + payload)
+    handler.close_connection = True
+
+
+def _boundary(headers: Headers) -> bytes:
+    message = Message()
+    message["content-type"] = next((v for k, v in headers if k.lower() == "content-type"), "")
+    boundary = message.get_param("boundary")
+    if not isinstance(boundary, str):
+        raise ValueError("relay: the answer to cut is not multipart")
+    return b"--" + boundary.encode("ascii")
+
+
+def _cut_multipart(fault: Fault, headers: Headers, payload: bytes) -> tuple[Headers, bytes]:
+    closing = payload.rfind(b"\r\n" + _boundary(headers) + b"--")
+    return headers, payload[:closing]
+
+
+def _fewer_parts(fault: Fault, headers: Headers, payload: bytes) -> tuple[Headers, bytes]:
+    delimiter = _boundary(headers)
+    pieces = payload.split(delimiter)  # preamble, parts..., closing "--" and epilogue
+    return headers, delimiter.join(pieces[:-2] + pieces[-1:])
+
+
+def _garbage_part(fault: Fault, headers: Headers, payload: bytes) -> tuple[Headers, bytes]:
+    delimiter = _boundary(headers)
+    pieces = payload.split(delimiter)
+    head, _, content = pieces[1].partition(b"\r\n\r\n")
+    kept = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"content-type")]
+    head = b"\r\n".join([*kept, f"Content-Type: {fault.label}".encode()])
+    pieces[1] = head + b"\r\n\r\n" + fault.garbage(len(content) - 2) + b"\r\n"
+    return headers, delimiter.join(pieces)
+
+
+def _drop_tags(fault: Fault, headers: Headers, payload: bytes) -> tuple[Headers, bytes]:
+    items = json.loads(payload)
+    for item in items:
+        for tag in fault.drop_tags:
+            item.pop(tag, None)
+    return headers, json.dumps(items).encode()
+
+
+LOCAL_FAULTS: dict[FaultMode, Callable[[_ProxyHandler, Fault], None]] = {
+    FaultMode.ANSWER: _answer_fault,
+    FaultMode.RESET: _reset_fault,
+    FaultMode.STALL: _stall_fault,
+}
+DELIVERY_FAULTS: dict[FaultMode, Callable[[_ProxyHandler, Fault, int, Headers, bytes], None]] = {
+    FaultMode.DRIP: _drip_fault,
+    FaultMode.RESET_MID_BODY: _reset_mid_body_fault,
+    FaultMode.WRONG_LENGTH: _wrong_length_fault,
+}
+BODY_FAULTS: dict[FaultMode, Callable[[Fault, Headers, bytes], tuple[Headers, bytes]]] = {
+    FaultMode.CUT_MULTIPART: _cut_multipart,
+    FaultMode.FEWER_PARTS: _fewer_parts,
+    FaultMode.GARBAGE_PART: _garbage_part,
+    FaultMode.DROP_TAGS: _drop_tags,
+}
 
 
 class HttpRelay(_BackgroundService):
@@ -194,6 +368,7 @@ class HttpRelay(_BackgroundService):
         self.upstream_port = upstream_port
         self.latency_s = latency_s
         self.requests: list[tuple[str, str]] = []
+        self.stopping = threading.Event()  # set by stop(): stalled and dripping answers end
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._server: _ProxyServer | None = None
@@ -201,6 +376,7 @@ class HttpRelay(_BackgroundService):
 
     def start(self) -> HttpRelay:
         """Listen on a free loopback port and serve from a background thread."""
+        self.stopping.clear()
         self._server = _ProxyServer(self)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
@@ -215,6 +391,7 @@ class HttpRelay(_BackgroundService):
         server, self._server = self._server, None
         if server is None:
             return
+        self.stopping.set()
         server.shutdown()
         server.close_client_sockets()
         server.server_close()
@@ -224,16 +401,44 @@ class HttpRelay(_BackgroundService):
     def inject(
         self,
         status: int,
-        times: int,
+        times: int | None,
         path_contains: str = "",
         body: bytes = DEFAULT_FAULT_BODY,
         headers: dict[str, str] | None = None,
-    ) -> None:
-        """Answer the next `times` requests whose path contains `path_contains` with
-        `status` and `body` (default Content-Type text/html), without contacting upstream."""
+    ) -> Fault:
+        """Answer the next `times` requests (None: all) whose path contains `path_contains`
+        with `status` and `body` (default Content-Type text/html), without contacting
+        upstream."""
+        return self.inject_fault(FaultMode.ANSWER, times, path_contains, status=status,
+                                 body=body, headers=headers)
+
+    def inject_fault(
+        self,
+        mode: FaultMode,
+        times: int | None = 1,
+        path_contains: str = "",
+        *,
+        headers: dict[str, str] | None = None,
+        **options: Any,
+    ) -> Fault:
+        """Inject `mode` into the next `times` requests whose path contains
+        `path_contains` (None: every one until `clear_faults`); `rate=0.3, seed=1` hits
+        a seeded random fraction of them instead. Other options are `Fault` fields
+        (`status`, `body`, `hold_s`, `drip_bytes_per_s`, `length_delta`, `label`,
+        `drop_tags`). Returns the fault; its `served` counts the requests it hit."""
         fault_headers = {"Content-Type": "text/html; charset=utf-8", **(headers or {})}
+        options.setdefault("status", 200)
+        remaining = sys.maxsize if times is None else times
+        fault = Fault(remaining=remaining, path_contains=path_contains, headers=fault_headers,
+                      mode=mode, **options)
         with self._lock:
-            self._faults.append(Fault(status, times, path_contains, body, fault_headers))
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """Drop pending faults; the record of requests is kept."""
+        with self._lock:
+            self._faults.clear()
 
     def count(self, substring: str = "") -> int:
         """How many recorded requests have `substring` in their path."""
@@ -251,9 +456,10 @@ class HttpRelay(_BackgroundService):
         that answers it, if any. Called by the relay's request handlers."""
         with self._lock:
             self.requests.append((method, path))
-            fault = next((f for f in self._faults if f.matches(path)), None)
+            fault = next((f for f in self._faults if f.matches(path) and f.strikes()), None)
             if fault is not None:
                 fault.remaining -= 1
+                fault.served += 1
                 if fault.remaining == 0:
                     self._faults.remove(fault)
             return fault
