@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from idcfs import __version__
 
+SOURCES = ("aws", "gcs", "proxy")  # where IDC frames come from (idcfs.mount.connect)
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -100,11 +102,21 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
         "mount",
         help="mount slides (IDC by default)",
         description="Mount slide-microscopy series as MOUNTPOINT/studies/<study>/<series>/ "
-        "(and MOUNTPOINT/collections/<id>/... with a catalog). Without --url: all of IDC "
-        "through its public DICOMweb proxy, the tree read from the offline IDC index. "
-        "Returns once the mount is ready and serves in the background, unless --foreground.",
+        "(and MOUNTPOINT/collections/<id>/... with a catalog). By default: all of IDC, "
+        "the tree read from the offline IDC index, the frames read by byte ranges from "
+        "IDC's open AWS bucket (no quota). Returns once the mount is ready and serves in "
+        "the background, unless --foreground.",
     )
     mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    mount.add_argument("--source", choices=SOURCES, default=None,
+                       help="where IDC's frames come from: its AWS bucket (default), its "
+                       "GCS bucket, or its DICOMweb proxy (a daily quota)")
+    mount.add_argument("--s3-endpoint", metavar="URL",
+                       help="an S3-compatible endpoint holding IDC's bucket layout (a "
+                       "mirror), or the endpoint of --files s3://...")
+    mount.add_argument("--files", metavar="LOCATION",
+                       help="serve the DICOM files under a folder, s3://bucket/prefix or "
+                       "gs://bucket/prefix; the tree comes from their headers")
     mount.add_argument("--url", help="DICOMweb base URL, e.g. http://127.0.0.1:8042/dicom-web "
                        "(default: IDC's public proxy)")
     mount.add_argument("--catalog", metavar="FILE",
@@ -202,6 +214,7 @@ def mount(args: argparse.Namespace) -> None:
         fail(f"{args.mountpoint} is already mounted")
     if args.query and args.catalog not in (None, "idc"):
         fail("--query works on the IDC index; it cannot be combined with --catalog FILE")
+    _check_source_options(args)
     config = MountConfig(
         mountpoint=mountpoint,
         url=args.url,
@@ -214,6 +227,9 @@ def mount(args: argparse.Namespace) -> None:
         cache_dir=args.cache_dir.resolve() if args.cache_dir else None,
         disk_cache_bytes=args.disk_cache_size,
         readahead_bytes=args.readahead_size,
+        source=args.source,
+        s3_endpoint=args.s3_endpoint,
+        files=args.files,
     )
     if args.quality is not None:
         config.quality = args.quality
@@ -225,6 +241,23 @@ def mount(args: argparse.Namespace) -> None:
     else:
         log_file = args.log_file or DEFAULT_LOG / "idcfs.log"
         _serve_in_background(config, log_file, args.debug, args.pid_file)
+
+
+def _check_source_options(args: argparse.Namespace) -> None:
+    """One source per mount: refuse combinations that would silently ignore an option."""
+    if args.files:
+        clashing = [name for name, value in (("--url", args.url), ("--catalog", args.catalog),
+                                             ("--collection", args.collection),
+                                             ("--query", args.query),
+                                             ("--source", args.source)) if value]
+        if clashing:
+            fail(f"--files makes its own tree; it cannot be combined with {clashing[0]}")
+        if args.s3_endpoint and not args.files.startswith("s3://"):
+            fail("--s3-endpoint works with --files s3://...")
+    if args.url and args.source in ("aws", "gcs"):
+        fail(f"--url is a DICOMweb server; it cannot be combined with --source {args.source}")
+    if args.s3_endpoint and (args.url or args.source in ("gcs", "proxy")):
+        fail("--s3-endpoint is for IDC's AWS bucket layout; drop --url / --source")
 
 
 def _serve_or_fail(config: MountConfig, on_ready: Callable[[], None]) -> None:

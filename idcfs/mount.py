@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,15 @@ from idcfs.fuse.pagecache import PageCacheFiller
 from idcfs.metrics import Metrics
 from idcfs.source.base import FrameSource
 from idcfs.source.dicomweb import DEFAULT_TIMEOUT_S, ClientSettings, DicomWebClient
+from idcfs.source.files import (
+    FileFrameSource,
+    FileSourceSettings,
+    HeaderReader,
+    PrefixSeriesFiles,
+    idc_bucket_prefix,
+)
+from idcfs.source.folder import FolderCatalog
+from idcfs.source.objects import BucketSettings, HttpBucketStore, LocalFolderStore, ObjectStore
 from idcfs.tiles.convert import DEFAULT_QUALITY
 
 log = logging.getLogger(__name__)
@@ -45,6 +55,8 @@ IDC_PROXY_URL = (
     "viewer-only-no-downloads-see-tinyurl-dot-com-slash-3j3d9jyp/dicomWeb"
 )
 IDC_MAX_CONNECTIONS = 16
+IDC_BUCKET = "idc-open-data"
+BUCKET_ENDPOINTS = {"aws": "https://s3.amazonaws.com", "gcs": "https://storage.googleapis.com"}
 FUSE_MAX_TASKS = 128
 STATS_FILE = ".idcfs-stats.json"
 
@@ -70,6 +82,18 @@ class MountConfig:
     disk_cache_bytes: int = 10 << 30
     readahead_bytes: int = 64 << 20
     timeout: float = DEFAULT_TIMEOUT_S  # the deadline of every open and read (seconds)
+    source: str | None = None  # aws, gcs or proxy (IDC); None: aws, or DICOMweb with --url
+    s3_endpoint: str | None = None  # another S3-compatible endpoint for the buckets
+    files: str | None = None  # a folder, s3://bucket/prefix or gs://bucket/prefix
+
+    @property
+    def source_kind(self) -> str:
+        """Where frames come from: "dicomweb", "aws", "gcs" or "files"."""
+        if self.files:
+            return "files"
+        if self.url or self.source == "proxy":
+            return "dicomweb"
+        return self.source or "aws"
 
     @property
     def server_url(self) -> str:
@@ -77,6 +101,8 @@ class MountConfig:
 
     @property
     def uses_idc_index(self) -> bool:
+        if self.files:
+            return False
         return self.url is None or self.catalog == "idc" or bool(self.collections or self.query)
 
     @property
@@ -86,7 +112,7 @@ class MountConfig:
         return self.max_connections
 
 
-def build_catalog(config: MountConfig, client: DicomWebClient) -> Catalog:
+def build_catalog(config: MountConfig, client: DicomWebClient | None) -> Catalog:
     """The catalog the options ask for; SetupError with a one-line reason otherwise."""
     try:
         if config.uses_idc_index:
@@ -99,6 +125,8 @@ def build_catalog(config: MountConfig, client: DicomWebClient) -> Catalog:
             return FileCatalog(Path(config.catalog))
     except ValueError as error:
         raise SetupError(str(error).splitlines()[0] if str(error) else repr(error)) from None
+    if client is None:
+        raise SetupError("a catalog is needed: --catalog FILE or the IDC index")
     from idcfs.catalog.qido import QidoCatalog
 
     return QidoCatalog(client)
@@ -154,12 +182,80 @@ def connect_source(config: MountConfig, metrics: Metrics) -> DicomWebClient:
     return client
 
 
+def bucket_store(config: MountConfig, scheme: str, bucket: str) -> HttpBucketStore:
+    """The bucket `bucket` of AWS (scheme s3/aws, or --s3-endpoint) or GCS (gs/gcs)."""
+    if scheme in ("s3", "aws"):
+        endpoint = config.s3_endpoint or BUCKET_ENDPOINTS["aws"]
+    else:
+        endpoint = BUCKET_ENDPOINTS["gcs"]
+    settings = BucketSettings(max_connections=config.max_connections, call_timeout=config.timeout)
+    try:
+        return HttpBucketStore(endpoint, bucket, settings)
+    except ValueError as error:
+        raise SetupError(f"--s3-endpoint: {error}") from None
+
+
+def files_store(config: MountConfig) -> tuple[ObjectStore, str]:
+    """The store and key prefix of --files LOCATION."""
+    location = config.files or ""
+    scheme, found, rest = location.partition("://")
+    if not found:
+        folder = Path(location).expanduser()
+        if not folder.is_dir():
+            raise SetupError(f"--files {location}: not a folder")
+        return LocalFolderStore(folder.resolve()), ""
+    if scheme not in ("s3", "gs"):
+        raise SetupError(f"--files {location}: use a folder, s3://bucket/prefix or "
+                         "gs://bucket/prefix")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise SetupError(f"--files {location}: no bucket named")
+    return bucket_store(config, scheme, bucket), prefix
+
+
+def check_store(store: ObjectStore, config: MountConfig, prefix: str = "") -> None:
+    """One listing page, so a wrong endpoint or bucket fails the mount in one line."""
+    try:
+        store.probe(prefix, time.monotonic() + config.timeout)
+    except IdcfsError as error:
+        raise SetupError(f"cannot read {store.description}: {error}") from None
+
+
+def connect(config: MountConfig, metrics: Metrics,
+            disk: DiskCache | None) -> tuple[FrameSource, Catalog]:
+    """The frame source and the catalog the options ask for, checked to answer."""
+    kind = config.source_kind
+    if kind == "dicomweb":
+        client = connect_source(config, metrics)
+        return client, build_catalog(config, client)
+    settings = FileSourceSettings(timeout=config.timeout, parallel_reads=config.max_connections)
+    if kind == "files":
+        store, prefix = files_store(config)
+        check_store(store, config, prefix)
+        headers = HeaderReader(store, disk)
+        folder = FolderCatalog(store, headers, prefix, config.timeout)
+        try:
+            folder.scan()
+        except IdcfsError as error:
+            raise SetupError(f"cannot read the files in {config.files}: {error}") from None
+        return FileFrameSource(store, folder, disk, settings, headers), folder
+    catalog = build_catalog(config, None)
+    store = bucket_store(config, kind, IDC_BUCKET)
+    check_store(store, config)
+    series_files = PrefixSeriesFiles(store, idc_bucket_prefix(catalog, IDC_BUCKET))
+    return FileFrameSource(store, series_files, disk, settings), catalog
+
+
 def build_mount(config: MountConfig) -> Mounted:
     """Check the server and build every part of the mount."""
     metrics = Metrics()
-    client = connect_source(config, metrics)
-    catalog = build_catalog(config, client)
     disk = DiskCache(config.cache_dir, config.disk_cache_bytes) if config.cache_dir else None
+    try:
+        client, catalog = connect(config, metrics, disk)
+    except BaseException:
+        if disk is not None:
+            disk.close()
+        raise
     tiles = TileCache(ByteLRU(config.cache_bytes), ByteLRU(config.readahead_bytes), disk,
                       config.quality, metrics)
     loader = TileLoader(client, tiles, metrics, quality=config.quality,

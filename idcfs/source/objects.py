@@ -61,12 +61,17 @@ class ObjectStore(Protocol):
         """What the log says this store is (no credentials)."""
         ...
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
-        """Every object whose key starts with `prefix` (all pages), sorted by key."""
+    def list(self, prefix: str, deadline: float | None = None) -> list[ObjectInfo]:
+        """Every object whose key starts with `prefix` (all pages), sorted by key;
+        finished by `deadline` (monotonic) when given."""
         ...
 
     def read(self, key: str, start: int, length: int, deadline: float) -> bytes:
         """Bytes [start, start + length) of `key`, finished by `deadline` (monotonic)."""
+        ...
+
+    def probe(self, prefix: str, deadline: float) -> None:
+        """Check the store answers (one request at most); FetchError when it does not."""
         ...
 
     def size(self, key: str) -> int:
@@ -139,7 +144,7 @@ class LocalFolderStore:
     def description(self) -> str:
         return f"local folder {self.root}"
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list(self, prefix: str, deadline: float | None = None) -> list[ObjectInfo]:
         self._counters.request("list")
         folder = self.root / prefix.rpartition("/")[0]
         try:
@@ -147,6 +152,10 @@ class LocalFolderStore:
         except OSError as error:
             raise FetchError(f"{self.description}: listing {prefix!r}: {error}") from error
         return sorted(found, key=lambda info: info.key)
+
+    def probe(self, prefix: str, deadline: float) -> None:
+        if not self.root.is_dir():
+            raise FetchError(f"{self.description}: not a folder")
 
     def _walk(self, folder: Path) -> Iterator[ObjectInfo]:
         if not folder.is_dir():
@@ -379,8 +388,15 @@ class HttpBucketStore:
                 self._fail(call, "the listing repeats a continuation token")
             seen_tokens.add(token)
 
-    def _list_call(self, prefix: str, token: str | None, deadline: float) -> _Call:
-        query = {"list-type": "2", "prefix": prefix, "max-keys": str(self.settings.page_size)}
+    def probe(self, prefix: str, deadline: float) -> None:
+        """One listing page of at most one key: the endpoint and bucket answer."""
+        call = self._list_call(prefix, None, deadline, page_size=1)
+        self._send(call, lambda response: self._page(call, response))
+
+    def _list_call(self, prefix: str, token: str | None, deadline: float,
+                   page_size: int | None = None) -> _Call:
+        keys = page_size or self.settings.page_size
+        query = {"list-type": "2", "prefix": prefix, "max-keys": str(keys)}
         if token is not None:
             query["continuation-token"] = token
         path = f"{self._bucket_path}?{urlencode(query, quote_via=quote)}"

@@ -1,0 +1,351 @@
+"""Frames straight from DICOM files by byte ranges: IDC's open buckets, any S3-compatible
+bucket, or a local folder (issue 13).
+
+A `FileFrameSource` holds an `ObjectStore` (`idcfs.source.objects`) and a `SeriesFiles`
+(which objects hold a series' instances). Entering a series costs one listing and one
+header read per instance, all in parallel; the header is parsed by pydicom into DICOM
+JSON (`idcfs.source.dicomfile`), so the slide model comes out as it does from DICOMweb.
+An instance's frame index (offset tables, TIFF tags or a scan) is built on its first
+frame read, never by a listing, and kept (in memory and, with `--cache-dir`, on disk), so
+it is built once. A batch of frames is one ranged GET per run of consecutive frames
+(bounded in bytes), the runs of a batch in flight together.
+
+An instance's location is `<key>#<size>`: the object and its size at listing time, so a
+remount served from the disk cache needs no listing, and a file that changed size is not
+read through a stale frame index (the index is keyed by both).
+
+Every served JPEG ends at its EOI: DICOM's pad byte after an odd-length frame is removed
+(`dicomfile.strip_jpeg_padding`), as it is for DICOMweb answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from idcfs.catalog.base import Catalog
+from idcfs.errors import FetchError, MetadataError, NotFoundError
+from idcfs.slide.model import InstanceInfo
+from idcfs.source.base import Frame, InstanceMetadata
+from idcfs.source.dicomfile import (
+    FileHeader,
+    FrameIndex,
+    FramePosition,
+    frame_bytes,
+    frame_index,
+    read_header,
+    strip_jpeg_padding,
+)
+from idcfs.source.objects import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 30.0
+MAX_RUN_BYTES = 8 * 1024 * 1024  # one ranged GET covers consecutive frames up to this
+MERGE_GAP = 4096  # frames this close (item headers, pad bytes) share one GET
+HEADER_DISK_KEY = "file-header-v1"
+INDEX_DISK_KEY = "frame-index-v1"
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+class KeyValueStore(Protocol):
+    """Where headers and frame indexes survive a remount (the disk cache, if any)."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+
+class SeriesFiles(Protocol):
+    """Which objects of the store hold the instances of a series."""
+
+    def series_objects(self, study_uid: str, series_uid: str,
+                       deadline: float) -> list[ObjectInfo]:
+        """The series' instance files; NotFoundError when the series has none."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileSourceSettings:
+    """Limits of a `FileFrameSource` (seconds, bytes, threads)."""
+
+    timeout: float = DEFAULT_TIMEOUT_S  # the deadline of one call (listing + headers, a batch)
+    parallel_reads: int = 16  # header reads and runs in flight at once
+    max_run_bytes: int = MAX_RUN_BYTES
+
+
+def location_of(info: ObjectInfo) -> str:
+    return f"{info.key}#{info.size}"
+
+
+def parse_location(location: str) -> ObjectInfo:
+    """Inverse of `location_of`; FetchError for anything else."""
+    key, _, size = location.rpartition("#")
+    if not key or not size.isdigit():
+        raise FetchError(f"not a file location: {location!r}")
+    return ObjectInfo(key, int(size))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One ranged GET: bytes [start, end) holding the frames `numbers` (1-based)."""
+
+    start: int
+    end: int
+    numbers: tuple[int, ...]
+
+
+def plan_runs(index: Sequence[FramePosition], numbers: Sequence[int],
+              max_bytes: int = MAX_RUN_BYTES, gap: int = MERGE_GAP) -> list[_Run]:
+    """Group the frames asked into runs of nearby frames, each at most `max_bytes`
+    (a single frame larger than that is a run of its own)."""
+    runs: list[_Run] = []
+    for number in sorted(set(numbers)):
+        position = index[number - 1]
+        last = runs[-1] if runs else None
+        if (last is not None and 0 <= position.start - last.end <= gap
+                and position.end - last.start <= max_bytes):
+            runs[-1] = _Run(last.start, position.end, (*last.numbers, number))
+        else:
+            runs.append(_Run(position.start, position.end, (number,)))
+    return runs
+
+
+class FileFrameSource:
+    """A `FrameSource` over DICOM instance files in an object store."""
+
+    def __init__(self, store: ObjectStore, series_files: SeriesFiles,
+                 kept: KeyValueStore | None = None,
+                 settings: FileSourceSettings | None = None,
+                 headers: HeaderReader | None = None) -> None:
+        self.store = store
+        self.series_files = series_files
+        self.settings = settings or FileSourceSettings()
+        self.headers = headers or HeaderReader(store, kept)
+        self._kept = kept
+        self._indexes: dict[str, FrameIndex] = {}
+        self._index_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(self.settings.parallel_reads, "idcfs-ranges")
+
+    @property
+    def description(self) -> str:
+        return f"DICOM files in {self.store.description}"
+
+    def statistics(self) -> dict[str, Any]:
+        return self.store.statistics()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+
+    # -- series ---------------------------------------------------------------------
+
+    def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceMetadata]:
+        """List the series' files and read every header, in parallel."""
+        deadline = self._deadline()
+        objects = self.series_files.series_objects(study_uid, series_uid, deadline)
+        headers = self._map(lambda info: self.headers.header(info, deadline), objects)
+        found = [
+            InstanceMetadata(location_of(info), header.dicom_json)
+            for info, header in zip(objects, headers, strict=True)
+            if _series_uid(header) in (series_uid, "")
+        ]
+        if not found:
+            raise NotFoundError(f"series {series_uid}: no instance files in "
+                                f"{self.store.description}")
+        return found
+
+    # -- frames ---------------------------------------------------------------------
+
+    def frames(self, instance: InstanceInfo, numbers: Sequence[int]) -> list[Frame]:
+        """Frames `numbers` (1-based) as stored: one ranged GET per run, runs in parallel."""
+        deadline = self._deadline()
+        info = parse_location(instance.location)
+        header, index = self._indexed(info, deadline)
+        for number in numbers:
+            if not 1 <= number <= len(index):
+                raise FetchError(f"{info.key}: frame {number} of {len(index)}")
+        runs = plan_runs(index, numbers, self.settings.max_run_bytes)
+        bodies = self._map(lambda run: self._read(info, run.start, run.end - run.start,
+                                                  deadline), runs)
+        by_number: dict[int, bytes] = {}
+        for run, body in zip(runs, bodies, strict=True):
+            for number in run.numbers:
+                by_number[number] = _served(frame_bytes(body, run.start, index[number - 1]),
+                                            header)
+        return [Frame(by_number[number], header.transfer_syntax) for number in numbers]
+
+    def instance_file_size(self, instance: InstanceInfo) -> int:
+        """The size of the instance's file, as listed (for `dicom/<uid>.dcm`)."""
+        return parse_location(instance.location).size
+
+    def read_instance_file(self, instance: InstanceInfo, start: int, length: int) -> bytes:
+        """Bytes of the instance's file as stored; fewer only at its end."""
+        info = parse_location(instance.location)
+        length = max(0, min(length, info.size - start))
+        return self._read(info, start, length, self._deadline())
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _indexed(self, info: ObjectInfo, deadline: float) -> tuple[FileHeader, FrameIndex]:
+        header = self.headers.header(info, deadline)
+        name = location_of(info)
+        with self._lock:
+            index = self._indexes.get(name)
+            lock = self._index_locks.setdefault(name, threading.Lock())
+        if index is not None:
+            return header, index
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise FetchError(f"{info.key}: frame index not ready by the deadline")
+        try:
+            with self._lock:
+                index = self._indexes.get(name)
+            if index is None:
+                index = self._build_index(info, header, deadline)
+                with self._lock:
+                    self._indexes[name] = index
+            return header, index
+        finally:
+            lock.release()
+
+    def _build_index(self, info: ObjectInfo, header: FileHeader, deadline: float) -> FrameIndex:
+        disk_key = f"{INDEX_DISK_KEY}/{self.store.description}/{location_of(info)}"
+        kept = self._kept.get(disk_key) if self._kept is not None else None
+        if kept is not None:
+            try:
+                return FrameIndex.from_bytes(kept)
+            except FetchError as error:
+                log.warning("%s: %s; building it again", info.key, error)
+        began = time.monotonic()
+        index = frame_index(lambda start, length: self._read(info, start, length, deadline),
+                            info.size, header)
+        log.debug("%s: %d frames located (%s) in %.3f s", info.key, len(index), index.method,
+                  time.monotonic() - began)
+        if self._kept is not None:
+            self._kept.put(disk_key, index.to_bytes())
+        return index
+
+    def _read(self, info: ObjectInfo, start: int, length: int, deadline: float) -> bytes:
+        return self.store.read(info.key, start, length, deadline)
+
+    def _map(self, work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """`work` over `items` on the read pool (inline for one item); the first error."""
+        if len(items) <= 1:
+            return [work(item) for item in items]
+        futures = [self._pool.submit(work, item) for item in items]
+        return [future.result() for future in futures]
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.settings.timeout
+
+
+class HeaderReader:
+    """Instance headers by object, read once: kept in memory and in `kept` (keyed by the
+    store, the key and the size, so a changed file is read again)."""
+
+    def __init__(self, store: ObjectStore, kept: KeyValueStore | None = None) -> None:
+        self.store = store
+        self._kept = kept
+        self._headers: dict[str, FileHeader] = {}
+        self._lock = threading.Lock()
+
+    def header(self, info: ObjectInfo, deadline: float) -> FileHeader:
+        name = location_of(info)
+        with self._lock:
+            header = self._headers.get(name)
+        if header is None:
+            header = self._kept_header(name) or self._read_header(info, deadline)
+            with self._lock:
+                self._headers[name] = header
+        return header
+
+    def _kept_header(self, name: str) -> FileHeader | None:
+        body = self._kept.get(self._disk_key(name)) if self._kept is not None else None
+        if body is None:
+            return None
+        try:
+            return FileHeader.from_json(json.loads(body))
+        except (ValueError, MetadataError) as error:
+            log.warning("disk cache: unreadable header of %s (%s); reading it again", name,
+                        error)
+            return None
+
+    def _read_header(self, info: ObjectInfo, deadline: float) -> FileHeader:
+        def read(start: int, length: int) -> bytes:
+            return self.store.read(info.key, start, length, deadline)
+
+        try:
+            header = read_header(read, info.size)
+        except MetadataError as error:
+            raise MetadataError(f"{info.key}: {error}") from error
+        if self._kept is not None:
+            self._kept.put(self._disk_key(location_of(info)), json.dumps(header.to_json()).encode())
+        return header
+
+    def _disk_key(self, name: str) -> str:
+        return f"{HEADER_DISK_KEY}/{self.store.description}/{name}"
+
+
+def _served(data: bytes, header: FileHeader) -> bytes:
+    """A frame as served: JPEG family without DICOM's trailing pad byte."""
+    return strip_jpeg_padding(data) if header.encapsulated else data
+
+
+def _series_uid(header: FileHeader) -> str:
+    value = header.dicom_json.get("0020000E", {}).get("Value") or [""]
+    return str(value[0])
+
+
+# --------------------------------------------------------------------------- where series are
+
+
+class PrefixSeriesFiles:
+    """Series found by a key prefix the catalog gives (IDC: `<crdc_series_uuid>/`)."""
+
+    def __init__(self, store: ObjectStore, prefix_of: Callable[[str, str], str]) -> None:
+        self.store = store
+        self.prefix_of = prefix_of
+
+    def series_objects(self, study_uid: str, series_uid: str,
+                       deadline: float) -> list[ObjectInfo]:
+        prefix = self.prefix_of(study_uid, series_uid)
+        objects = [info for info in self.store.list(prefix, deadline) if _is_dicom(info)]
+        if not objects:
+            raise NotFoundError(f"series {series_uid}: nothing under {prefix!r} in "
+                                f"{self.store.description}")
+        return objects
+
+
+def idc_bucket_prefix(catalog: Catalog, bucket: str) -> Callable[[str, str], str]:
+    """The key prefix of an IDC series in `bucket`, from the index's `series_aws_url`
+    (`s3://idc-open-data/<crdc_series_uuid>/*`); the GCS bucket uses the same keys."""
+
+    def prefix_of(study_uid: str, series_uid: str) -> str:
+        for entry in catalog.series(study_uid):
+            if entry.series_uid == series_uid:
+                return _prefix_from_url(str(entry.fields.get("series_aws_url") or ""),
+                                        series_uid, bucket)
+        raise NotFoundError(f"series {series_uid} is not in the index")
+
+    return prefix_of
+
+
+def _prefix_from_url(url: str, series_uid: str, bucket: str) -> str:
+    if not url.startswith("s3://"):
+        raise MetadataError(f"series {series_uid}: the index gives no bucket URL")
+    named_bucket, _, path = url[len("s3://"):].partition("/")
+    if named_bucket != bucket:
+        raise MetadataError(f"series {series_uid} is in bucket {named_bucket}, not {bucket}")
+    return path.rstrip("*")
+
+
+def _is_dicom(info: ObjectInfo) -> bool:
+    name = info.key.rpartition("/")[2].lower()
+    return name.endswith(DICOM_SUFFIXES) or "." not in name

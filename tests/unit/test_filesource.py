@@ -1,0 +1,195 @@
+"""Unit tests of idcfs.source.files and idcfs.source.folder: frames out of DICOM files in
+a folder store, in every layout, with the reads counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from idcfs.catalog.base import SeriesEntry
+from idcfs.errors import FetchError, MetadataError, NotFoundError
+from idcfs.slide.parse import parse_slide
+from idcfs.source.base import FrameSource
+from idcfs.source.dicomfile import FramePosition
+from idcfs.source.files import (
+    FileFrameSource,
+    HeaderReader,
+    PrefixSeriesFiles,
+    idc_bucket_prefix,
+    location_of,
+    parse_location,
+    plan_runs,
+)
+from idcfs.source.folder import FolderCatalog
+from idcfs.source.objects import LocalFolderStore, ObjectInfo
+from tests.support.file_layouts import LAYOUTS, LayoutFile, write_layouts
+
+IDC_STYLE = Path(__file__).parent.parent / "data" / "idc-style"
+
+
+class DictStore:
+    """An in-memory key-value store standing in for the disk cache."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.values[key] = data
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LayoutFile]:
+    return write_layouts(tmp_path_factory.mktemp("layouts"))
+
+
+def folder_source(root: Path, kept: DictStore | None = None
+                  ) -> tuple[FileFrameSource, FolderCatalog, LocalFolderStore]:
+    store = LocalFolderStore(root)
+    headers = HeaderReader(store, kept)
+    catalog = FolderCatalog(store, headers)
+    return FileFrameSource(store, catalog, kept, headers=headers), catalog, store
+
+
+def reads(store: LocalFolderStore) -> int:
+    return store.statistics()["requests"].get("read", 0)
+
+
+def test_the_file_source_is_a_frame_source() -> None:
+    source: FrameSource = folder_source(IDC_STYLE)[0]
+    assert "local folder" in source.description
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_every_layout_gives_its_frames(layouts: dict[str, LayoutFile], name: str) -> None:
+    layout = layouts[name]
+    source, catalog, _ = folder_source(layout.path.parent)
+    spec = layout.spec
+    study, series = spec.identity.study_uid, spec.identity.series_uid
+    assert series in [entry.series_uid for entry in catalog.series(study)]
+    instances = source.series_metadata(study, series)
+    slide = parse_slide(study, series, [item.dicom for item in instances],
+                        {item.dicom["00080018"]["Value"][0]: item.location for item in instances})
+    instance = next(iter(slide.instances.values()))
+    numbers = list(range(1, len(layout.frames) + 1))
+    frames = source.frames(instance, numbers)
+    expected = layout.frames
+    if instance.transfer_syntax not in (None, "1.2.840.10008.1.2.1"):
+        expected = [frame[:-1] if frame.endswith(b"\xff\xd9\x00") else frame
+                    for frame in expected]
+    assert [frame.data for frame in frames] == expected
+    backwards = source.frames(instance, numbers[::-1][:3])
+    assert [frame.data for frame in backwards] == expected[::-1][:3]
+
+
+def test_a_batch_of_consecutive_frames_is_one_read(layouts: dict[str, LayoutFile]) -> None:
+    layout = layouts["eot"]
+    source, _, store = folder_source(layout.path.parent)
+    instance = _only_instance(source, layout)
+    source.frames(instance, [1])  # header and frame index built
+    before = reads(store)
+    source.frames(instance, list(range(1, len(layout.frames) + 1)))
+    assert reads(store) - before == 1
+
+
+def test_headers_and_frame_indexes_are_kept_for_the_next_mount(
+        layouts: dict[str, LayoutFile]) -> None:
+    layout = layouts["tiff"]
+    kept = DictStore()
+    first, _, _ = folder_source(layout.path.parent, kept)
+    instance = _only_instance(first, layout)
+    first.frames(instance, [1, 2])
+    assert any(key.startswith("frame-index-v1/") for key in kept.values)
+    second, catalog, store = folder_source(layout.path.parent, kept)
+    catalog.scan()
+    assert reads(store) == 0  # every header came from the kept store
+    assert second.frames(instance, [2])[0].data == layout.frames[1]
+    assert reads(store) == 1  # the frame itself, no index reads
+
+
+def test_a_frame_number_outside_the_instance_is_a_fetch_error(
+        layouts: dict[str, LayoutFile]) -> None:
+    layout = layouts["bot"]
+    source, _, _ = folder_source(layout.path.parent)
+    instance = _only_instance(source, layout)
+    with pytest.raises(FetchError, match="frame 999"):
+        source.frames(instance, [999])
+
+
+def test_a_series_with_no_files_is_not_found(tmp_path: Path) -> None:
+    source, _, _ = folder_source(tmp_path)
+    with pytest.raises(NotFoundError):
+        source.series_metadata("1.2", "3.4")
+
+
+def test_the_folder_catalog_skips_files_that_are_not_dicom() -> None:
+    _, catalog, _ = folder_source(IDC_STYLE)
+    studies = catalog.studies()
+    assert len(studies) == 1
+    entries = catalog.series(studies[0])
+    assert len(entries) == 1
+    assert entries[0].fields["PatientID"] == "IDCSTYLE-0001"
+    assert not catalog.has_collections() and catalog.collections() == []
+
+
+def test_instance_files_are_read_as_stored() -> None:
+    source, catalog, _ = folder_source(IDC_STYLE)
+    study = catalog.studies()[0]
+    series = catalog.series(study)[0].series_uid
+    instances = source.series_metadata(study, series)
+    slide = parse_slide(study, series, [item.dicom for item in instances],
+                        {item.dicom["00080018"]["Value"][0]: item.location for item in instances})
+    for instance in slide.instances.values():
+        path = IDC_STYLE / parse_location(instance.location).key
+        assert source.instance_file_size(instance) == path.stat().st_size
+        data = path.read_bytes()
+        assert source.read_instance_file(instance, 100, 1000) == data[100:1100]
+        assert source.read_instance_file(instance, len(data) - 10, 100) == data[-10:]
+
+
+def test_plan_runs_merges_neighbours_within_the_byte_bound() -> None:
+    index = [FramePosition(i * 100, i * 100 + 92, None) for i in range(10)]
+    runs = plan_runs(index, [3, 1, 2, 7], max_bytes=1000, gap=8)
+    assert [(run.start, run.end, run.numbers) for run in runs] == [
+        (0, 292, (1, 2, 3)), (600, 692, (7,))]
+    assert len(plan_runs(index, list(range(1, 11)), max_bytes=300, gap=8)) == 4
+
+
+def test_locations_carry_key_and_size() -> None:
+    info = ObjectInfo("a#b/c.dcm", 1234)
+    assert parse_location(location_of(info)) == info
+    for bad in ("", "key", "key#", "key#12x"):
+        with pytest.raises(FetchError):
+            parse_location(bad)
+
+
+class OneSeriesCatalog:
+    def series(self, study_uid: str, collection_id: str | None = None) -> list[SeriesEntry]:
+        return [SeriesEntry(study_uid, "9.9", None,
+                            {"series_aws_url": "s3://idc-open-data/0f-uuid/*"})]
+
+
+def test_idc_series_are_found_by_the_index_url(tmp_path: Path) -> None:
+    prefix_of = idc_bucket_prefix(OneSeriesCatalog(), "idc-open-data")  # type: ignore[arg-type]
+    assert prefix_of("1.1", "9.9") == "0f-uuid/"
+    with pytest.raises(NotFoundError):
+        prefix_of("1.1", "8.8")
+    with pytest.raises(MetadataError, match="not elsewhere"):
+        idc_bucket_prefix(OneSeriesCatalog(), "elsewhere")("1.1", "9.9")  # type: ignore[arg-type]
+    (tmp_path / "0f-uuid").mkdir()
+    (tmp_path / "0f-uuid" / "x.dcm").write_bytes(b"")
+    store = LocalFolderStore(tmp_path)
+    found = PrefixSeriesFiles(store, prefix_of).series_objects("1.1", "9.9", 1e18)
+    assert [info.key for info in found] == ["0f-uuid/x.dcm"]
+
+
+def _only_instance(source: FileFrameSource, layout: LayoutFile):  # noqa: ANN202
+    spec = layout.spec
+    study, series = spec.identity.study_uid, spec.identity.series_uid
+    instances = source.series_metadata(study, series)
+    slide = parse_slide(study, series, [item.dicom for item in instances],
+                        {item.dicom["00080018"]["Value"][0]: item.location for item in instances})
+    return next(iter(slide.instances.values()))
