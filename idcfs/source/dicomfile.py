@@ -52,10 +52,13 @@ import pydicom
 from pydicom.encaps import parse_basic_offsets
 from pydicom.uid import UID
 
+from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.dicom.pixels import PixelFormat
 from idcfs.errors import FetchError, IdcfsError, MetadataError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["strip_jpeg_padding"]  # the pad rule, re-exported for callers of this module
 
 Read = Callable[[int, int], bytes]
 """`read(start, length)`: at most `length` bytes from `start`; fewer only at end of file."""
@@ -74,7 +77,6 @@ ITEM = b"\xfe\xff\x00\xe0"
 SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
 UNDEFINED_LENGTH = 0xFFFFFFFF
 IMAGE_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
-JPEG_EOI = b"\xff\xd9"
 _DROPPED = "idcfs:dropped-bulk-data"
 _MAGIC = b"IDCFSFX1"
 METHODS = ("native", "eot", "bot", "tiff", "scan")
@@ -227,14 +229,6 @@ def _item_contents(run: bytes, low: int, high: int, run_start: int) -> Iterator[
             raise FetchError(f"fragment at file offset {run_start + cursor} runs past its frame")
         yield run[cursor + 8 : cursor + 8 + length]
         cursor += 8 + length
-
-
-def strip_jpeg_padding(data: bytes) -> bytes:
-    """The frame without DICOM's trailing pad byte: one 0x00 after an EOI (JPEG) or EOC
-    (JPEG 2000, the same FF D9), so a served JPEG ends at its EOI whatever the source."""
-    if data.endswith(JPEG_EOI + b"\x00"):
-        return data[:-1]
-    return data
 
 
 class _RangeReader:

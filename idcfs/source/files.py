@@ -14,8 +14,8 @@ An instance's location is `<key>#<size>`: the object and its size at listing tim
 remount served from the disk cache needs no listing, and a file that changed size is not
 read through a stale frame index (the index is keyed by both).
 
-Every served JPEG ends at its EOI: DICOM's pad byte after an odd-length frame is removed
-(`dicomfile.strip_jpeg_padding`), as it is for DICOMweb answers.
+Frames are returned as stored, as DICOMweb returns them; the tile layer removes DICOM's
+pad byte so a served JPEG ends at its EOI whatever the source (`idcfs.dicom.frames`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from idcfs.source.dicomfile import (
     frame_bytes,
     frame_index,
     read_header,
-    strip_jpeg_padding,
 )
 from idcfs.source.objects import ObjectInfo, ObjectStore
 
@@ -178,8 +177,7 @@ class FileFrameSource:
         by_number: dict[int, bytes] = {}
         for run, body in zip(runs, bodies, strict=True):
             for number in run.numbers:
-                by_number[number] = _served(frame_bytes(body, run.start, index[number - 1]),
-                                            header)
+                by_number[number] = frame_bytes(body, run.start, index[number - 1])
         return [Frame(by_number[number], header.transfer_syntax) for number in numbers]
 
     def instance_file_size(self, instance: InstanceInfo) -> int:
@@ -291,11 +289,6 @@ class HeaderReader:
 
     def _disk_key(self, name: str) -> str:
         return f"{HEADER_DISK_KEY}/{self.store.description}/{name}"
-
-
-def _served(data: bytes, header: FileHeader) -> bytes:
-    """A frame as served: JPEG family without DICOM's trailing pad byte."""
-    return strip_jpeg_padding(data) if header.encapsulated else data
 
 
 def _series_uid(header: FileHeader) -> str:

@@ -26,6 +26,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.dicom.pixels import PixelFormat
 from idcfs.tiles.decoders import decode_samples
 from idcfs.tiles.errors import TileDecodeError
@@ -66,9 +67,11 @@ def served_jpeg(
 
 
 def _as_stored(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> bytes | None:
-    """The frame itself (RGB: with APP14) when it can be served without re-encoding."""
+    """The frame itself (RGB: with APP14) when it can be served without re-encoding,
+    ending at its EOI (without DICOM's pad byte)."""
     if SYNTAX_CODECS.get(transfer_syntax or "", Codec.JPEG) is not Codec.JPEG:
         return None
+    frame = strip_jpeg_padding(frame)
     info = jpeg_info(frame) if frame.startswith(SOI) else None
     if info is None or not info.is_baseline_8bit:
         return None

@@ -12,6 +12,8 @@ from pathlib import Path
 import pydicom
 from dicomweb_client.api import DICOMwebClient
 
+from idcfs.dicom.frames import strip_jpeg_padding
+
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 AS_STORED = (("application/octet-stream", "*"),)
 
@@ -85,7 +87,8 @@ def wsi_series_on_server(url: str) -> set[tuple[str, str]]:
 
 
 def frames_by_path(url: str, slide, nested: bool) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
-    """Every expected tile path with its frame as stored on the server."""
+    """Every expected tile path with its frame as stored on the server, without DICOM's
+    pad byte after the EOI (a served JPEG ends at its EOI, docs/SEMANTICS.md)."""
     tiles = list(expected_tiles(read_headers(slide.files), nested))
     by_instance = defaultdict(list)
     for tile in tiles:
@@ -95,5 +98,5 @@ def frames_by_path(url: str, slide, nested: bool) -> dict[str, bytes]:  # type: 
         numbers = [tile.frame_number for tile in members]
         frames = direct_frames(url, slide.study_uid, slide.series_uid, instance_uid, numbers)
         pairs = zip(members, frames, strict=True)
-        found.update({tile.relative_path: frame for tile, frame in pairs})
+        found.update({tile.relative_path: strip_jpeg_padding(frame) for tile, frame in pairs})
     return found

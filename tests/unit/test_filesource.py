@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from idcfs.catalog.base import SeriesEntry
+from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.errors import FetchError, MetadataError, NotFoundError
 from idcfs.slide.parse import parse_slide
 from idcfs.source.base import FrameSource
@@ -76,13 +77,10 @@ def test_every_layout_gives_its_frames(layouts: dict[str, LayoutFile], name: str
     instance = next(iter(slide.instances.values()))
     numbers = list(range(1, len(layout.frames) + 1))
     frames = source.frames(instance, numbers)
-    expected = layout.frames
-    if instance.transfer_syntax not in (None, "1.2.840.10008.1.2.1"):
-        expected = [frame[:-1] if frame.endswith(b"\xff\xd9\x00") else frame
-                    for frame in expected]
-    assert [frame.data for frame in frames] == expected
+    expected = layout.frames  # without the pad byte, which frames as stored may have
+    assert [strip_jpeg_padding(frame.data) for frame in frames] == expected
     backwards = source.frames(instance, numbers[::-1][:3])
-    assert [frame.data for frame in backwards] == expected[::-1][:3]
+    assert [strip_jpeg_padding(frame.data) for frame in backwards] == expected[::-1][:3]
 
 
 def test_a_batch_of_consecutive_frames_is_one_read(layouts: dict[str, LayoutFile]) -> None:
@@ -106,7 +104,7 @@ def test_headers_and_frame_indexes_are_kept_for_the_next_mount(
     second, catalog, store = folder_source(layout.path.parent, kept)
     catalog.scan()
     assert reads(store) == 0  # every header came from the kept store
-    assert second.frames(instance, [2])[0].data == layout.frames[1]
+    assert strip_jpeg_padding(second.frames(instance, [2])[0].data) == layout.frames[1]
     assert reads(store) == 1  # the frame itself, no index reads
 
 
