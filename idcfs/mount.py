@@ -274,7 +274,9 @@ def build_mount(config: MountConfig) -> Mounted:
             on_landed=page_filler.offer, take_over=disk_filler.take if disk_filler else None,
         )
     views = [DicomLevelsView(loader, tile_index, readahead)]
-    statistics = LiveFile(STATS_FILE, lambda: json_bytes(metrics.snapshot()))
+    statistics = LiveFile(STATS_FILE, lambda: json_bytes(
+        {**metrics.snapshot(), "source": {"description": client.description,
+                                          **client.statistics()}}))
     catalog_view = CatalogView(catalog, SlideStore(client, disk), views, [statistics])
     operations = IdcfsOperations(Tree(catalog_view.root_children), open_files, metrics,
                                  timeout=config.timeout)
