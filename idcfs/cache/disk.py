@@ -27,6 +27,7 @@ entries, and an entry read more than an hour after it was stored is stored again
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -100,13 +101,15 @@ def private_directory(directory: Path) -> None:
 
 def _make_private(directory: Path) -> None:
     """Mode 0700 for `directory` and the directories in it, 0600 for its files (a cache
-    written before these modes were kept, or copied in)."""
+    written before these modes were kept, or copied in). A file that goes meanwhile
+    (another process of the mount evicting it) is skipped."""
     os.chmod(directory, PRIVATE_DIRECTORY)
     for folder, folders, files in os.walk(directory):
         for names, mode in ((folders, PRIVATE_DIRECTORY), (files, PRIVATE_FILE)):
             for path in (os.path.join(folder, name) for name in names):
                 if not os.path.islink(path):  # not followed: it may point anywhere
-                    os.chmod(path, mode)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.chmod(path, mode)
 
 
 class _PrivateDisk(diskcache.Disk):
