@@ -285,6 +285,7 @@ def test_credentials_are_sent_but_never_shown(
 def test_a_setup_error_does_not_show_credentials(tmp_path: Path, url: str) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    line = refused_mount(tmp_path, mountpoint, "--url", url.format(port=closed_port()))
+    line = refused_mount(tmp_path, mountpoint, "--url", url.format(port=closed_port()),
+                         "--timeout", "1")
     assert "cannot reach DICOMweb server" in line and "/dicom-web" in line
     assert_no_secret("the error line", line.encode())
