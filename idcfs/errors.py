@@ -1,4 +1,5 @@
-"""Exceptions shared by the layers; the filesystem adapter maps them to errno values."""
+"""Exceptions shared by the layers (the filesystem adapter maps them to errno values),
+and the one helper that keeps credentials out of their messages."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ class MetadataError(IdcfsError):
 
 class DecodeError(IdcfsError):
     """A frame could not be decoded or converted to JPEG (EIO)."""
+
+
+def without_credentials(url: str) -> str:
+    """`url` without its user:password@ part: what messages, logs and statistics may show
+    of a server's address (a URL's credentials are sent to its server, never shown)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url.rpartition("@")[2]
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"

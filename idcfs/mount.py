@@ -17,11 +17,11 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from idcfs.cache.disk import DiskCache
+from idcfs.cache.disk import CacheDirError, DiskCache
 from idcfs.cache.memory import ByteLRU
 from idcfs.cache.tiles import TileCache
 from idcfs.catalog.base import Catalog
-from idcfs.errors import IdcfsError
+from idcfs.errors import IdcfsError, without_credentials
 from idcfs.fetch.coalesce import CoalesceSettings
 from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
@@ -174,12 +174,23 @@ class Mounted:
 def connect_source(config: MountConfig, metrics: Metrics) -> DicomWebClient:
     """The DICOMweb server, checked to answer; SetupError with one line otherwise."""
     settings = ClientSettings(max_connections=config.connection_limit, timeout=config.timeout)
-    client = DicomWebClient(config.server_url, settings, metrics)
     try:
+        client = DicomWebClient(config.server_url, settings, metrics)
         client.check_reachable()
     except IdcfsError as error:
-        raise SetupError(f"cannot reach DICOMweb server {config.server_url}: {error}") from None
+        shown = without_credentials(config.server_url)
+        raise SetupError(f"cannot reach DICOMweb server {shown}: {error}") from None
     return client
+
+
+def open_disk_cache(config: MountConfig) -> DiskCache | None:
+    """The `--cache-dir` cache, if asked for; SetupError when the directory is unsafe."""
+    if config.cache_dir is None:
+        return None
+    try:
+        return DiskCache(config.cache_dir, config.disk_cache_bytes)
+    except CacheDirError as error:
+        raise SetupError(str(error)) from None
 
 
 def bucket_store(config: MountConfig, scheme: str, bucket: str) -> HttpBucketStore:
@@ -249,7 +260,7 @@ def connect(config: MountConfig, metrics: Metrics,
 def build_mount(config: MountConfig) -> Mounted:
     """Check the server and build every part of the mount."""
     metrics = Metrics()
-    disk = DiskCache(config.cache_dir, config.disk_cache_bytes) if config.cache_dir else None
+    disk = open_disk_cache(config)
     try:
         client, catalog = connect(config, metrics, disk)
     except BaseException:

@@ -32,13 +32,14 @@ def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 @pytest.fixture
 def mount_idcfs(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
-    """A factory: mount_idcfs(url, *options) mounts in the background and returns a Mount."""
+    """A factory: mount_idcfs(url, *options) mounts in the background and returns a Mount
+    (on `mountpoint=` if given, an empty directory; else one under tmp_path)."""
     mounts: list[Mount] = []
 
-    def start(url: str | None, *options: str) -> Mount:
+    def start(url: str | None, *options: str, mountpoint: Path | None = None) -> Mount:
         number = len(mounts)
-        path = tmp_path / f"mnt{number}"
-        path.mkdir()
+        path = mountpoint or tmp_path / f"mnt{number}"
+        path.mkdir(exist_ok=mountpoint is not None)
         log_file = tmp_path / f"idcfs{number}.log"
         pid_file = tmp_path / f"idcfs{number}.pid"
         url_args = ["--url", url] if url else []

@@ -12,6 +12,13 @@ The threads of one mount take turns through a lock of their own. (Left to SQLite
 threads that collide wait in its busy handler, which sleeps 1, 2, 5, 10... ms: stalls
 of up to 70 ms in a read of a level from disk, when read-ahead batches met.)
 
+The directory is private: created 0700, and an existing one is used only when it belongs
+to this user and nobody else can write to it (`CacheDirError` otherwise: another user's
+files would be served as tiles). Every file in it is 0600 whatever the umask: the
+database is created 0600 before SQLite opens it (SQLite gives its journal files the
+database's mode, and would otherwise create it 0644), and diskcache's value files are
+made 0600 as they are written (`_PrivateDisk`).
+
 Eviction is LRU at one-hour resolution: diskcache evicts the least recently *stored*
 entries, and an entry read more than an hour after it was stored is stored again.
 (diskcache's own LRU policy writes to SQLite on every read: 640 us per read, against
@@ -20,16 +27,21 @@ entries, and an entry read more than an hour after it was stored is stored again
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import stat
 import struct
 import threading
 import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import diskcache
+
+from idcfs.errors import IdcfsError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +49,14 @@ HEADER = struct.Struct(">4sQdI")  # magic, content length, stored at, CRC-32 of 
 MAGIC = b"IDC3"
 REFRESH_S = 3600.0
 LARGEST_IN_DATABASE = 1 << 20
+PRIVATE_DIRECTORY = 0o700
+PRIVATE_FILE = 0o600
+DATABASE = "cache.db"  # diskcache's file name
+
+
+class CacheDirError(IdcfsError):
+    """A cache directory that must not be used: another user's, writable by others, or
+    not a directory."""
 
 
 def seal(data: bytes, stored_at: float | None = None) -> bytes:
@@ -56,16 +76,71 @@ def unseal(stored: bytes) -> tuple[bytes, float] | None:
     return data, stored_at
 
 
+def private_directory(directory: Path) -> None:
+    """Make `directory` a cache only this user can read or change: create it 0700, or
+    check an existing one (this user's, not writable by group or others) and make it
+    and everything in it private. CacheDirError says why it cannot be used."""
+    try:
+        directory.mkdir(mode=PRIVATE_DIRECTORY, parents=True, exist_ok=True)
+        info = directory.stat()
+    except OSError as error:
+        raise CacheDirError(f"cache directory {directory}: {error.strerror}") from None
+    if info.st_uid != os.geteuid():
+        raise CacheDirError(f"cache directory {directory} belongs to uid {info.st_uid}, "
+                            f"not to this user (uid {os.geteuid()}): refused")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CacheDirError(f"cache directory {directory} is writable by group or others "
+                            f"(mode {stat.S_IMODE(info.st_mode):o}): refused")
+    try:
+        _make_private(directory)
+        descriptor = os.open(directory / DATABASE, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE)
+        os.close(descriptor)
+    except OSError as error:
+        raise CacheDirError(f"cache directory {directory}: {error.strerror}") from None
+
+
+def _make_private(directory: Path) -> None:
+    """Mode 0700 for `directory` and the directories in it, 0600 for its files (a cache
+    written before these modes were kept, or copied in). A file that goes meanwhile
+    (another process of the mount evicting it) is skipped."""
+    os.chmod(directory, PRIVATE_DIRECTORY)
+    for folder, folders, files in os.walk(directory):
+        for names, mode in ((folders, PRIVATE_DIRECTORY), (files, PRIVATE_FILE)):
+            for path in (os.path.join(folder, name) for name in names):
+                if not os.path.islink(path):  # not followed: it may point anywhere
+                    with contextlib.suppress(FileNotFoundError):
+                        os.chmod(path, mode)
+
+
+class _PrivateDisk(diskcache.Disk):
+    """diskcache's storage of values in files of their own, each made 0600 (and its two
+    levels of directories 0700) as it is written, whatever the umask."""
+
+    def __init__(self, directory: str, **settings: Any) -> None:
+        super().__init__(directory, **settings)
+        self.root = directory
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> tuple[Any, ...]:
+        size, mode, filename, stored = super().store(value, read, key)
+        if filename is not None:
+            path = os.path.join(self.root, filename)
+            os.chmod(path, PRIVATE_FILE)
+            inner = os.path.dirname(path)
+            os.chmod(inner, PRIVATE_DIRECTORY)
+            os.chmod(os.path.dirname(inner), PRIVATE_DIRECTORY)
+        return size, mode, filename, stored
+
+
 class DiskCache:
     """A bounded, checked, persistent byte store keyed by strings."""
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
+        private_directory(directory)
         self.directory = directory
         self.max_bytes = max_bytes
         self._store = diskcache.Cache(
             str(directory),
+            disk=_PrivateDisk,
             size_limit=max_bytes,
             eviction_policy="least-recently-stored",
             statistics=False,

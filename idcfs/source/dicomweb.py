@@ -11,6 +11,11 @@ between them (a server dripping bytes cannot hold it), and the retries (HTTP
 500/502/503/504, a 429 with Retry-After, connection errors, an answer cut short), whose
 backoff is only slept when time is left. urllib3's own retries are off: they would not
 know the deadline.
+
+Only GET is sent, and only to the configured server: the pool is that server's, so a
+redirect to another host, port or scheme fails the request (EIO) instead of being
+followed. Credentials in the URL (user:password@) are sent as HTTP Basic auth and are
+never shown: `base_url` and `description`, hence logs and errors, go without them.
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import urllib3
+from urllib3.exceptions import HostChangedError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from idcfs.dicom.dicom_json import WSI_SOP_CLASS, first_value, parse_json_list
-from idcfs.errors import FetchError, QuotaExhaustedError
+from idcfs.errors import FetchError, QuotaExhaustedError, without_credentials
 from idcfs.metrics import Metrics
 from idcfs.slide.model import InstanceInfo
 from idcfs.source.base import Frame, InstanceMetadata
@@ -99,13 +105,22 @@ class DicomWebClient:
     def __init__(
         self, base_url: str, settings: ClientSettings | None = None, metrics: Metrics | None = None
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        try:
+            url = urllib3.util.parse_url(base_url.strip())
+        except ValueError:
+            url = urllib3.util.Url()
+        if url.scheme not in ("http", "https") or not url.host:
+            raise FetchError("not an http(s) URL")
+        self.base_url = without_credentials(base_url.strip()).rstrip("/")  # safe to show
+        self._base_path = (url.path or "").rstrip("/")
+        self._headers = _basic_auth(url.auth)
         self.settings = settings or ClientSettings()
         self._slots = threading.BoundedSemaphore(self.settings.max_connections)
-        self._pool = urllib3.PoolManager(
-            num_pools=4,
+        # One server's pool: a redirect elsewhere is refused (HostChangedError), not
+        # followed. No retries of its own (they would not know the deadline).
+        self._pool = urllib3.connection_from_url(
+            self.base_url,
             maxsize=self.settings.max_connections,
-            # no retries of its own (they would not know the deadline); redirects are followed
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=3,
                                   raise_on_redirect=False, raise_on_status=False),
         )
@@ -168,7 +183,7 @@ class DicomWebClient:
         return frames
 
     def close(self) -> None:
-        self._pool.clear()
+        self._pool.close()
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -235,9 +250,12 @@ class DicomWebClient:
                                   read=min(self.settings.read_timeout, left))
         try:
             response = self._pool.request(
-                "GET", self.base_url + path, headers={"Accept": accept}, timeout=timeout,
-                preload_content=False,
+                "GET", self._base_path + path, headers={**self._headers, "Accept": accept},
+                timeout=timeout, preload_content=False,
             )
+        except HostChangedError as error:
+            raise FetchError(f"{path}: redirected to another server "
+                             f"({without_credentials(str(error.url))}), not followed") from None
         except Urllib3Error as error:
             raise TransientError(_describe(error)) from error
         try:
@@ -320,6 +338,14 @@ def retry_after_seconds(value: str, now: float | None = None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+def _basic_auth(auth: str | None) -> dict[str, str]:
+    """The Authorization header of a URL's user:password (percent-decoded), if any."""
+    if not auth:
+        return {}
+    user, _, password = auth.partition(":")
+    return urllib3.make_headers(basic_auth=f"{unquote(user)}:{unquote(password)}")
 
 
 def _limit_socket_wait(response: urllib3.BaseHTTPResponse, seconds: float) -> None:

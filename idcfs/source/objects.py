@@ -35,7 +35,7 @@ from urllib.parse import quote, urlencode
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from idcfs.errors import FetchError
+from idcfs.errors import FetchError, without_credentials
 
 T = TypeVar("T")
 Response = urllib3.BaseHTTPResponse
@@ -277,8 +277,8 @@ class HttpBucketStore:
         self.settings = settings or BucketSettings()
         url = urllib3.util.parse_url(endpoint)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"not an http(s) endpoint: {_without_credentials(endpoint)}")
-        self.endpoint = _without_credentials(endpoint).rstrip("/")
+            raise ValueError(f"not an http(s) endpoint: {without_credentials(endpoint)}")
+        self.endpoint = without_credentials(endpoint).rstrip("/")
         self.bucket = bucket
         self._bucket_path = f"{(url.path or '').rstrip('/')}/{quote(bucket, safe='')}"
         self._headers = {"User-Agent": "idcfs", "Accept-Encoding": "identity"}
@@ -571,11 +571,3 @@ def _child_text(element: ElementTree.Element, name: str, default: str) -> str:
     found = _children(element, name)
     return (found[0].text or "").strip() if found else default
 
-
-def _without_credentials(url: str) -> str:
-    """`url` without a user:password@ part."""
-    scheme, separator, rest = url.partition("://")
-    if not separator:
-        return url.rpartition("@")[2]
-    authority, slash, path = rest.partition("/")
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"

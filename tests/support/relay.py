@@ -1,7 +1,7 @@
 """Loopback relays that sit between idcfs and a test server.
 
 - `HttpRelay`: an HTTP/1.1 keep-alive forwarding proxy that records every request
-  (method, path) and injects faults into chosen requests: the next N whose path holds
+  (method, path, headers) and injects faults into chosen requests: the next N whose path holds
   a substring, or a seeded random fraction of them (`FaultMode`): an answer of its own
   (500, 502, 503, 429 with or without Retry-After, a 200 HTML page, metadata that is
   not JSON) without contacting the server; a connection reset before the headers or in
@@ -167,7 +167,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _relay_request(self) -> None:
         relay = self.server.relay
         body = self._read_request_body()
-        fault = relay.record(self.command, self.path)
+        fault = relay.record(self.command, self.path, self.headers)
         if relay.latency_s > 0:
             time.sleep(relay.latency_s)
         if fault is not None and fault.mode in LOCAL_FAULTS:
@@ -360,7 +360,8 @@ class HttpRelay(_BackgroundService):
     """A counting, fault-injecting HTTP/1.1 relay in front of `upstream_host:upstream_port`.
 
     Holds `requests` ((method, path) in arrival order, injected answers included),
-    the pending faults, and `latency_s` (delay added before answering each request).
+    `headers` (each of those requests' headers, in the same order), the pending
+    faults, and `latency_s` (delay added before answering each request).
     """
 
     def __init__(self, upstream_host: str, upstream_port: int, latency_s: float = 0.0) -> None:
@@ -368,6 +369,7 @@ class HttpRelay(_BackgroundService):
         self.upstream_port = upstream_port
         self.latency_s = latency_s
         self.requests: list[tuple[str, str]] = []
+        self.headers: list[Message] = []  # case-insensitive: headers[i].get('host')
         self.stopping = threading.Event()  # set by stop(): stalled and dripping answers end
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -449,13 +451,15 @@ class HttpRelay(_BackgroundService):
         """Forget recorded requests and pending faults (latency is kept)."""
         with self._lock:
             self.requests.clear()
+            self.headers.clear()
             self._faults.clear()
 
-    def record(self, method: str, path: str) -> Fault | None:
+    def record(self, method: str, path: str, headers: Message | None = None) -> Fault | None:
         """Record an arriving request; return (using up one count of) the injected fault
         that answers it, if any. Called by the relay's request handlers."""
         with self._lock:
             self.requests.append((method, path))
+            self.headers.append(headers if headers is not None else Message())
             fault = next((f for f in self._faults if f.matches(path) and f.strikes()), None)
             if fault is not None:
                 fault.remaining -= 1
