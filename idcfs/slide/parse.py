@@ -199,6 +199,7 @@ def frame_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]
 
     TILED_SPARSE, or no DimensionOrganizationType at all while every frame has a
     position (older converters), takes the per-frame positions; TILED_FULL the order.
+    ValueError when TILED_SPARSE frames lack their positions (no layout to guess).
     """
     per_frame = values(meta, PER_FRAME_GROUPS)
     organization = str(first_value(meta, "00209311", "")).strip().upper()

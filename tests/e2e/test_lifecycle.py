@@ -182,6 +182,20 @@ def test_unmount_clears_a_mount_whose_daemon_was_killed(life_relay, mount_idcfs,
             holder.wait(10)
 
 
+def test_a_live_mount_in_use_is_not_detached(life_relay, mount_idcfs) -> None:  # type: ignore[no-untyped-def]
+    """Only a dead mount is unmounted lazily: a live one in use stays, one line, exit 2."""
+    mount = mount_idcfs(life_relay.url + "/dicom-web")
+    holder = subprocess.Popen(["sleep", "60"], cwd=mount.path / "studies")
+    try:
+        result = run_idcfs("unmount", str(mount.path))
+        assert result.returncode == 2 and "busy" in _one_line(result).lower()
+        assert is_mounted(mount.path) and (mount.path / "studies").is_dir()
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert run_idcfs("unmount", str(mount.path)).returncode == 0
+
+
 def test_mount_on_a_dead_mount_clears_it_and_says_so(life_relay, mount_idcfs, tmp_path) -> None:  # type: ignore[no-untyped-def]
     mount = mount_idcfs(life_relay.url + "/dicom-web")
     _kill_9(mount)
