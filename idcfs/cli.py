@@ -10,14 +10,14 @@ import logging
 import os
 import re
 import select
-import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from idcfs import __version__
+from idcfs.fuse import mountpoint as mountpoints
+from idcfs.fuse.mountpoint import MountpointError, is_mounted
 
 SOURCES = ("aws", "gcs", "proxy")  # where IDC frames come from (idcfs.mount.connect)
 
@@ -151,7 +151,8 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
                        help="serve in the foreground until SIGINT/SIGTERM, then unmount")
     mount.add_argument("-o", dest="fuse_options", action="append", default=[],
                        metavar="OPTIONS", help="FUSE mount options, comma-separated "
-                       "(e.g. allow_other)")
+                       "(e.g. allow_other; nonempty mounts over a directory that is "
+                       "not empty)")
     mount.add_argument("--log-file", type=Path, metavar="FILE",
                        help="log file (default: stderr in the foreground, else "
                        f"{DEFAULT_LOG}/idcfs.log)")
@@ -179,39 +180,28 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def unmount(mountpoint: Path) -> None:
-    path = mountpoint.resolve()
+    path = mountpoints.absolute(mountpoint)
     if not is_mounted(path):
         fail(f"{mountpoint} is not mounted")
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    command = [tool, "-u", str(path)] if tool else ["umount", str(path)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        fail(f"cannot unmount {mountpoint}: {result.stderr.strip() or result.returncode}")
-
-
-def is_mounted(path: Path) -> bool:
-    """Whether `path` is a mount point, by /proc/self/mountinfo (works for dead FUSE mounts)."""
-    target = str(path)
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
-        for line in mounts:
-            fields = line.split(" ")
-            if len(fields) > 4 and _unescape(fields[4]) == target:
-                return True
-    return False
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+    try:
+        note = mountpoints.unmount(path)
+    except MountpointError as error:
+        fail(str(error))
+    if note:
+        print(f"idcfs: {note}", file=sys.stderr)
 
 
 def mount(args: argparse.Namespace) -> None:
     from idcfs.mount import MountConfig
 
-    mountpoint = args.mountpoint.resolve()
-    if not mountpoint.is_dir():
-        fail(f"mountpoint {args.mountpoint} does not exist or is not a directory")
-    if is_mounted(mountpoint):
-        fail(f"{args.mountpoint} is already mounted")
+    options = [option for group in args.fuse_options for option in group.split(",")]
+    try:
+        prepared = mountpoints.prepare(args.mountpoint, options)
+    except MountpointError as error:
+        fail(str(error))
+    if prepared.note:
+        print(f"idcfs: {prepared.note}", file=sys.stderr)
+    mountpoint = prepared.path
     if args.query and args.catalog not in (None, "idc"):
         fail("--query works on the IDC index; it cannot be combined with --catalog FILE")
     _check_source_options(args)
@@ -223,7 +213,7 @@ def mount(args: argparse.Namespace) -> None:
         query=args.query,
         cache_bytes=args.cache_size,
         max_connections=args.max_connections,
-        fuse_options=[opt for group in args.fuse_options for opt in group.split(",")],
+        fuse_options=prepared.fuse_options,
         cache_dir=args.cache_dir.resolve() if args.cache_dir else None,
         disk_cache_bytes=args.disk_cache_size,
         readahead_bytes=args.readahead_size,

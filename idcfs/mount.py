@@ -288,7 +288,8 @@ def build_mount(config: MountConfig) -> Mounted:
     statistics = LiveFile(STATS_FILE, lambda: json_bytes(
         {**metrics.snapshot(), "source": {"description": client.description,
                                           **client.statistics()}}))
-    catalog_view = CatalogView(catalog, SlideStore(client, disk), views, [statistics])
+    slides = SlideStore(client, disk, wait_s=config.timeout)
+    catalog_view = CatalogView(catalog, slides, views, [statistics])
     operations = IdcfsOperations(Tree(catalog_view.root_children), open_files, metrics,
                                  timeout=config.timeout)
     return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler)

@@ -69,11 +69,15 @@ class TileCache:
         return tile_key(slide, frame) in self.staged
 
     def keep(self, slide: Slide, frame: FrameRef, data: bytes, staged: bool) -> None:
-        """Keep a tile just fetched: in staging (read ahead) or memory, and on disk."""
-        (self.staged if staged else self.memory).put(tile_key(slide, frame), data)
+        """Keep a tile just fetched: on disk, then in staging (read ahead) or memory.
+
+        Disk first: a reader finds the tile in memory only once it is on disk, so a
+        daemon killed at any moment has every tile it served in the disk cache (it
+        loses only tiles no reader got yet)."""
         if self.disk is not None:
             self.disk.put(self.disk_key(slide, frame), data)
             self._note_size(slide, frame, data)
+        (self.staged if staged else self.memory).put(tile_key(slide, frame), data)
 
     def staging_nearly_full(self) -> bool:
         """Whether read-ahead should hold back (nobody reads what it fetched)."""

@@ -13,7 +13,7 @@ import threading
 
 from idcfs.cache.disk import DiskCache
 from idcfs.dicom.dicom_json import first_value
-from idcfs.fetch.claims import Claims
+from idcfs.fetch.claims import DEFAULT_WAIT_S, Claims
 from idcfs.slide.model import Slide
 from idcfs.slide.parse import parse_slide
 from idcfs.source.base import FrameSource, InstanceMetadata
@@ -24,14 +24,20 @@ DISK_KEY_VERSION = "metadata-v2"
 
 
 class SlideStore:
-    """Thread-safe cache of parsed slides; failures are not cached (retried next time)."""
+    """Thread-safe cache of parsed slides; failures are not cached (retried next time).
 
-    def __init__(self, source: FrameSource, disk: DiskCache | None = None) -> None:
+    A caller that finds the series being loaded by another waits at most `wait_s` (the
+    mount's --timeout), like the loader's waiters: the loading call has that deadline
+    on its own request, so a longer wait would only outlast the reader's."""
+
+    def __init__(
+        self, source: FrameSource, disk: DiskCache | None = None, wait_s: float = DEFAULT_WAIT_S
+    ) -> None:
         self._source = source
         self._disk = disk
         self._slides: dict[tuple[str, str], Slide] = {}
         self._lock = threading.Lock()
-        self._claims: Claims[Slide] = Claims()
+        self._claims: Claims[Slide] = Claims(wait_timeout=wait_s)
 
     def get(self, study_uid: str, series_uid: str) -> Slide:
         key = (study_uid, series_uid)

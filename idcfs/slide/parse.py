@@ -4,11 +4,15 @@ Handles TILED_FULL (frame order: column fastest, then row, focal plane, optical
 path) and TILED_SPARSE (per-frame plane positions), concatenations (frame offsets),
 several focal planes and optical paths, and LABEL / OVERVIEW / THUMBNAIL images.
 
-Metadata comes from a server and may be anything: an instance whose description is
+Metadata comes from a server and may be anything. An instance whose description is
 unusable (missing or non-numeric sizes, zero or negative sizes, absurd frame counts,
-positions that are not numbers) is skipped with a warning, never laid out by a guess;
-a series left with no usable instance is a MetadataError. Frames placed outside their
-instance's grid are dropped with a warning.
+positions that are not numbers, a multi-frame level without TotalPixelMatrixColumns/
+Rows) is never laid out by a guess: a level (VOLUME) instance makes the whole series a
+MetadataError naming it, since a pyramid shown without one of its levels, or with a
+level short of a concatenation part, would pass for the real one for the life of the
+mount; an unusable label, overview or thumbnail is skipped with a warning (the rest of
+the slide is right without it). A series with no usable instance is a MetadataError.
+Frames placed outside their instance's grid are dropped with a warning.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def parse_slide(
     `locations` (by SOPInstanceUID) is where the frame source finds each instance."""
     where = locations or {}
     readable = [found for meta in metadata if _is_wsi(meta)
-                for found in _readable_instance(meta, where)]
+                for found in _readable_instance(series_uid, meta, where)]
     if not readable:
         raise MetadataError(f"series {series_uid} has no usable whole-slide image instances")
     infos = {info.uid: info for info, _, _ in readable}
@@ -111,17 +115,29 @@ def parse_slide(
 
 
 def _readable_instance(
-    meta: DicomJson, locations: Mapping[str, str]
+    series_uid: str, meta: DicomJson, locations: Mapping[str, str]
 ) -> list[tuple[InstanceInfo, list[Placement], tuple[float, float] | None]]:
-    """[(facts, frame placements, pixel spacing)] of an instance, or [] with a warning
-    when its description is unusable (every reader raises ValueError for bad values)."""
+    """[(facts, frame placements, pixel spacing)] of an instance. When its description
+    is unusable (every reader raises ValueError for bad values): MetadataError for a
+    level instance, [] with a warning for an associated image."""
     try:
         info = read_instance(meta)
         info = replace(info, location=locations.get(info.uid, ""))
         return [(info, list(frame_placements(meta, info)), _pixel_spacing(meta))]
     except ValueError as error:
-        log.warning("instance %s skipped: %s", first_value(meta, "00080018"), error)
+        uid = first_value(meta, "00080018")
+        if _flavour(meta) == "VOLUME":
+            raise MetadataError(
+                f"series {series_uid}: level instance {uid} cannot be laid out: {error}"
+            ) from None
+        log.warning("instance %s skipped: %s", uid, error)
         return []
+
+
+def _flavour(meta: DicomJson) -> str:
+    """VOLUME, LABEL, OVERVIEW or THUMBNAIL, as `InstanceInfo.flavour` reads it."""
+    image_type = [str(value) for value in values(meta, "00080008")]
+    return image_type[2].upper() if len(image_type) > 2 else "VOLUME"
 
 
 def read_instance(meta: DicomJson) -> InstanceInfo:
@@ -183,6 +199,7 @@ def frame_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]
 
     TILED_SPARSE, or no DimensionOrganizationType at all while every frame has a
     position (older converters), takes the per-frame positions; TILED_FULL the order.
+    ValueError when TILED_SPARSE frames lack their positions (no layout to guess).
     """
     per_frame = values(meta, PER_FRAME_GROUPS)
     organization = str(first_value(meta, "00209311", "")).strip().upper()
@@ -190,8 +207,8 @@ def frame_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]
         not organization and _all_positioned(per_frame, info.frame_count)
     )
     if sparse and len(per_frame) < info.frame_count:
-        log.warning("instance %s: TILED_SPARSE without per-frame positions; skipped", info.uid)
-        return
+        raise ValueError(f"TILED_SPARSE with {len(per_frame)} per-frame positions for "
+                         f"{info.frame_count} frames")
     if sparse:
         yield from _inside_grid(info, _sparse_placements(meta, info, per_frame))
     else:

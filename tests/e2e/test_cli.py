@@ -1,17 +1,14 @@
-"""The command line: help, one-line errors with exit code 2, foreground serving, unmount."""
+"""The command line: help, one-line errors with exit code 2, unmount. (Serving in the
+foreground until SIGTERM/SIGINT, and the mountpoint's life, are in test_lifecycle.py.)"""
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-import pytest
-
 from idcfs.cli import is_mounted, parse_size
-from tests.support.mounting import idcfs_command, run_idcfs
+from tests.support.mounting import run_idcfs
 
 
 def test_sizes_parse() -> None:
@@ -78,26 +75,3 @@ def test_background_mount_then_unmount(orthanc, mount_idcfs) -> None:
     assert is_mounted(mount.path)
     assert run_idcfs("unmount", str(mount.path)).returncode == 0
     assert not is_mounted(mount.path)
-
-
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_foreground_serves_until_signal_then_unmounts(orthanc, tmp_path, stop_signal) -> None:
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    process = subprocess.Popen(
-        idcfs_command("mount", "--foreground", "--url", orthanc.dicomweb_url, str(mountpoint)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not is_mounted(mountpoint) and time.monotonic() < deadline:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            time.sleep(0.05)
-        assert (mountpoint / "studies").is_dir()
-        process.send_signal(stop_signal)
-        assert process.wait(timeout=30) == 0
-        assert not is_mounted(mountpoint)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)

@@ -8,7 +8,8 @@
   the middle of the body; a stall (accepts, sends nothing); a slow drip of the body
   (1 byte/s); a multipart answer cut short (no closing boundary) or with fewer parts;
   a wrong Content-Length; a frame part of garbage bytes; JSON lacking attributes. It
-  can also add a delay. Bodies pass unchanged otherwise; hop-by-hop headers are
+  can also add a delay, and go away (stop listening, connections cut) and come back
+  on the same port. Bodies pass unchanged otherwise; hop-by-hop headers are
   dropped (a chunked answer is re-sent with a Content-Length).
 - `TcpLatencyRelay`: a byte-level TCP relay that delays every chunk by half a round
   trip in each direction without serialising them (like a long link), and charges a
@@ -120,11 +121,11 @@ class _ProxyServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, relay: HttpRelay) -> None:
+    def __init__(self, relay: HttpRelay, port: int = 0) -> None:
         self.relay = relay
         self.open_sockets: set[socket.socket] = set()
         self.sockets_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        super().__init__(("127.0.0.1", port), _ProxyHandler)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         with self.sockets_lock:
@@ -376,10 +377,10 @@ class HttpRelay(_BackgroundService):
         self._server: _ProxyServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> HttpRelay:
-        """Listen on a free loopback port and serve from a background thread."""
+    def start(self, port: int = 0) -> HttpRelay:
+        """Listen on loopback `port` (0: a free one) and serve from a background thread."""
         self.stopping.clear()
-        self._server = _ProxyServer(self)
+        self._server = _ProxyServer(self, port)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -399,6 +400,15 @@ class HttpRelay(_BackgroundService):
         server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+    def go_away(self) -> None:
+        """Act as a server that went down: stop listening and cut every connection, so
+        connections are refused until `come_back`."""
+        self.stop()
+
+    def come_back(self) -> None:
+        """Listen again, on the same port: the server is back at the same address."""
+        self.start(self.port)
 
     def inject(
         self,

@@ -422,6 +422,7 @@ class InstanceSpec:
     positions: list[tuple[int, int]] | None = None
     offset_table: bool = True
     window: tuple[float, float] | None = None
+    omit: tuple[str, ...] = ()  # keywords left out of the dataset (metadata a model lacks)
 
     @property
     def uid(self) -> str:
@@ -616,6 +617,8 @@ def build_dataset(spec: InstanceSpec) -> Dataset:
     for add in (_add_patient_study_series, _add_image_pixel, _add_wsi_image,
                 _add_functional_groups, _add_optical_path, _add_specimen, _add_pixel_data):
         add(ds, spec)
+    for keyword in spec.omit:
+        delattr(ds, keyword)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(WSI_SOP_CLASS)
     meta.MediaStorageSOPInstanceUID = UID(spec.uid)
@@ -663,7 +666,7 @@ class SlideWriter:
     ) -> None:
         """One VOLUME instance: all `planes` (same size) of one optical path, TILED_FULL
         unless `sparse` lists the (column, row) of the tiles to store, in that order.
-        `options` go to `add_encoded_level` (path, offset_table, window)."""
+        `options` go to `add_encoded_level` (path, offset_table, window, omit)."""
         height, width = planes[0].shape[:2]
         tiles = [cut_tiles(plane, tile, tile) for plane in planes]
         order = list(sparse) if sparse is not None else list(tiles[0])
@@ -684,15 +687,17 @@ class SlideWriter:
         path: OpticalPath = BRIGHTFIELD,
         offset_table: bool = True,
         window: tuple[float, float] | None = None,
+        omit: tuple[str, ...] = (),
     ) -> None:
-        """Write one VOLUME instance from frames already encoded with `codec`."""
+        """Write one VOLUME instance from frames already encoded with `codec` (`omit`:
+        attribute keywords to leave out)."""
         spec = self._spec(
             f"level{index}_path{path.identifier}", codec,
             VOLUME_ORIGINAL if index == 0 else VOLUME_RESAMPLED,
             width=size[0], height=size[1], tile_width=tile, tile_height=tile,
             spacing_mm=BASE_SPACING_MM * 2**index, frames=frames, optical_path=path,
             focal_planes=focal_planes, positions=list(sparse) if sparse is not None else None,
-            offset_table=offset_table, window=window,
+            offset_table=offset_table, window=window, omit=omit,
         )
         self._write(spec)
         self._record_level(index, spec)
@@ -834,6 +839,19 @@ def converter_quirks(out_dir: Path) -> GeneratedSlide:
     cropped = [j2k.encode(small[row * 128 : (row + 1) * 128, column * 128 : (column + 1) * 128])
                for row in range(2) for column in range(3)]
     writer.add_encoded_level(1, cropped, (300, 200), 128, j2k)
+    return writer.slide
+
+
+def missing_matrix(out_dir: Path) -> GeneratedSlide:
+    """A pyramid whose level-1 lacks what the slide model needs (issue 12, 5): level-0
+    is 512x512 TILED_FULL JPEG in 4 tiles of 256; level-1, 256x256 in 4 TILED_FULL
+    tiles of 128, has no TotalPixelMatrixColumns/Rows, so its frames have no layout.
+    Not in RECIPES: the shared Orthanc, whose slides other tests count, never sees it."""
+    writer = SlideWriter(out_dir, "missing_matrix")
+    base = tissue_texture(_rng("missing_matrix"), 512, 512)
+    writer.add_level(0, [base], CODECS["jpeg_ybr"])
+    writer.add_level(1, [resize(base, 256, 256)], CODECS["jpeg_ybr"], tile=128,
+                     omit=("TotalPixelMatrixColumns", "TotalPixelMatrixRows"))
     return writer.slide
 
 

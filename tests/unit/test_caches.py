@@ -3,6 +3,11 @@ of served tiles (memory, staging, disk) behind `TileCache`."""
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,6 +88,56 @@ def test_disk_cache_reads_many_under_one_lock(tmp_path: Path) -> None:
     disk._store.set("bad", seal(b"data")[:-1] + b"X")
     assert disk.get_many(["a", "missing", "b", "bad"]) == {"a": b"first", "b": b"second"}
     assert disk.dropped == 1
+
+
+WRITER = """
+import random, sys
+from pathlib import Path
+from idcfs.cache.disk import DiskCache
+disk = DiskCache(Path(sys.argv[1]), 1 << 30)
+index = 0
+while True:
+    size = 1_500_000 if index % 7 == 3 else 30_000  # 1 in 7 a file of its own
+    disk.put(f"k{index % 20}", random.Random(index).randbytes(size))
+    print(index, flush=True)
+    index += 1
+"""
+
+
+def _payload(index: int) -> bytes:
+    return random.Random(index).randbytes(1_500_000 if index % 7 == 3 else 30_000)
+
+
+def test_a_writer_killed_mid_put_leaves_whole_entries_or_none(tmp_path: Path) -> None:
+    """SIGKILL while entries are written and overwritten (in SQLite and in files of their
+    own): every entry stored before is whole, the one in flight is old, new or absent,
+    and none is damaged."""
+    directory = tmp_path / "c"
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(directory)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    stored = [int(child.stdout.readline()) for _ in range(60)]
+    os.kill(child.pid, signal.SIGKILL)
+    stored += [int(line) for line in child.stdout]
+    child.wait(10)
+    in_flight = stored[-1] + 1
+    disk = DiskCache(directory, 1 << 30)
+    for key in range(20):
+        last = max(index for index in stored if index % 20 == key)
+        allowed = [_payload(last)] + ([_payload(in_flight)] if in_flight % 20 == key else [])
+        assert disk.get(f"k{key}") in allowed, f"k{key}"
+    assert disk.dropped == 0
+
+
+def test_a_torn_file_entry_is_dropped(tmp_path: Path) -> None:
+    """A value in a file of its own cut short (a crash of the machine, not the process)
+    fails its length check: the read is a miss, never short bytes."""
+    disk = DiskCache(tmp_path / "c", 1 << 30)
+    disk.put("big", _payload(3))
+    (file,) = (tmp_path / "c").rglob("*.val")
+    with open(file, "r+b") as handle:
+        handle.truncate(1000)
+    assert disk.get("big") is None and disk.dropped == 1
 
 
 def test_tile_sizes_survive_a_new_index(tmp_path: Path) -> None:

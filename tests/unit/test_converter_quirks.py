@@ -244,17 +244,22 @@ def test_single_frame_label_with_the_slide_size_as_matrix_is_the_frame() -> None
     ids=["zero_rows", "negative_width", "text_width", "huge_frame_count", "text_columns",
          "negative_planes"],
 )
-def test_unusable_instance_is_skipped_and_a_series_of_only_those_is_an_error(
+def test_an_unusable_level_fails_the_series_and_an_unusable_label_is_skipped(
     broken: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A pyramid without one of its levels would pass for the real one: the series is a
+    MetadataError (EIO) naming the instance. Without its label the slide is still right."""
     good = instance("1.1", 512, 512, 4)
-    bad = {**instance("1.2", 256, 256, 1), **broken}
+    bad_level = {**instance("1.2", 256, 256, 1), **broken}
+    with pytest.raises(MetadataError, match="level instance 1.2 cannot be laid out"):
+        parse_slide("s", "r", [good, bad_level])
+    bad_label = {**instance("1.3", 256, 256, 1, "LABEL"), **broken}
     with caplog.at_level(logging.WARNING):
-        slide = parse_slide("s", "r", [good, bad])
+        slide = parse_slide("s", "r", [good, bad_label])
     assert list(slide.instances) == ["1.1"]
-    assert "instance 1.2 skipped" in caplog.text
+    assert "instance 1.3 skipped" in caplog.text
     with pytest.raises(MetadataError, match="no usable"):
-        parse_slide("s", "r", [bad])
+        parse_slide("s", "r", [bad_label])
 
 
 def test_multi_frame_instance_without_total_pixel_matrix_is_not_guessed() -> None:
@@ -262,6 +267,8 @@ def test_multi_frame_instance_without_total_pixel_matrix_is_not_guessed() -> Non
     del meta["00480006"], meta["00480007"]
     with pytest.raises(MetadataError):
         parse_slide("s", "r", [meta])
+    with pytest.raises(MetadataError, match="1.1 cannot be laid out.*TotalPixelMatrix"):
+        parse_slide("s", "r", [instance("1.2", 1024, 1024, 16), meta])
 
 
 def test_frames_positioned_outside_the_matrix_are_dropped() -> None:
