@@ -2,7 +2,8 @@
 
 No FUSE import here. Views (`idcfs.fs.views`) build these nodes; the tree
 (`idcfs.fs.tree`) numbers them and answers the adapter. A file's content may have to be
-fetched: `content()` may block, `cached_content()` never does.
+fetched: `content()` may block, `cached_content()` never does. A `RangedFile` has no
+content as a whole: it is read by ranges, as the kernel asks (`read()` may block).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from idcfs.errors import FetchError
 from idcfs.fetch.loader import TileLoader
 from idcfs.slide.model import FrameRef, Slide
 
@@ -87,6 +89,42 @@ class LiveFile(FileNode):
 
     def cached_content(self) -> bytes | None:
         return self.render()
+
+
+class RangedFile(FileNode):
+    """A large file of exact, known size whose bytes are read by ranges as the kernel
+    asks, never whole (`dicom/<SOPInstanceUID>.dcm`): opening a 2 GB instance costs
+    nothing, a tool's random access costs one range per read that reaches the daemon,
+    and the kernel's page cache keeps what was read (the file never changes).
+
+    `read_range(start, length)` blocks (the source's deadline bounds it) and gives
+    fewer bytes than asked only at the end of the file."""
+
+    def __init__(self, name: str, exact_size: int,
+                 read_range: Callable[[int, int], bytes]) -> None:
+        super().__init__(name)
+        self.exact_size = exact_size
+        self._read_range = read_range
+
+    def size(self) -> tuple[int, bool]:
+        return self.exact_size, True
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length) cut at the end of the file (b"" past it).
+        FetchError when the source gives fewer bytes than the file was listed with: a
+        file that shrank since must not look like a short one."""
+        wanted = max(0, min(length, self.exact_size - offset))
+        if wanted == 0:
+            return b""
+        data = self._read_range(offset, wanted)
+        if len(data) != wanted:
+            raise FetchError(f"{self.name}: {len(data)} bytes at offset {offset}, not "
+                             f"{wanted}: the file is no longer its listed {self.exact_size} "
+                             "bytes")
+        return data
+
+    def content(self) -> bytes:
+        raise NotImplementedError(f"{self.name} is read by ranges, never whole")
 
 
 class FetchedFile(FileNode):
