@@ -28,14 +28,16 @@ from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
 from idcfs.fetch.slides import SlideStore
 from idcfs.fs.nodes import LiveFile, TileFileIndex, json_bytes
 from idcfs.fs.tree import Tree
+from idcfs.fs.views import SeriesView
 from idcfs.fs.views.catalog import CatalogView
+from idcfs.fs.views.dicom_files import DicomFilesView
 from idcfs.fs.views.dicom_levels import DicomLevelsView
 from idcfs.fuse.adapter import IdcfsOperations
 from idcfs.fuse.diskfill import DiskPageFiller
 from idcfs.fuse.openfiles import OpenFiles
 from idcfs.fuse.pagecache import PageCacheFiller
 from idcfs.metrics import Metrics
-from idcfs.source.base import FrameSource
+from idcfs.source.base import FrameSource, InstanceFiles
 from idcfs.source.dicomweb import DEFAULT_TIMEOUT_S, ClientSettings, DicomWebClient
 from idcfs.source.files import (
     FileFrameSource,
@@ -284,7 +286,9 @@ def build_mount(config: MountConfig) -> Mounted:
             loader, metrics, ReadAheadSettings(workers=workers),
             on_landed=page_filler.offer, take_over=disk_filler.take if disk_filler else None,
         )
-    views = [DicomLevelsView(loader, tile_index, readahead)]
+    views: list[SeriesView] = [DicomLevelsView(loader, tile_index, readahead)]
+    if isinstance(client, InstanceFiles):  # files by ranges: dicom/<uid>.dcm too
+        views.append(DicomFilesView(client, metrics))
     statistics = LiveFile(STATS_FILE, lambda: json_bytes(
         {**metrics.snapshot(), "source": {"description": client.description,
                                           **client.statistics()}}))

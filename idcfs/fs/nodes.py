@@ -2,7 +2,8 @@
 
 No FUSE import here. Views (`idcfs.fs.views`) build these nodes; the tree
 (`idcfs.fs.tree`) numbers them and answers the adapter. A file's content may have to be
-fetched: `content()` may block, `cached_content()` never does.
+fetched: `content()` may block, `cached_content()` never does. A `RangedFile` has no
+content as a whole: it is read by ranges, as the kernel asks (`read()` may block).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from idcfs.cache.memory import ByteLRU
+from idcfs.errors import FetchError
 from idcfs.fetch.loader import TileLoader
 from idcfs.slide.model import FrameRef, Slide
 
@@ -87,6 +90,122 @@ class LiveFile(FileNode):
 
     def cached_content(self) -> bytes | None:
         return self.render()
+
+
+MIN_RANGE = 64 * 1024  # the least a read fetches: a tile and the kernel's small reads after it
+SCAN_AFTER = 512 * 1024  # contiguous reads make a scan once they have covered this much
+SCAN_FIRST_BLOCK = 256 * 1024  # the first range of a scan; each next one doubles...
+SCAN_MAX_BLOCK = 8 * 1024 * 1024  # ...up to this
+SCAN_KEPT_BLOCKS = 8  # blocks a file remembers (their bytes live in `blocks`)
+
+
+class RangedFile(FileNode):
+    """A large file of exact, known size whose bytes are read by ranges as the kernel
+    asks, never whole (`dicom/<SOPInstanceUID>.dcm`): opening a 2 GB instance costs
+    nothing, a tool's random access costs one range per read that reaches the daemon,
+    and the kernel's page cache keeps what was read (the file never changes).
+
+    A scan is cheaper: the kernel never asks more than 128 KiB at a time, so a tool
+    walking a whole file (OpenSlide and wsidicom read every item header of a Pixel Data
+    without offset table, as IDC's TCGA files are) would cost one request per 128 KiB.
+    Once contiguous reads have covered 512 KiB (a random read of a tile, even split by
+    the kernel into a few contiguous requests, stays below that), each next read not
+    already fetched fetches a block of 256 KiB, doubling at each one up to 8 MiB; the
+    block's bytes wait in `blocks` (a bounded LRU shared by all files) for the reads
+    that follow, and reads that arrive while it is being fetched wait for it. Any other
+    read fetches exactly what it asks.
+
+    `read_range(start, length)` blocks (the source's deadline bounds it, and so every
+    wait here) and gives fewer bytes than asked only at the end of the file."""
+
+    def __init__(self, name: str, exact_size: int, read_range: Callable[[int, int], bytes],
+                 blocks: ByteLRU | None = None) -> None:
+        super().__init__(name)
+        self.exact_size = exact_size
+        self._read_range = read_range
+        self._blocks = blocks
+        self._lock = threading.Lock()
+        self._stream_start = -1  # where the current run of contiguous reads began
+        self._stream_end = -1  # where the last read ended
+        self._block_size = 0  # the last block of the scan under way (0: none)
+        self._kept: list[tuple[int, int]] = []  # [start, end) of recent blocks, newest last
+        self._fetching: dict[tuple[int, int], Future[bytes]] = {}
+
+    def size(self) -> tuple[int, bool]:
+        return self.exact_size, True
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length) cut at the end of the file (b"" past it).
+        FetchError when the source gives fewer bytes than the file was listed with: a
+        file that shrank since must not look like a short one."""
+        wanted = max(0, min(length, self.exact_size - offset))
+        if wanted == 0:
+            return b""
+        with self._lock:
+            start, found = self._covering(offset, wanted)
+            fetch = found is None
+            if found is None:
+                start, size = offset, self._range_size(offset, wanted)
+                found = self._fetching[(start, start + size)] = Future()
+            if offset != self._stream_end:
+                self._stream_start = offset
+            self._stream_end = offset + wanted
+        if fetch:
+            self._fetch(start, size, found, keep=size > wanted)
+        block = found.result() if isinstance(found, Future) else found
+        data = block[offset - start : offset - start + wanted]
+        if len(data) != wanted:
+            raise FetchError(f"{self.name}: {len(data)} bytes at offset {offset}, not "
+                             f"{wanted}: the file is no longer its listed {self.exact_size} "
+                             "bytes")
+        return data
+
+    def content(self) -> bytes:
+        raise NotImplementedError(f"{self.name} is read by ranges, never whole")
+
+    def _covering(self, offset: int, wanted: int) -> tuple[int, bytes | Future[bytes] | None]:
+        """A block holding [offset, offset + wanted): being fetched, or kept (under the
+        lock)."""
+        end = offset + wanted
+        for (start, stop), future in self._fetching.items():
+            if start <= offset and end <= stop:
+                return start, future
+        for start, stop in reversed(self._kept):
+            if start <= offset and end <= stop and self._blocks is not None:
+                data = self._blocks.get((self, start))
+                if data is not None:
+                    return start, data
+        return 0, None
+
+    def _range_size(self, offset: int, wanted: int) -> int:
+        """What to fetch for a read not covered: a growing block when it continues a
+        run of contiguous reads long enough to be a scan, else exactly what it asks
+        (under the lock)."""
+        scanning = offset == self._stream_end and offset - self._stream_start >= SCAN_AFTER
+        if self._blocks is None:
+            return wanted
+        if not scanning:
+            self._block_size = 0
+            return max(wanted, min(MIN_RANGE, self.exact_size - offset))
+        self._block_size = min(max(2 * self._block_size, SCAN_FIRST_BLOCK), SCAN_MAX_BLOCK)
+        return max(wanted, min(self._block_size, self.exact_size - offset))
+
+    def _fetch(self, start: int, size: int, future: Future[bytes], keep: bool) -> None:
+        """Fetch a range into `future` (its readers wait on it); `keep` a scan's block
+        for the reads that follow."""
+        try:
+            data = self._read_range(start, size)
+        except BaseException as error:
+            future.set_exception(error)
+        else:
+            future.set_result(data)
+            if keep and self._blocks is not None:
+                self._blocks.put((self, start), data)
+                with self._lock:
+                    self._kept = [*self._kept[-(SCAN_KEPT_BLOCKS - 1):], (start, start + size)]
+        finally:
+            with self._lock:
+                self._fetching.pop((start, start + size), None)
 
 
 class FetchedFile(FileNode):

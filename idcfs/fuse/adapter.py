@@ -13,6 +13,10 @@ the content's size is not the one shown, tells the kernel to forget the cached
 attributes, so the `fstat`, reads and `mmap` that follow see the exact size; the page
 cache is kept (`keep_cache`).
 
+A `RangedFile` (an instance file, `dicom/<uid>.dcm`) is never fetched whole: `open()`
+reads nothing, and each read that reaches the daemon asks the node for that range only,
+in a worker thread, within the same deadline; the page cache keeps what was read.
+
 Tiles read ahead are stored into the kernel's page cache before they are opened
 (`idcfs.fuse.pagecache`, `idcfs.fuse.diskfill`), so their reads do not come here; the
 fillers are built and started by `idcfs.mount`, and learn which files are open from the
@@ -35,7 +39,7 @@ import trio
 
 from idcfs.errors import DecodeError, FetchError, MetadataError, NotFoundError
 from idcfs.fetch.claims import DEFAULT_WAIT_S
-from idcfs.fs.nodes import FileNode, Node
+from idcfs.fs.nodes import FileNode, Node, RangedFile
 from idcfs.fs.tree import Attributes, Tree
 from idcfs.fuse.openfiles import OpenFile, OpenFiles
 from idcfs.metrics import Metrics
@@ -170,6 +174,9 @@ class IdcfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         node.note_open()
         shown_size = node.size()[0]
+        if isinstance(node, RangedFile):
+            handle = self._open.add(OpenFile(inode, shown_size, None))
+            return pyfuse3.FileInfo(fh=handle, keep_cache=True)
         data = await self._content_at_open(node)
         if data is not None and len(data) != shown_size:
             _forget_cached_attributes(inode)
@@ -209,8 +216,22 @@ class IdcfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         self._reads_served.add()
         if opened.content is None:
+            node = self._node(opened.inode)
+            if isinstance(node, RangedFile):
+                return await self._range_by_deadline(node, off, size)
             opened.content = await self._content_as_shown(opened)
         return opened.content[off : off + size]
+
+    async def _range_by_deadline(self, node: RangedFile, off: int, size: int) -> bytes:
+        """Bytes [off, off + size) of a file read by ranges (b"" past its end), within
+        `timeout`; on expiry EIO and one log line."""
+        if off >= node.exact_size:
+            return b""
+        what = f"read {node.name} (inode {node.inode}) bytes {off}+{size}"
+        with trio.move_on_after(self.timeout):
+            return await self._blocking(what, lambda: node.read(off, size), abandon=True)
+        log.error("EIO on %s: no answer within the %g s deadline", what, self.timeout)
+        raise pyfuse3.FUSEError(errno.EIO)
 
     async def _content_as_shown(self, opened: OpenFile) -> bytes:
         """The content of a file opened without it (the kernel had it then, and has

@@ -13,13 +13,17 @@ Promises every source keeps:
   `FetchError` (the server or the file could not give them) - never a partial list.
 - Every call is bounded in time (the source's own timeouts) and thread-safe.
 - A transient failure is a `FetchError`, never a `NotFoundError`.
+
+A source whose instances are files (`idcfs.source.files`) also satisfies
+`InstanceFiles`: their sizes and bytes by ranges, for `dicom/<SOPInstanceUID>.dcm`.
+DICOMweb does not (a server's instance, retrieved whole, is not the stored file).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from idcfs.dicom.dicom_json import DicomJson
 from idcfs.slide.model import InstanceInfo
@@ -73,4 +77,19 @@ class FrameSource(Protocol):
 
     def statistics(self) -> dict[str, Any]:
         """Counters for the statistics file (requests sent, bytes received...)."""
+        ...
+
+
+@runtime_checkable
+class InstanceFiles(Protocol):
+    """A source whose instances are stored files, readable by ranges; thread-safe,
+    blocking, each call bounded by the source's deadline."""
+
+    def instance_file_size(self, instance: InstanceInfo) -> int:
+        """The size of the instance's file, as listed (no request)."""
+        ...
+
+    def read_instance_file(self, instance: InstanceInfo, start: int, length: int) -> bytes:
+        """Bytes of the instance's file as stored; fewer than `length` only at its end;
+        FetchError when the file cannot be read."""
         ...
