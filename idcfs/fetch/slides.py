@@ -20,7 +20,7 @@ from idcfs.source.base import FrameSource, InstanceMetadata
 
 log = logging.getLogger(__name__)
 
-DISK_KEY_VERSION = "metadata-v2"
+DISK_KEY_VERSION = "metadata-v3"
 
 
 class SlideStore:
@@ -48,7 +48,9 @@ class SlideStore:
         return self._claims.run(key, lambda: self._load(study_uid, series_uid))
 
     def _load(self, study_uid: str, series_uid: str) -> Slide:
-        disk_key = f"{DISK_KEY_VERSION}/{study_uid}/{series_uid}"
+        # keyed by source too: the locations in it are the source's (a WADO-RS path, an
+        # object key), so one --cache-dir can serve DICOMweb and file mounts in turn
+        disk_key = f"{DISK_KEY_VERSION}/{self._source.description}/{study_uid}/{series_uid}"
         instances = self._from_disk(disk_key)
         fetched = instances is None
         if instances is None:

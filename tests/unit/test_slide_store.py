@@ -56,3 +56,28 @@ def test_a_waiter_gives_up_after_the_mount_timeout_while_the_load_goes_on(
     assert store.get(generated.study_uid, generated.series_uid) is loaded[0]
     assert source.metadata_requests == 1
 
+
+
+class OtherSource(MemorySource):
+    """The same slides from another source: another description, other locations."""
+
+    @property
+    def description(self) -> str:
+        return "another memory"
+
+
+def test_kept_metadata_is_the_source_s_own(generated: GeneratedSlide, tmp_path: Path) -> None:
+    from idcfs.cache.disk import DiskCache
+
+    disk = DiskCache(tmp_path / "cache", 1 << 30)
+    try:
+        first = MemorySource(generated.files)
+        SlideStore(first, disk).get(generated.study_uid, generated.series_uid)
+        again = MemorySource(generated.files)
+        SlideStore(again, disk).get(generated.study_uid, generated.series_uid)
+        assert again.metadata_requests == 0  # same source: from the disk cache
+        other = OtherSource(generated.files)
+        SlideStore(other, disk).get(generated.study_uid, generated.series_uid)
+        assert other.metadata_requests == 1  # its locations are not the first one's
+    finally:
+        disk.close()
