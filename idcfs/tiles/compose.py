@@ -15,8 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from idcfs.dicom.pixels import PixelFormat
-from idcfs.tiles.convert import DEFAULT_QUALITY, decode_frame, encode_jpeg, to_8bit
+from idcfs.tiles.convert import (
+    DEFAULT_QUALITY,
+    MAX_JPEG_SIDE,
+    decode_frame,
+    encode_jpeg,
+    to_8bit,
+)
 from idcfs.tiles.errors import TileDecodeError
+
+MAX_CANVAS_PIXELS = 1 << 26  # 64 Mpx (192 MB as 8-bit RGB): the largest image composed
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,10 @@ class Piece:
 def compose(pieces: Sequence[Piece], pixels: PixelFormat, width: int, height: int) -> np.ndarray:
     """The canvas of `width` x `height` pixels the pieces cover, in their native dtype.
 
-    Raises TileDecodeError when a piece cannot be decoded or there is none."""
+    Raises TileDecodeError when a piece cannot be decoded, there is none, or the canvas
+    would be larger than `MAX_CANVAS_PIXELS` or a JPEG can be (a label or overview
+    whose metadata claims an enormous matrix must not take the daemon's memory)."""
+    _check_canvas(width, height)
     canvas: np.ndarray | None = None
     for piece in pieces:
         decoded = decode_frame(piece.data, pixels, piece.transfer_syntax)
@@ -50,6 +61,14 @@ def composed_jpeg(
 ) -> bytes:
     """The pieces as one JPEG of `width` x `height`, scaled to 8 bits."""
     return encode_jpeg(to_8bit(compose(pieces, pixels, width, height), pixels), quality)
+
+
+def _check_canvas(width: int, height: int) -> None:
+    if width < 1 or height < 1 or max(width, height) > MAX_JPEG_SIDE:
+        raise TileDecodeError(f"cannot compose a {width}x{height} image")
+    if width * height > MAX_CANVAS_PIXELS:
+        raise TileDecodeError(f"a {width}x{height} image is larger than the "
+                              f"{MAX_CANVAS_PIXELS >> 20} Mpx idcfs composes")
 
 
 def _paste(canvas: np.ndarray, decoded: np.ndarray, top: int, left: int) -> None:

@@ -616,3 +616,16 @@ def test_real_highdicom_frames_decode_like_pydicom(name: str) -> None:
         for used in (syntax, None):
             assert np.array_equal(decode_frame(frame, pixels, used), expected[index])
             assert _served_psnr(frame, pixels, used) >= 35  # 10x10 tiles of sharp edges
+
+
+def test_an_enormous_composed_image_is_refused_before_any_memory_is_taken() -> None:
+    from idcfs.tiles.compose import MAX_CANVAS_PIXELS, Piece, compose
+
+    frame = pillow_jpeg(Image.fromarray(tissue(3)), quality=80)
+    pieces = [Piece(0, 0, frame, BASELINE)]
+    side = int(MAX_CANVAS_PIXELS ** 0.5) + 1
+    with pytest.raises(TileDecodeError, match="Mpx"):
+        compose(pieces, rgb_format("YBR_FULL_422"), side, side)
+    with pytest.raises(TileDecodeError, match="cannot compose"):
+        compose(pieces, rgb_format("YBR_FULL_422"), 70000, 10)
+    assert compose(pieces, rgb_format("YBR_FULL_422"), 300, 200).shape[:2] == (200, 300)
