@@ -261,7 +261,7 @@ def build_mount(config: MountConfig) -> Mounted:
     tiles = TileCache(ByteLRU(config.cache_bytes), ByteLRU(config.readahead_bytes), disk,
                       config.quality, metrics)
     loader = TileLoader(client, tiles, metrics, quality=config.quality,
-                        demand=CoalesceSettings(workers=config.connection_limit),
+                        demand=_demand_settings(config),
                         wait_s=config.timeout)
     open_files = OpenFiles()
     tile_index = TileFileIndex()
@@ -281,6 +281,12 @@ def build_mount(config: MountConfig) -> Mounted:
     operations = IdcfsOperations(Tree(catalog_view.root_children), open_files, metrics,
                                  timeout=config.timeout)
     return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler)
+
+
+def _demand_settings(config: MountConfig) -> CoalesceSettings:
+    if config.source_kind == "dicomweb":
+        return CoalesceSettings(workers=config.connection_limit)
+    return CoalesceSettings.for_byte_ranges(config.connection_limit)
 
 
 def fuse_options(config: MountConfig) -> set[str]:
