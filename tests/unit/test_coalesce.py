@@ -158,3 +158,32 @@ def test_a_slot_waits_for_its_readers_to_ask_again(anticipate: bool) -> None:
         assert len(server.batches) <= 5, server.batches
     else:  # the control: without waiting, returning readers miss the slot
         assert len(server.batches) > 5, server.batches
+
+
+def test_byte_range_sources_send_each_demand_read_at_once() -> None:
+    """With `for_byte_ranges(8)`, 8 readers arriving one after another while the first
+    requests are out each get a request of their own, all 8 in flight together."""
+    in_flight = most = 0
+    lock = threading.Lock()
+    server = SlowServer(delay=0.5)
+
+    def counting(slide: Any, batch: Batch) -> None:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        try:
+            server.run(slide, batch)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    coalescer = RequestCoalescer(counting, server.abandon, CoalesceSettings.for_byte_ranges(8))
+    futures = {number: Future() for number in range(1, 9)}
+    for number, future in futures.items():
+        coalescer.submit(FakeSlide(), {FrameRef("instance", number): future})  # type: ignore[arg-type]
+        time.sleep(0.01)
+    for future in futures.values():
+        future.result(timeout=10)
+    assert most == 8 and len(server.batches) == 8, server.batches
+    coalescer.close()
