@@ -2,7 +2,10 @@
 given sizes from one directory, with exact sizes, long timeouts and the page cache kept
 (what idcfs does for a tile it has in memory), minus everything idcfs adds.
 
-    python benchmarks/memfs.py MOUNTPOINT SIZES_JSON     (serves until SIGTERM)
+    python benchmarks/memfs.py MOUNTPOINT FILES_JSON     (serves until SIGTERM)
+
+FILES_JSON is a list of sizes (files `0.jpg`, `1.jpg`, ...) or of [name, size] pairs
+(the names and sizes of a level's tiles, in listing order).
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ TIMEOUT = 3600.0
 
 
 class MemoryFs(pyfuse3.Operations):
-    def __init__(self, sizes: list[int]) -> None:
+    def __init__(self, files: list[tuple[str, int]]) -> None:
         super().__init__()
-        self.files = {ROOT + 1 + i: os.urandom(size) for i, size in enumerate(sizes)}
-        self.names = {f"{i}.jpg".encode(): ROOT + 1 + i for i in range(len(sizes))}
+        self.files = {ROOT + 1 + i: os.urandom(size) for i, (_, size) in enumerate(files)}
+        self.names = {name.encode(): ROOT + 1 + i for i, (name, _) in enumerate(files)}
 
     def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -65,10 +68,12 @@ class MemoryFs(pyfuse3.Operations):
 
 
 def main() -> None:
-    mountpoint, sizes_file = sys.argv[1], sys.argv[2]
-    with open(sizes_file) as handle:
-        sizes = json.load(handle)
-    pyfuse3.init(MemoryFs(sizes), mountpoint, {"fsname=memfs", "ro"})
+    mountpoint, files_json = sys.argv[1], sys.argv[2]
+    with open(files_json) as handle:
+        listed = json.load(handle)
+    files = [(f"{i}.jpg", item) if isinstance(item, int) else (str(item[0]), int(item[1]))
+             for i, item in enumerate(listed)]
+    pyfuse3.init(MemoryFs(files), mountpoint, {"fsname=memfs", "ro"})
     try:
         trio.run(main_until_signal)
     finally:

@@ -16,17 +16,13 @@ Results also go to benchmarks/results/latest.json and latest.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,86 +36,23 @@ from benchmarks.clients import (
     single_get_latency,
     wsidicom_loop,
 )
-from idcfs.cli import is_mounted
+from benchmarks.common import (
+    Mounted,
+    Row,
+    copy_tree,
+    listed,
+    median_row,
+    memory_fs,
+    parallel_slices,
+    print_table,
+    read_files,
+    save,
+)
 from tests.support.orthanc import OrthancServer
 from tests.support.relay import TcpLatencyRelay
 from tests.support.slides import write_pyramid
 
-RESULTS = Path(__file__).parent / "results"
-CACHE_SIZE = "128M"
-STATS = ".idcfs-stats.json"
-
-
-@dataclass
-class Row:
-    rtt_ms: int
-    name: str
-    tiles: int
-    seconds: float
-    nbytes: int
-    requests: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tiles_per_s(self) -> float:
-        return self.tiles / self.seconds if self.seconds else 0.0
-
-
-class Mounted:
-    """An idcfs daemon started for one scenario, stopped by its PID's unmount."""
-
-    def __init__(self, url: str, work: Path, *options: str) -> None:
-        self.path = Path(tempfile.mkdtemp(dir=work, prefix="mnt-"))
-        pid_file = self.path.with_suffix(".pid")
-        command = [sys.executable, "-m", "idcfs", "mount", "--url", url, "--cache-size",
-                   CACHE_SIZE, "--log-file", str(self.path.with_suffix(".log")),
-                   "--pid-file", str(pid_file), *options, str(self.path)]
-        subprocess.run(command, check=True, timeout=120)
-        self.pid = int(pid_file.read_text())
-
-    def stats(self) -> dict[str, Any]:
-        return json.loads((self.path / STATS).read_text())
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def close(self) -> None:
-        subprocess.run([sys.executable, "-m", "idcfs", "unmount", str(self.path)], check=False)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and Path(f"/proc/{self.pid}").exists():
-            time.sleep(0.05)
-
-
-def read_files(paths: list[Path], threads: int = 1) -> tuple[int, list[float]]:
-    """Read every file completely; (total bytes, per-file seconds)."""
-    def read(path: Path) -> tuple[int, float]:
-        start = time.perf_counter()
-        with open(path, "rb") as handle:
-            size = len(handle.read())
-        return size, time.perf_counter() - start
-
-    if threads == 1:
-        results = [read(path) for path in paths]
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            results = list(pool.map(read, paths))
-    return sum(size for size, _ in results), [seconds for _, seconds in results]
-
-
-def parallel_slices(paths: list[Path], readers: int) -> int:
-    """`readers` threads, each reading its own contiguous slice in order."""
-    share = -(-len(paths) // readers)
-    slices = [paths[i : i + share] for i in range(0, len(paths), share)]
-    with ThreadPoolExecutor(readers) as pool:
-        return sum(pool.map(lambda part: read_files(part)[0], slices))
-
-
-def listed(folder: Path) -> list[Path]:
-    """A directory's files in readdir order (the order cp, tar and find use)."""
-    return [folder / name for name in os.listdir(folder)]
+REFERENCES = ("(d)", "(a)")
 
 
 def level_dir(mount: Mounted, study: str, series: str) -> Path:
@@ -143,14 +76,9 @@ def copy_and_reread(rtt: int, url: str, target: Target, work: Path) -> tuple[Row
     The copy goes to tmpfs when there is one: (d) keeps what it fetches in memory, so
     both then measure fetching, not the destination disk.
     """
-    mount = Mounted(url, work)
+    mount = Mounted(work, "--url", url)
     level = level_dir(mount, target.study_uid, target.series_uid)
-    destination = Path(tempfile.mkdtemp(dir=_memory_dir(work))) / "copy"
-    start = time.perf_counter()
-    subprocess.run(["cp", "-r", str(level), str(destination)], check=True)
-    seconds = time.perf_counter() - start
-    copied = sum(p.stat().st_size for p in destination.iterdir())
-    shutil.rmtree(destination.parent)
+    seconds, copied = copy_tree(level, work)
     stats = mount.stats()
     copy = Row(rtt, "(e) idcfs cp -r level-0", len(target.frame_numbers), seconds, copied,
                stats["requests_sent"], {"peak_rss_mb": mount.peak_rss_mb(),
@@ -162,21 +90,6 @@ def copy_and_reread(rtt: int, url: str, target: Target, work: Path) -> tuple[Row
                nbytes, mount.stats()["requests_sent"] - stats["requests_sent"])
     mount.close()
     return copy, warm
-
-
-def _memory_dir(work: Path) -> Path:
-    shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else work
-
-
-def median_row(rows: list[Row]) -> Row:
-    """The run with the median time, its spread in the notes."""
-    ordered = sorted(rows, key=lambda row: row.seconds)
-    middle = ordered[(len(ordered) - 1) // 2]
-    if len(rows) > 1:
-        middle.extra = {**middle.extra, "runs": len(rows),
-                        "min_s": ordered[0].seconds, "max_s": ordered[-1].seconds}
-    return middle
 
 
 def repeated_rows(
@@ -216,7 +129,7 @@ def _median_with_ratio(rows: list[Row]) -> Row:
 
 def _filled_disk_cache(url: str, target: Target, work: Path, rtt: int) -> Path:
     cache_dir = work / f"disk-cache-{rtt}"
-    first = Mounted(url, work, "--cache-dir", str(cache_dir))
+    first = Mounted(work, "--url", url, "--cache-dir", str(cache_dir))
     read_files(listed(level_dir(first, target.study_uid, target.series_uid)))
     first.close()
     return cache_dir
@@ -226,7 +139,7 @@ def _reread_after_remount(
     rtt: int, url: str, target: Target, work: Path, cache_dir: Path
 ) -> Row:
     """(h') the level read in a fresh mount of a filled disk cache."""
-    mount = Mounted(url, work, "--cache-dir", str(cache_dir))
+    mount = Mounted(work, "--url", url, "--cache-dir", str(cache_dir))
     paths = listed(level_dir(mount, target.study_uid, target.series_uid))
     start = time.perf_counter()
     nbytes, _ = read_files(paths)
@@ -237,7 +150,7 @@ def _reread_after_remount(
 
 
 def _ls_cold(rtt: int, url: str, target: Target, work: Path) -> Row:
-    mount = Mounted(url, work)
+    mount = Mounted(work, "--url", url)
     level = level_dir(mount, target.study_uid, target.series_uid)
     before = mount.stats()["frames_fetched"]
     start = time.perf_counter()
@@ -251,7 +164,7 @@ def _ls_cold(rtt: int, url: str, target: Target, work: Path) -> Row:
 
 
 def _parallel_readers(rtt: int, url: str, target: Target, work: Path) -> Row:
-    mount = Mounted(url, work)
+    mount = Mounted(work, "--url", url)
     paths = listed(level_dir(mount, target.study_uid, target.series_uid))
     start = time.perf_counter()
     nbytes = parallel_slices(paths, 8)
@@ -263,7 +176,7 @@ def _parallel_readers(rtt: int, url: str, target: Target, work: Path) -> Row:
 
 
 def _random_reads(rtt: int, url: str, target: Target, work: Path, count: int) -> Row:
-    mount = Mounted(url, work)
+    mount = Mounted(work, "--url", url)
     paths = listed(level_dir(mount, target.study_uid, target.series_uid))
     chosen = random.Random(4).sample(paths, min(count, len(paths)))
     start = time.perf_counter()
@@ -287,7 +200,7 @@ def _single_reader(rtt: int, url: str, target: Target, work: Path, count: int = 
     """(g1) cold random reads from one thread, each followed by a direct single-frame GET
     of another random tile: idcfs's cost per cold read against the GET it stands for,
     with the server in the same state."""
-    mount = Mounted(url, work)
+    mount = Mounted(work, "--url", url)
     paths = listed(level_dir(mount, target.study_uid, target.series_uid))
     picked = random.Random(6).sample(range(1, len(paths)), 2 * count)
     getter = FrameGetter(target)
@@ -316,15 +229,7 @@ def slow_client_rows(rtt: int, target: Target, slow_tiles: int) -> list[Row]:
 
 
 def _memfs_reads(sizes: list[int], work: Path) -> tuple[Row, Row]:
-    mountpoint = Path(tempfile.mkdtemp(dir=work, prefix="memfs-"))
-    sizes_file = work / "sizes.json"
-    sizes_file.write_text(json.dumps(sizes))
-    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("memfs.py")),
-                                str(mountpoint), str(sizes_file)])
-    try:
-        deadline = time.monotonic() + 30
-        while not is_mounted(mountpoint) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with memory_fs(sizes, work) as mountpoint:
         paths = listed(mountpoint)
         rows = []
         for label in ("cold page cache", "warm page cache"):
@@ -333,9 +238,6 @@ def _memfs_reads(sizes: list[int], work: Path) -> tuple[Row, Row]:
             rows.append(Row(-1, f"ceiling: in-memory pyfuse3 fs, {label}", len(paths),
                             time.perf_counter() - start, nbytes))
         return rows[0], rows[1]
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def build_target(url: str, slide: Any) -> Target:
@@ -349,40 +251,6 @@ def build_target(url: str, slide: Any) -> Target:
     return Target(url, slide.study_uid, slide.series_uid, base.SOPInstanceUID,
                   tuple(range(1, frames + 1)),
                   tuple((i % columns, i // columns) for i in range(frames)))
-
-
-def print_table(rows: list[Row]) -> str:
-    lines = [
-        "| RTT ms | scenario | tiles | s | tiles/s | MB/s | x (d) | x (a) | requests | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        same_rtt = [r for r in rows if r.rtt_ms == row.rtt_ms]
-        raw = next((r.tiles_per_s for r in same_rtt if r.name.startswith("(d)")), None)
-        wsi = next((r.tiles_per_s for r in same_rtt if r.name.startswith("(a)")), None)
-        notes = ", ".join(_note(key, value) for key, value in row.extra.items())
-        lines.append(
-            f"| {row.rtt_ms if row.rtt_ms >= 0 else '-'} | {row.name} | {row.tiles} | "
-            f"{row.seconds:.3f} | {row.tiles_per_s:.0f} | {row.nbytes / row.seconds / 1e6:.1f} | "
-            f"{_ratio(row.tiles_per_s, raw)} | {_ratio(row.tiles_per_s, wsi)} | "
-            f"{row.requests if row.requests is not None else ''} | {notes} |"
-        )
-    table = "\n".join(lines)
-    print(table)
-    return table
-
-
-def _note(key: str, value: Any) -> str:
-    if isinstance(value, float):
-        precise = key.endswith("_s") or key.startswith("of_ceiling")
-        return f"{key} {value:.2f}" if precise else f"{key} {value:.1f}"
-    if isinstance(value, dict):
-        return f"{key} " + " ".join(f"{count}x{size}" for size, count in value.items())
-    return f"{key} {value}"
-
-
-def _ratio(value: float, reference: float | None) -> str:
-    return f"{value / reference:.2f}" if reference else ""
 
 
 def main() -> None:
@@ -412,8 +280,8 @@ def main() -> None:
                     rows += slow_client_rows(rtt, routed, slow_tiles)
                     rows += repeated_rows(rtt, url, routed, work, sizes, args.repeats)
                     rows += idcfs_rows(rtt, url, routed, work, random_reads)
-                    print_table(rows)
-    _save(rows, print_table(rows))
+                    print_table(rows, REFERENCES)
+    save(rows, print_table(rows, REFERENCES))
 
 
 def _frames(target: Target) -> list[bytes]:
@@ -428,15 +296,6 @@ def _frames(target: Target) -> list[bytes]:
             frame_numbers=numbers[first : first + 256],
             media_types=(("application/octet-stream", "*"),))
     return frames
-
-
-def _save(rows: list[Row], table: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
-    (RESULTS / "latest.md").write_text(f"commit {commit}\n\n{table}\n")
-    (RESULTS / "latest.json").write_text(json.dumps(
-        {"commit": commit, "rows": [row.__dict__ for row in rows]}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -244,6 +244,7 @@ def connect(config: MountConfig, metrics: Metrics,
     settings = FileSourceSettings(timeout=config.timeout, parallel_reads=config.max_connections)
     if kind == "files":
         store, prefix = files_store(config)
+        metrics.gauge("object_store", store.statistics)
         check_store(store, config, prefix)
         headers = HeaderReader(store, disk)
         folder = FolderCatalog(store, headers, prefix, config.timeout)
@@ -254,6 +255,7 @@ def connect(config: MountConfig, metrics: Metrics,
         return FileFrameSource(store, folder, disk, settings, headers), folder
     catalog = build_catalog(config, None)
     store = bucket_store(config, kind, IDC_BUCKET)
+    metrics.gauge("object_store", store.statistics)
     check_store(store, config)
     series_files = PrefixSeriesFiles(store, idc_bucket_prefix(catalog, IDC_BUCKET))
     return FileFrameSource(store, series_files, disk, settings), catalog
@@ -272,7 +274,7 @@ def build_mount(config: MountConfig) -> Mounted:
     tiles = TileCache(ByteLRU(config.cache_bytes), ByteLRU(config.readahead_bytes), disk,
                       config.quality, metrics)
     loader = TileLoader(client, tiles, metrics, quality=config.quality,
-                        demand=CoalesceSettings(workers=config.connection_limit),
+                        demand=_demand_settings(config),
                         wait_s=config.timeout)
     open_files = OpenFiles()
     tile_index = TileFileIndex()
@@ -297,6 +299,12 @@ def build_mount(config: MountConfig) -> Mounted:
     operations = IdcfsOperations(Tree(catalog_view.root_children), open_files, metrics,
                                  timeout=config.timeout)
     return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler)
+
+
+def _demand_settings(config: MountConfig) -> CoalesceSettings:
+    if config.source_kind == "dicomweb":
+        return CoalesceSettings(workers=config.connection_limit)
+    return CoalesceSettings.for_byte_ranges(config.connection_limit)
 
 
 def fuse_options(config: MountConfig) -> set[str]:

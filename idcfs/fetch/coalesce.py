@@ -57,6 +57,14 @@ class CoalesceSettings:
     anticipate_fraction: float = 0.1
     anticipate_max_s: float = 0.05
 
+    @classmethod
+    def for_byte_ranges(cls, connections: int) -> CoalesceSettings:
+        """For sources that read frames by byte ranges (DICOM files in a bucket): a
+        request costs the server its bytes only, not a parse of the instance, so demand
+        reads of one instance go out at once, up to the connections, instead of waiting
+        for one of two shared requests."""
+        return cls(per_instance=connections, workers=connections)
+
 
 class RequestCoalescer:
     """Queues claimed frames per instance and sends them in shared requests."""

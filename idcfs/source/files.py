@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,6 +34,7 @@ from idcfs.errors import FetchError, MetadataError, NotFoundError
 from idcfs.slide.model import InstanceInfo
 from idcfs.source.base import Frame, InstanceMetadata
 from idcfs.source.dicomfile import (
+    SCAN_RANGE,
     FileHeader,
     FrameIndex,
     FramePosition,
@@ -222,8 +223,12 @@ class FileFrameSource:
             except FetchError as error:
                 log.warning("%s: %s; building it again", info.key, error)
         began = time.monotonic()
-        index = frame_index(lambda start, length: self._read(info, start, length, deadline),
-                            info.size, header)
+        reads = ScanAhead(lambda start, length: self._read(info, start, length, deadline),
+                           info.size, self._pool, self.settings.parallel_reads)
+        try:
+            index = frame_index(reads, info.size, header)
+        finally:
+            reads.close()
         log.debug("%s: %d frames located (%s) in %.3f s", info.key, len(index), index.method,
                   time.monotonic() - began)
         if self._kept is not None:
@@ -242,6 +247,48 @@ class FileFrameSource:
 
     def _deadline(self) -> float:
         return time.monotonic() + self.settings.timeout
+
+
+class ScanAhead:
+    """Reads for building a frame index, with a scan's reads fetched ahead in parallel.
+
+    A file without offset tables is indexed by walking its item headers front to back in
+    `SCAN_RANGE` reads (`idcfs.source.dicomfile`), one after the other: on a link of
+    limited bandwidth per connection, or far away, that walk took most of a level's
+    first `cp -r`. Here a read of at least `SCAN_RANGE` bytes is served from aligned
+    blocks of that size, the next `ahead` blocks already being read on the pool, so
+    the walk parses one block while the following ones arrive. Blocks behind the walk
+    are dropped; smaller reads (headers, offset tables, TIFF tags) go straight through.
+    Every block read keeps the caller's deadline.
+    """
+
+    def __init__(self, read: Callable[[int, int], bytes], size: int,
+                 pool: ThreadPoolExecutor, ahead: int, block: int = SCAN_RANGE) -> None:
+        self._read, self._size, self._pool = read, size, pool
+        self._ahead, self._block = max(1, ahead), block
+        self._blocks: dict[int, Future[bytes]] = {}
+
+    def __call__(self, start: int, length: int) -> bytes:
+        if length < self._block:
+            return self._read(start, length)
+        first, last = start // self._block, (start + length - 1) // self._block
+        for number in list(self._blocks):
+            if number < first:
+                self._blocks.pop(number).cancel()
+        for number in range(first, last + 1 + self._ahead):
+            if number * self._block < self._size and number not in self._blocks:
+                self._blocks[number] = self._pool.submit(
+                    self._read, number * self._block,
+                    min(self._block, self._size - number * self._block))
+        data = b"".join(self._blocks[number].result() for number in range(first, last + 1))
+        offset = start - first * self._block
+        return data[offset : offset + length]
+
+    def close(self) -> None:
+        """Give up the blocks still being read ahead."""
+        for future in self._blocks.values():
+            future.cancel()
+        self._blocks.clear()
 
 
 class HeaderReader:

@@ -403,6 +403,54 @@ def test_tcp_relay_carries_large_bodies_intact(orthanc: OrthancServer,
     assert relay.bytes_down >= len(body)
 
 
+def _serve_bytes_once(payload: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A loopback listener that sends `payload` to each of two clients, then closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for _ in range(2):
+            client, _ = listener.accept()
+            with client:
+                client.sendall(payload)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def _receive_all(port: int) -> tuple[bytes, float]:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        chunks = []
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    return b"".join(chunks), time.monotonic() - started
+
+
+def test_tcp_relay_caps_each_connection_bandwidth() -> None:
+    """Each of two connections at once through a capped relay gets at most the cap,
+    with its bytes intact."""
+    payload = np.random.default_rng(7).bytes(600_000)
+    listener, thread = _serve_bytes_once(payload)
+    with listener, TcpLatencyRelay("127.0.0.1", listener.getsockname()[1], 0.0,
+                                   bytes_per_s=2_000_000) as relay:
+        results: list[tuple[bytes, float]] = []
+        readers = [threading.Thread(target=lambda: results.append(_receive_all(relay.port)))
+                   for _ in range(2)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(timeout=60)
+    thread.join(timeout=10)
+    assert [body for body, _ in results] == [payload, payload]
+    assert min(seconds for _, seconds in results) >= 0.3 * 0.95, "600 kB at 2 MB/s"
+
+
+def test_tcp_relay_refuses_a_bandwidth_of_zero() -> None:
+    with pytest.raises(ValueError, match="bandwidth"):
+        TcpLatencyRelay("127.0.0.1", 1, 0.0, bytes_per_s=0)
+
+
 def test_sixteen_bit_window_is_set(test_slides: list[GeneratedSlide]) -> None:
     ds = pydicom.dcmread(named(test_slides, "uncompressed16").files[0])
     assert ds.BitsAllocated == 16 and ds.PhotometricInterpretation == "MONOCHROME2"

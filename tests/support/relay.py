@@ -13,7 +13,8 @@
   dropped (a chunked answer is re-sent with a Content-Length).
 - `TcpLatencyRelay`: a byte-level TCP relay that delays every chunk by half a round
   trip in each direction without serialising them (like a long link), and charges a
-  round trip for connection set-up; it counts connections and bytes.
+  round trip for connection set-up; it counts connections and bytes. It can also cap
+  each connection's bandwidth in each direction (a single stream over a WAN).
 
 Both listen on a free 127.0.0.1 port chosen at `start()`, serve from a background
 thread, and work as context managers.
@@ -48,6 +49,8 @@ HOP_BY_HOP = frozenset({
 DEFAULT_FAULT_BODY = b"<html><body>injected fault</body></html>"
 TCP_CHUNK = 256 * 1024
 TCP_QUEUE_CHUNKS = 256  # at most 64 MiB in flight per direction
+CAPPED_CHUNK_S = 0.005  # under a bandwidth cap, chunks of 5 ms of the link's time
+MIN_CAPPED_CHUNK = 4096
 
 
 class _BackgroundService(Service):
@@ -487,14 +490,22 @@ class TcpLatencyRelay(_BackgroundService):
 
     Chunks are pipelined: one read at time t is written at t + rtt/2 however many are
     in flight, in order. A new connection reaches upstream one round trip after it was
-    accepted (the handshake a real link would cost). Holds counters: `connections`,
-    `bytes_up` (client to server) and `bytes_down` (server to client).
+    accepted (the handshake a real link would cost). With `bytes_per_s`, each
+    connection's direction is a link of that bandwidth: a chunk is sent once the ones
+    before it are, takes size/bandwidth, then travels rtt/2 (the relay holds what the
+    link has not sent yet, at most `TCP_QUEUE_CHUNKS` chunks, then stops reading). Holds
+    counters: `connections`, `bytes_up` (client to server) and `bytes_down` (server to
+    client).
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int, rtt_s: float) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, rtt_s: float,
+                 bytes_per_s: float | None = None) -> None:
+        if bytes_per_s is not None and bytes_per_s <= 0:
+            raise ValueError(f"bandwidth must be positive: {bytes_per_s}")
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.rtt_s = rtt_s
+        self.bytes_per_s = bytes_per_s
         self.connections = 0
         self.bytes_up = 0
         self.bytes_down = 0
@@ -573,8 +584,10 @@ class TcpLatencyRelay(_BackgroundService):
         half = self.rtt_s / 2
         try:
             await asyncio.gather(
-                _pipe(client_reader, upstream_writer, half, self._count_up),
-                _pipe(upstream_reader, client_writer, half, self._count_down),
+                _pipe(client_reader, upstream_writer, _Link(half, self.bytes_per_s),
+                      self._count_up),
+                _pipe(upstream_reader, client_writer, _Link(half, self.bytes_per_s),
+                      self._count_down),
             )
         finally:
             upstream_writer.close()
@@ -593,13 +606,37 @@ def _set_nodelay(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class _Link:
+    """One direction of one connection: `delay` seconds of travel, and, with a
+    bandwidth, one chunk on the wire at a time."""
+
+    def __init__(self, delay: float, bytes_per_s: float | None) -> None:
+        self.delay = delay
+        self.bytes_per_s = bytes_per_s
+        self.free_at = 0.0  # when the chunks accepted so far have all been sent
+
+    @property
+    def chunk(self) -> int:
+        """How much to read at once: small enough under a cap to pace smoothly."""
+        if self.bytes_per_s is None:
+            return TCP_CHUNK
+        return int(min(TCP_CHUNK, max(MIN_CAPPED_CHUNK, self.bytes_per_s * CAPPED_CHUNK_S)))
+
+    def due(self, now: float, size: int) -> float:
+        """When a chunk of `size` bytes read at `now` reaches the other end."""
+        if self.bytes_per_s is None:
+            return now + self.delay
+        self.free_at = max(now, self.free_at) + size / self.bytes_per_s
+        return self.free_at + self.delay
+
+
 async def _pipe(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    delay: float,
+    link: _Link,
     count: Callable[[int], None],
 ) -> None:
-    """Copy reader to writer, each chunk delivered `delay` seconds after it was read.
+    """Copy reader to writer, each chunk delivered when `link` says it arrives.
 
     A reading task stamps chunks and a writing task waits for each stamp, so the
     delays of chunks in flight overlap instead of adding up. EOF is passed on (as a
@@ -611,10 +648,10 @@ async def _pipe(
     try:
         while True:
             try:
-                chunk = await reader.read(TCP_CHUNK)
+                chunk = await reader.read(link.chunk)
             except OSError:
                 chunk = b""
-            await queue.put((loop.time() + delay, chunk))
+            await queue.put((link.due(loop.time(), len(chunk)), chunk))
             if not chunk:
                 break
             count(len(chunk))

@@ -46,6 +46,24 @@ class SlowServer:
             future.set_exception(FetchError("abandoned"))
 
 
+class CountingServer(SlowServer):
+    """A `SlowServer` that records the most batches it had in flight at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.in_flight = self.most = 0
+
+    def run(self, slide: Any, batch: Batch) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            super().run(slide, batch)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
 def _submit_concurrently(coalescer: RequestCoalescer, numbers: list[int]) -> dict[int, Future]:
     futures = {number: Future() for number in numbers}
     barrier = threading.Barrier(len(numbers))
@@ -74,28 +92,13 @@ def test_concurrent_readers_share_requests() -> None:
 
 
 def test_at_most_per_instance_requests_in_flight() -> None:
-    in_flight = 0
-    most = 0
-    lock = threading.Lock()
-    server = SlowServer(delay=0.05)
-
-    def counting(slide: Any, batch: Batch) -> None:
-        nonlocal in_flight, most
-        with lock:
-            in_flight += 1
-            most = max(most, in_flight)
-        try:
-            server.run(slide, batch)
-        finally:
-            with lock:
-                in_flight -= 1
-
+    server = CountingServer(delay=0.05)
     settings = CoalesceSettings(per_instance=2, max_frames=3)
-    coalescer = RequestCoalescer(counting, server.abandon, settings)
+    coalescer = RequestCoalescer(server.run, server.abandon, settings)
     futures = _submit_concurrently(coalescer, list(range(1, 31)))
     for future in futures.values():
         future.result(timeout=10)
-    assert most <= 2
+    assert server.most <= 2
     assert all(len(batch) <= 3 for batch in server.batches)
     coalescer.close()
 
@@ -158,3 +161,18 @@ def test_a_slot_waits_for_its_readers_to_ask_again(anticipate: bool) -> None:
         assert len(server.batches) <= 5, server.batches
     else:  # the control: without waiting, returning readers miss the slot
         assert len(server.batches) > 5, server.batches
+
+
+def test_byte_range_sources_send_each_demand_read_at_once() -> None:
+    """With `for_byte_ranges(8)`, 8 readers arriving one after another while the first
+    requests are out each get a request of their own, all 8 in flight together."""
+    server = CountingServer(delay=0.5)
+    coalescer = RequestCoalescer(server.run, server.abandon, CoalesceSettings.for_byte_ranges(8))
+    futures = {number: Future() for number in range(1, 9)}
+    for number, future in futures.items():
+        coalescer.submit(FakeSlide(), {FrameRef("instance", number): future})  # type: ignore[arg-type]
+        time.sleep(0.01)
+    for future in futures.values():
+        future.result(timeout=10)
+    assert server.most == 8 and len(server.batches) == 8, server.batches
+    coalescer.close()

@@ -3,6 +3,8 @@ a folder store, in every layout, with the reads counted."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from idcfs.source.files import (
     FileFrameSource,
     HeaderReader,
     PrefixSeriesFiles,
+    ScanAhead,
     idc_bucket_prefix,
     location_of,
     parse_location,
@@ -191,3 +194,46 @@ def _only_instance(source: FileFrameSource, layout: LayoutFile):  # noqa: ANN202
     slide = parse_slide(study, series, [item.dicom for item in instances],
                         {item.dicom["00080018"]["Value"][0]: item.location for item in instances})
     return next(iter(slide.instances.values()))
+
+
+class RecordedReads:
+    """`read(start, length)` over bytes, recording each call; fails in `broken` ranges."""
+
+    def __init__(self, data: bytes, broken: range = range(0)) -> None:
+        self.data, self.broken = data, broken
+        self.calls: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, start: int, length: int) -> bytes:
+        with self._lock:
+            self.calls.append((start, length))
+        if start in self.broken:
+            raise FetchError(f"injected failure at {start}")
+        return self.data[start : start + length]
+
+
+def test_a_scan_reads_each_block_once_fetching_ahead() -> None:
+    data = bytes(range(256)) * 40
+    recorded = RecordedReads(data)
+    with ThreadPoolExecutor(4) as pool:
+        reads = ScanAhead(recorded, len(data), pool, ahead=2, block=1000)
+        cursor = 5
+        while cursor + 1000 <= len(data):  # a walk: each read starts inside the last
+            assert reads(cursor, 1000) == data[cursor : cursor + 1000]
+            cursor += 997
+        assert reads(3, 10) == data[3:13]  # a small read goes straight through
+        reads.close()
+    blocks = [call for call in recorded.calls if call != (3, 10)]
+    assert sorted(blocks) == [(start, min(1000, len(data) - start))
+                              for start in range(0, len(data), 1000)]
+
+
+def test_a_scan_block_that_fails_fails_the_read_that_needs_it() -> None:
+    data = bytes(5000)
+    with ThreadPoolExecutor(2) as pool:
+        reads = ScanAhead(RecordedReads(data, broken=range(2000, 2001)), len(data), pool,
+                          ahead=1, block=1000)
+        assert reads(0, 1000) == data[:1000]  # block 1 read ahead, block 2 not yet needed
+        with pytest.raises(FetchError, match="injected failure at 2000"):
+            reads(1500, 1000)
+        reads.close()
