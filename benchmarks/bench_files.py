@@ -158,7 +158,7 @@ def _served(path: Path, position: FramePosition) -> bytes:
 
 def requests_sent(mount: Mounted) -> int:
     """Requests the daemon's object store sent (listings, reads), retries included."""
-    return sum(mount.stats()["object_store"]["requests"].values())
+    return sum(mount.stats()["source"]["requests"].values())
 
 
 def s5cmd_copy(rtt: int, endpoint: str, bench: Bench, work: Path, label: str) -> Row:

@@ -244,7 +244,6 @@ def connect(config: MountConfig, metrics: Metrics,
     settings = FileSourceSettings(timeout=config.timeout, parallel_reads=config.max_connections)
     if kind == "files":
         store, prefix = files_store(config)
-        metrics.gauge("object_store", store.statistics)
         check_store(store, config, prefix)
         headers = HeaderReader(store, disk)
         folder = FolderCatalog(store, headers, prefix, config.timeout)
@@ -255,7 +254,6 @@ def connect(config: MountConfig, metrics: Metrics,
         return FileFrameSource(store, folder, disk, settings, headers), folder
     catalog = build_catalog(config, None)
     store = bucket_store(config, kind, IDC_BUCKET)
-    metrics.gauge("object_store", store.statistics)
     check_store(store, config)
     series_files = PrefixSeriesFiles(store, idc_bucket_prefix(catalog, IDC_BUCKET))
     return FileFrameSource(store, series_files, disk, settings), catalog
