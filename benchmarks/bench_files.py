@@ -4,8 +4,11 @@ byte ranges, against IDC's downloader, wsidicom over fsspec and the FUSE ceiling
     python -m benchmarks.bench_files [--rtt 0,20,100] [--quick] [--repeats 3]
 
 The slide is the DICOMweb benchmark's (benchmarks/run.py): a base level of 64 x 48 =
-3,072 JPEG tiles in one file of about 100 MB, no offset table, plus three smaller
-levels, one file each. Its UIDs are those of a real IDC series, and it is laid out as
+3,072 JPEG tiles in one file of about 100 MB, plus three smaller levels, one file each,
+with a Basic Offset Table as IDC's GTEx, CCDI-MCI and CMB files have (IDC's other files
+are DICOM-TIFF, whose TIFF tags give the same positions in a few reads; a file with
+neither, which IDC does not hold, is scanned: `--no-offset-table` measures that worst
+case). Its UIDs are those of a real IDC series, and it is laid out as
 IDC's bucket holds it (`idc-open-data/<crdc_series_uuid>/<uuid>.dcm`), served by the
 real rclone (`rclone serve s3`, tests/support/s3server.py) through a TCP relay adding
 the RTT (tests/support/relay.py). At each RTT:
@@ -112,13 +115,14 @@ def idc_series() -> tuple[str, str, str]:
     return study, series, url.removeprefix(f"s3://{BUCKET}/").rstrip("/*")
 
 
-def lay_out(work: Path, columns: int, rows: int, levels: int) -> tuple[Path, Bench]:
+def lay_out(work: Path, columns: int, rows: int, levels: int,
+            offset_table: bool = True) -> tuple[Path, Bench]:
     """Generate the slide with an IDC series' UIDs into a bucket folder."""
     import pydicom
 
     study, series, crdc = idc_series()
     slide = write_pyramid(work / "slide", "bench", width=columns * 256, height=rows * 256,
-                          codec="jpeg_rgb", levels=levels)
+                          codec="jpeg_rgb", levels=levels, offset_table=offset_table)
     instances: dict[str, bytes] = {}
     for path in slide.files:
         dataset = pydicom.dcmread(path)
@@ -405,12 +409,15 @@ def main() -> None:
     parser.add_argument("--columns", type=int, default=64, help="base level tile columns")
     parser.add_argument("--rows", type=int, default=48, help="base level tile rows")
     parser.add_argument("--levels", type=int, default=4, help="levels (one file each)")
+    parser.add_argument("--no-offset-table", action="store_true",
+                        help="files without a Basic Offset Table (frame index by a scan)")
     args = parser.parse_args()
     rtts = [int(value) for value in args.rtt.split(",")]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="idcfs-bench-files-") as scratch:
         work = Path(scratch)
-        root, bench = lay_out(work, args.columns, args.rows, args.levels)
+        root, bench = lay_out(work, args.columns, args.rows, args.levels,
+                              offset_table=not args.no_offset_table)
         with RcloneS3Server(root) as server:
             for rtt in rtts:
                 with TcpLatencyRelay("127.0.0.1", server.port, rtt / 1000) as relay:
