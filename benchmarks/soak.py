@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tests.support.mounting import Mount, run_idcfs, stop_mount
@@ -47,9 +48,12 @@ def mount(url: str, work: Path, settings: StressSettings) -> Mount:
     return Mount(path, log_file, int(pid_file.read_text()))
 
 
-def soak(settings: StressSettings, slides: int) -> tuple[StressReport, list[str]]:
+def soak(settings: StressSettings, slides: int,
+         disk_cache: bool) -> tuple[StressReport, list[str]]:
     with tempfile.TemporaryDirectory(prefix="idcfs-soak-") as scratch:
         work = Path(scratch)
+        if disk_cache:
+            settings = replace(settings, extra_options=("--cache-dir", str(work / "cache")))
         generated = write_stress_slides(work / "slides", count=slides)
         with OrthancServer() as orthanc:
             orthanc.upload(path for slide in generated for path in slide.files)
@@ -87,15 +91,21 @@ def main() -> None:
                         help="share of frame requests given a fault")
     parser.add_argument("--slides", type=int, default=3, help="generated slides")
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--timeout", type=float, default=3.0, help="the mount's --timeout")
+    parser.add_argument("--cache-size", default="2M", help="the mount's --cache-size")
+    parser.add_argument("--readahead-size", default="2M", help="the mount's --readahead-size")
+    parser.add_argument("--disk-cache", action="store_true",
+                        help="also a --cache-dir (disk cache and its page-cache helper)")
     args = parser.parse_args()
     settings = StressSettings(
         readers=args.readers,
         walkers=args.readers // 2 if args.walkers is None else args.walkers,
         seconds=args.minutes * 60, fault_rate=args.fault_rate, seed=args.seed,
-        sample_every_s=5.0,
+        timeout_s=args.timeout, cache_size=args.cache_size,
+        readahead_size=args.readahead_size, sample_every_s=5.0,
     )
     started = time.strftime("%Y-%m-%d %H:%M")
-    report, failures = soak(settings, args.slides)
+    report, failures = soak(settings, args.slides, args.disk_cache)
     print(f"commit {commit()}, started {started}")
     for line in report.lines():
         print(line)

@@ -62,6 +62,7 @@ class StressSettings:
     readahead_size: str = "2M"
     max_connections: int = 8
     sample_every_s: float = 1.0
+    extra_options: tuple[str, ...] = ()  # more mount options, e.g. ("--cache-dir", DIR)
 
     @property
     def hang_s(self) -> float:
@@ -70,7 +71,7 @@ class StressSettings:
     def mount_options(self) -> list[str]:
         return ["--timeout", str(self.timeout_s), "--cache-size", self.cache_size,
                 "--readahead-size", self.readahead_size,
-                "--max-connections", str(self.max_connections)]
+                "--max-connections", str(self.max_connections), *self.extra_options]
 
 
     def memory_bound_bytes(self) -> int:
