@@ -154,6 +154,8 @@ class Sample:
     hwm_kb: int
     fds: int
     threads: int
+    rss_anon_kb: int = 0  # of rss_kb: the heap and other private memory
+    rss_file_kb: int = 0  # of rss_kb: mapped files (libraries, SQLite's mapping)
 
 
 class DaemonProbe:
@@ -175,6 +177,8 @@ class DaemonProbe:
             hwm_kb=int(fields["VmHWM"].split()[0]),
             fds=len(os.listdir(f"/proc/{self.pid}/fd")),
             threads=len(os.listdir(f"/proc/{self.pid}/task")),
+            rss_anon_kb=int(fields["RssAnon"].split()[0]),
+            rss_file_kb=int(fields["RssFile"].split()[0]),
         )
 
     def thread_names(self) -> Counter[str]:
@@ -223,13 +227,15 @@ class Tally:
     def reads(self) -> int:
         return self.ok + self.eio + self.wrong_reads + sum(self.other_errors.values())
 
-    def add(self, path: str, data: bytes | None, error: int | None, seconds: float,
-            expected: bytes, hang_s: float) -> None:
+    def add(self, path: str, read: Read, expected: bytes, hang_s: float) -> None:
+        data, error, seconds = read.data, read.error, read.seconds
         with self._lock:
             self.slowest_s = max(self.slowest_s, seconds)
             if seconds > hang_s:
                 self.hangs += 1
-                self._note(f"{path}: {seconds:.1f} s")
+                outcome = errno.errorcode.get(error, str(error)) if error else "no error"
+                self._note(f"{path}: {seconds:.1f} s (open {read.open_s:.1f} s), {outcome}, "
+                           f"ended {time.strftime('%H:%M:%S')}")
             if error == errno.EIO:
                 self.eio += 1
             elif error is not None:
@@ -261,16 +267,28 @@ def differing_bytes(data: bytes, expected: bytes) -> int:
         len(data) - len(expected))
 
 
-def read_tile(path: Path) -> tuple[bytes | None, int | None, float]:
-    """open, read to the end, close: (bytes or None, errno or None, seconds)."""
+@dataclass(frozen=True)
+class Read:
+    """One open/read/close of a tile file: its bytes or errno, and how long each took."""
+
+    data: bytes | None
+    error: int | None
+    seconds: float
+    open_s: float  # of `seconds`, the open() alone
+
+
+def read_tile(path: Path) -> Read:
+    """open, read to the end, close."""
     start = time.monotonic()
+    opened = start
     try:
         with open(path, "rb") as handle:
+            opened = time.monotonic()
             data: bytes | None = handle.read()
         error = None
     except OSError as failure:
         data, error = None, failure.errno
-    return data, error, time.monotonic() - start
+    return Read(data, error, time.monotonic() - start, opened - start)
 
 
 class Readers:
@@ -311,8 +329,7 @@ class Readers:
         return hung
 
     def _read(self, relative: str) -> None:
-        data, error, seconds = read_tile(self.root / relative)
-        self.tally.add(relative, data, error, seconds, self.expected[relative],
+        self.tally.add(relative, read_tile(self.root / relative), self.expected[relative],
                        self.settings.hang_s)
 
     def _walk(self, rng: random.Random) -> None:
@@ -369,7 +386,9 @@ class StressReport:
             f"frame requests {self.frame_requests}, faults injected {self.faults_injected} "
             f"({self.faults_injected / max(1, self.frame_requests):.1%}): {self.faults_by_mode}",
             f"peak RSS {self.after.hwm_kb / 1024:.1f} MB (VmHWM); RSS before "
-            f"{self.before.rss_kb / 1024:.1f} MB, after {self.after.rss_kb / 1024:.1f} MB",
+            f"{self.before.rss_kb / 1024:.1f} MB, after {self.after.rss_kb / 1024:.1f} MB "
+            f"({self.after.rss_anon_kb / 1024:.1f} anonymous, "
+            f"{self.after.rss_file_kb / 1024:.1f} mapped files)",
             f"fds before {self.before.fds}, peak {self.peak.fds}, after {self.after.fds}",
             f"threads before {self.before.threads}, peak {self.peak.threads}, "
             f"after {self.after.threads} ({dict(self.threads_after)})",
@@ -385,7 +404,8 @@ class StressReport:
 def peak_of(samples: list[Sample]) -> Sample:
     return Sample(max(s.at_s for s in samples), max(s.rss_kb for s in samples),
                   max(s.hwm_kb for s in samples), max(s.fds for s in samples),
-                  max(s.threads for s in samples))
+                  max(s.threads for s in samples), max(s.rss_anon_kb for s in samples),
+                  max(s.rss_file_kb for s in samples))
 
 
 def time_ls(root: Path) -> float:
@@ -405,8 +425,7 @@ def reread_all(root: Path, expected: dict[str, bytes], hang_s: float) -> Tally:
 
     def read_share(share: list[str]) -> None:
         for relative in share:
-            data, error, seconds = read_tile(root / relative)
-            tally.add(relative, data, error, seconds, expected[relative], hang_s)
+            tally.add(relative, read_tile(root / relative), expected[relative], hang_s)
 
     threads = [threading.Thread(target=read_share, args=(paths[index::4],), daemon=True)
                for index in range(4)]
