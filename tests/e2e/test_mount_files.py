@@ -107,7 +107,8 @@ def test_the_same_slides_as_dicomweb_byte_for_byte(
                             "--s3-endpoint", s3.endpoint)
     for name in COMPARED_SLIDES:
         slide = named(test_slides, name)
-        served = tree_files(series_dir(files.path, slide))
+        served = {path: file for path, file in tree_files(series_dir(files.path, slide)).items()
+                  if not path.startswith("dicom/")}  # the instance files: their own test
         expected = tree_files(series_dir(web.path, slide))
         assert sorted(served) == sorted(expected), name
         for relative, path in served.items():

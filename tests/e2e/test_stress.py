@@ -1,0 +1,69 @@
+"""Load with an oracle (issue 12, 3): 64 readers through one mount for a minute while the
+relay injects faults on 10 % of the frame requests.
+
+Half the readers walk whole levels in order (read-ahead's case), half read random tiles
+of three slides; the memory cache and the read-ahead area are far smaller than the
+tiles, so tiles are evicted and fetched again all along. Every successful read must be
+the frame fetched from Orthanc directly (no relay), every failure EIO within the
+deadline (`--timeout 3`, stalls of 1.5 s), with a log line saying why. At the end: the
+daemon's RSS within --cache-size + --readahead-size + 200 MB, no more fds or threads
+than before beyond its bounded pools (`stress.pool_allowance` says which), `ls` of the
+root within a second, and every tile exact once more with the faults gone.
+
+The slides go to an Orthanc of this module's own, so the session's shared server, whose
+slides other tests count, never holds them. The longer run is `benchmarks/soak.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.fixtures import NO_ORTHANC
+from tests.support.orthanc import OrthancServer, orthanc_available
+from tests.support.relay import HttpRelay
+from tests.support.slides import GeneratedSlide
+from tests.support.stress import (
+    StressSettings,
+    failed_checks,
+    oracle,
+    run_stress,
+    write_stress_slides,
+)
+
+SETTINGS = StressSettings(readers=64, walkers=32, seconds=60.0, fault_rate=0.1,
+                          timeout_s=3.0, margin_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def stress_slides(tmp_path_factory: pytest.TempPathFactory) -> list[GeneratedSlide]:
+    return write_stress_slides(tmp_path_factory.mktemp("stress"))
+
+
+@pytest.fixture(scope="module")
+def stress_server(stress_slides: list[GeneratedSlide]) -> Iterator[OrthancServer]:
+    if not orthanc_available():
+        pytest.skip(NO_ORTHANC)
+    with OrthancServer() as server:
+        server.upload(path for slide in stress_slides for path in slide.files)
+        yield server
+
+
+@pytest.mark.timeout(240)
+def test_64_readers_under_faults_get_exact_bytes_or_eio(
+    stress_server: OrthancServer, stress_slides: list[GeneratedSlide], mount_idcfs
+) -> None:  # type: ignore[no-untyped-def]
+    expected = oracle(stress_server.dicomweb_url, stress_slides)
+    with HttpRelay(stress_server.host, stress_server.port) as relay:
+        mount = mount_idcfs(relay.url + "/dicom-web", *SETTINGS.mount_options())
+        report = run_stress(mount.path, mount.pid, relay, expected, SETTINGS, mount.log_file)
+    summary = "\n".join(report.lines())
+    print(summary)  # shown with -s
+    assert failed_checks(report) == [], summary
+    # The load was a load: faults near the asked rate, and tiles fetched again and again.
+    assert 0.05 <= report.faults_injected / report.frame_requests <= 0.15, summary
+    assert report.frame_requests > 2 * len(expected), summary
+    assert report.tally.ok > 10 * len(expected), summary
+    assert all(report.faults_by_mode.values()), "every fault mode hit some request"
+
