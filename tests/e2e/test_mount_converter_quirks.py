@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 from pydicom.encaps import generate_frames
 
+from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.tiles.convert import psnr
 from tests.support.fixtures import NO_ORTHANC
 from tests.support.mounting import series_dir
@@ -50,8 +51,10 @@ def folder(quirks_server, quirks_slide, mount_idcfs) -> Path:  # type: ignore[no
 
 
 def stored_frames(path: Path) -> list[bytes]:
+    """The frames as stored, without DICOM's pad byte (a served JPEG ends at its EOI)."""
     ds = pydicom.dcmread(path)
-    return list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    return [strip_jpeg_padding(frame) for frame in
+            generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))]
 
 
 def test_mixed_sparse_and_full_levels_are_one_focal_plane(folder: Path) -> None:
