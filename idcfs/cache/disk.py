@@ -49,6 +49,13 @@ HEADER = struct.Struct(">4sQdI")  # magic, content length, stored at, CRC-32 of 
 MAGIC = b"IDC3"
 REFRESH_S = 3600.0
 LARGEST_IN_DATABASE = 1 << 20
+# SQLite's page cache and memory map per connection. diskcache opens one connection per
+# thread that touches it (trio's worker threads come and go; the connections of ended
+# threads are not closed at once), so its defaults of 32 MiB and 64 MiB per connection
+# multiply; a tile cache read once per open needs little of either, and the kernel's
+# page cache holds the database's hot pages anyway.
+SQLITE_CACHE_PAGES = 256
+SQLITE_MMAP_BYTES = 4 << 20
 PRIVATE_DIRECTORY = 0o700
 PRIVATE_FILE = 0o600
 DATABASE = "cache.db"  # diskcache's file name
@@ -145,6 +152,8 @@ class DiskCache:
             eviction_policy="least-recently-stored",
             statistics=False,
             disk_min_file_size=LARGEST_IN_DATABASE,
+            sqlite_cache_size=SQLITE_CACHE_PAGES,
+            sqlite_mmap_size=SQLITE_MMAP_BYTES,
         )
         self.dropped = 0
         self._lock = threading.Lock()
@@ -195,3 +204,4 @@ class DiskCache:
     def close(self) -> None:
         with self._lock:
             self._store.close()
+
