@@ -50,3 +50,17 @@ class Catalog(Protocol):
     def series(self, study_uid: str, collection_id: str | None = None) -> list[SeriesEntry]:
         """The slide series of one study (restricted to a collection when given), sorted by UID."""
         ...
+
+
+class FlatCatalog:
+    """The collection half of a `Catalog` for one that has none (a QIDO-RS search, the
+    headers of a folder of files): only `studies/` is shown."""
+
+    def has_collections(self) -> bool:
+        return False
+
+    def collections(self) -> list[str]:
+        return []
+
+    def collection_info(self, collection_id: str) -> dict[str, Any] | None:
+        return None

@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from typing import Any, Protocol
+from typing import Protocol
 
-from idcfs.catalog.base import SeriesEntry
+from idcfs.catalog.base import FlatCatalog, SeriesEntry
 
 
 class SeriesSearch(Protocol):
     def search_wsi_series(self) -> list[tuple[str, str]]: ...
 
 
-class QidoCatalog:
+class QidoCatalog(FlatCatalog):
     """Every series with whole-slide instances, searched once on first use and kept."""
 
     def __init__(self, search: SeriesSearch) -> None:
         self._search = search
         self._lock = threading.Lock()
         self._by_study: dict[str, list[SeriesEntry]] | None = None
-
-    def has_collections(self) -> bool:
-        return False
-
-    def collections(self) -> list[str]:
-        return []
-
-    def collection_info(self, collection_id: str) -> dict[str, Any] | None:
-        return None
 
     def studies(self, collection_id: str | None = None) -> list[str]:
         return sorted(self._series_by_study())

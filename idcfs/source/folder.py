@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from idcfs.catalog.base import SeriesEntry
+from idcfs.catalog.base import FlatCatalog, SeriesEntry
 from idcfs.dicom.dicom_json import first_value
 from idcfs.errors import MetadataError, NotFoundError
 from idcfs.source.dicomfile import FileHeader
@@ -39,7 +39,7 @@ SERIES_FIELDS = {
 Key = tuple[str, str]  # (study, series)
 
 
-class FolderCatalog:
+class FolderCatalog(FlatCatalog):
     """A `Catalog` and a `SeriesFiles` over the DICOM files under one prefix of a store."""
 
     def __init__(self, store: ObjectStore, headers: HeaderReader, prefix: str = "",
@@ -98,15 +98,6 @@ class FolderCatalog:
         self._studies = dict(studies)
 
     # -- Catalog ------------------------------------------------------------------------
-
-    def has_collections(self) -> bool:
-        return False
-
-    def collections(self) -> list[str]:
-        return []
-
-    def collection_info(self, collection_id: str) -> dict[str, Any] | None:
-        return None
 
     def studies(self, collection_id: str | None = None) -> list[str]:
         self.scan()
