@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from idcfs.catalog.base import Catalog
-from idcfs.errors import FetchError, MetadataError, NotFoundError
+from idcfs.dicom.dicom_json import first_value
+from idcfs.errors import FetchError, MetadataError
 from idcfs.slide.model import InstanceInfo
 from idcfs.source.base import Frame, InstanceMetadata
 from idcfs.source.dicomfile import (
@@ -67,7 +68,9 @@ class SeriesFiles(Protocol):
 
     def series_objects(self, study_uid: str, series_uid: str,
                        deadline: float) -> list[ObjectInfo]:
-        """The series' instance files; NotFoundError when the series has none."""
+        """The series' instance files; FetchError when the store has none for it (the
+        catalog said it exists: EIO, never ENOENT, as for a series a DICOMweb server
+        lacks)."""
         ...
 
 
@@ -155,11 +158,11 @@ class FileFrameSource:
         found = [
             InstanceMetadata(location_of(info), header.dicom_json)
             for info, header in zip(objects, headers, strict=True)
-            if _series_uid(header) in (series_uid, "")
+            if first_value(header.dicom_json, "0020000E", "") in (series_uid, "")
         ]
         if not found:
-            raise NotFoundError(f"series {series_uid}: no instance files in "
-                                f"{self.store.description}")
+            raise FetchError(f"series {series_uid}: no instance files in "
+                             f"{self.store.description}")
         return found
 
     # -- frames ---------------------------------------------------------------------
@@ -338,11 +341,6 @@ class HeaderReader:
         return f"{HEADER_DISK_KEY}/{self.store.description}/{name}"
 
 
-def _series_uid(header: FileHeader) -> str:
-    value = header.dicom_json.get("0020000E", {}).get("Value") or [""]
-    return str(value[0])
-
-
 # --------------------------------------------------------------------------- where series are
 
 
@@ -358,8 +356,8 @@ class PrefixSeriesFiles:
         prefix = self.prefix_of(study_uid, series_uid)
         objects = [info for info in self.store.list(prefix, deadline) if _is_dicom(info)]
         if not objects:
-            raise NotFoundError(f"series {series_uid}: nothing under {prefix!r} in "
-                                f"{self.store.description}")
+            raise FetchError(f"series {series_uid}: nothing under {prefix!r} in "
+                             f"{self.store.description}")
         return objects
 
 
@@ -372,7 +370,7 @@ def idc_bucket_prefix(catalog: Catalog, bucket: str) -> Callable[[str, str], str
             if entry.series_uid == series_uid:
                 return _prefix_from_url(str(entry.fields.get("series_aws_url") or ""),
                                         series_uid, bucket)
-        raise NotFoundError(f"series {series_uid} is not in the index")
+        raise MetadataError(f"series {series_uid} is not in the index")
 
     return prefix_of
 

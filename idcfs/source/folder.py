@@ -21,7 +21,7 @@ from typing import Any
 
 from idcfs.catalog.base import FlatCatalog, SeriesEntry
 from idcfs.dicom.dicom_json import first_value
-from idcfs.errors import MetadataError, NotFoundError
+from idcfs.errors import FetchError, MetadataError
 from idcfs.source.dicomfile import FileHeader
 from idcfs.source.files import HeaderReader
 from idcfs.source.objects import ObjectInfo, ObjectStore
@@ -119,7 +119,7 @@ class FolderCatalog(FlatCatalog):
         self.scan()
         files = self._series.get((study_uid, series_uid))
         if not files:
-            raise NotFoundError(f"series {series_uid}: no files under {self.prefix!r}")
+            raise FetchError(f"series {series_uid}: no files under {self.prefix!r}")
         return list(files)
 
 

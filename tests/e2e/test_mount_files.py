@@ -315,3 +315,15 @@ def test_an_unreachable_bucket_fails_the_mount_in_one_line(tmp_path: Path) -> No
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "cannot read bucket nothing" in result.stderr
+
+
+def test_a_series_the_bucket_lacks_is_eio_never_enoent(
+        idc_series, s3: RcloneS3Server, mount_idcfs: Mounter) -> None:  # type: ignore[no-untyped-def]
+    _, (collection, _, _, _) = idc_series
+    missing_collection, study, series, _ = _index_rows(2)[1]  # in the index, not the bucket
+    assert missing_collection == collection
+    mount = mount_idcfs(None, "--s3-endpoint", s3.endpoint, "--collection", collection)
+    with pytest.raises(OSError) as raised:
+        os.listdir(mount.path / "collections" / collection / study / series)
+    assert raised.value.errno == 5  # EIO: the index says the series exists
+    assert "nothing under" in mount.log()

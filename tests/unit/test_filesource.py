@@ -11,7 +11,7 @@ import pytest
 
 from idcfs.catalog.base import SeriesEntry
 from idcfs.dicom.frames import strip_jpeg_padding
-from idcfs.errors import FetchError, MetadataError, NotFoundError
+from idcfs.errors import FetchError, MetadataError
 from idcfs.slide.parse import parse_slide
 from idcfs.source.base import FrameSource
 from idcfs.source.dicomfile import FramePosition
@@ -120,9 +120,9 @@ def test_a_frame_number_outside_the_instance_is_a_fetch_error(
         source.frames(instance, [999])
 
 
-def test_a_series_with_no_files_is_not_found(tmp_path: Path) -> None:
-    source, _, _ = folder_source(tmp_path)
-    with pytest.raises(NotFoundError):
+def test_a_series_with_no_files_is_eio_not_enoent(tmp_path: Path) -> None:
+    source, _, _ = folder_source(tmp_path)  # the catalog said it exists: the store lacks it
+    with pytest.raises(FetchError, match="no files"):
         source.series_metadata("1.2", "3.4")
 
 
@@ -176,7 +176,7 @@ class OneSeriesCatalog:
 def test_idc_series_are_found_by_the_index_url(tmp_path: Path) -> None:
     prefix_of = idc_bucket_prefix(OneSeriesCatalog(), "idc-open-data")  # type: ignore[arg-type]
     assert prefix_of("1.1", "9.9") == "0f-uuid/"
-    with pytest.raises(NotFoundError):
+    with pytest.raises(MetadataError, match="not in the index"):
         prefix_of("1.1", "8.8")
     with pytest.raises(MetadataError, match="not elsewhere"):
         idc_bucket_prefix(OneSeriesCatalog(), "elsewhere")("1.1", "9.9")  # type: ignore[arg-type]
