@@ -25,9 +25,9 @@ from idcfs.fetch.claims import DEFAULT_WAIT_S, Claim, Claims, fail_all, release_
 from idcfs.fetch.coalesce import CoalesceSettings, RequestCoalescer
 from idcfs.metrics import Metrics
 from idcfs.slide.model import AssociatedImage, FrameRef, InstanceInfo, Slide
-from idcfs.source.base import Frame, FrameSource
+from idcfs.source.base import Frame, FrameSizes, FrameSource
 from idcfs.tiles.compose import Piece, composed_jpeg
-from idcfs.tiles.convert import DEFAULT_QUALITY, TileDecodeError, served_jpeg
+from idcfs.tiles.convert import DEFAULT_QUALITY, TileDecodeError, served_growth, served_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,23 @@ class TileLoader:
     def abandon_claimed(self, slide: Slide, owned: TileClaims) -> None:
         """Give claimed tiles up unfetched (unmount); a waiting reader gets an error."""
         release_all(owned.values(), "read-ahead abandoned at unmount")
+
+    def size_hints(self, slide: Slide, instance_uid: str) -> tuple[int, ...] | None:
+        """The served size of every tile of an instance before any is fetched (frame 1
+        first), from a source that knows its frames' stored lengths (DICOM files): an
+        upper bound, exact unless a frame has a pad byte, several fragments or another
+        header than the instance's first frame. None when the source cannot tell."""
+        if not isinstance(self.source, FrameSizes):
+            return None
+        info = slide.instances[instance_uid]
+        hints = self.source.frame_size_hints(info)
+        if hints is None or len(hints.lengths) != info.frame_count:
+            return None
+        growth = served_growth(hints.first_head, info.pixels,
+                               info.transfer_syntax or hints.transfer_syntax)
+        if growth is None:
+            return None
+        return tuple(length + growth for length in hints.lengths)
 
     def known_size(self, slide: Slide, frame: FrameRef) -> int | None:
         """The size of a tile the disk cache holds (from its size index), else None."""

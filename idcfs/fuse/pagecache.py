@@ -6,9 +6,10 @@ to the daemon (it keeps the page cache: `keep_cache`), but its `read()` is then 
 by the kernel, with no request to the daemon: after a remount, reading a level from the
 disk cache costs one request per file instead of two.
 
-A tile is only stored when the kernel was shown its exact size (its size was known
-when its directory was listed): the kernel keeps the pages of a file only up to the
-size it holds, and a placeholder size would make it drop them at the first `stat`.
+A tile is only stored when the kernel was shown its exact size (when its directory was
+listed, its size was known from the size index, or foretold right from its file's frame
+index: `TileLoader.size_hints`): the kernel keeps the pages of a file only up to the size
+it holds, and another size would make it drop them at the first `stat`.
 Only tiles not opened yet are stored (one opened already was read through the daemon).
 Stores run on a thread of their own, never on the FUSE event loop, and never into an
 open file: the kernel locks a page while a read of it waits for the daemon, and a store
@@ -74,7 +75,7 @@ class PageCacheFiller:
         batch = []
         for frame, data in landed:
             for node in self.tile_index.files(slide, frame):
-                if node.exact_size == len(data):
+                if node.size()[0] == len(data):  # what the kernel was shown
                     batch.append((node, data))
         if not batch:
             return

@@ -80,6 +80,28 @@ class FrameSource(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class FrameSizeHints:
+    """What a source knows of an instance's frames before fetching any: each frame's
+    stored length (exact, or an upper bound: a DICOM pad byte, several fragments), and
+    the first frame's first bytes (its JPEG header, from which the tile layer tells the
+    size of the JPEG it will serve)."""
+
+    lengths: tuple[int, ...]  # frame 1 first
+    first_head: bytes
+    transfer_syntax: str | None
+
+
+@runtime_checkable
+class FrameSizes(Protocol):
+    """A source that can tell frame sizes before fetching them (DICOM files, by their
+    frame index); thread-safe, blocking, bounded by the source's deadline."""
+
+    def frame_size_hints(self, instance: InstanceInfo) -> FrameSizeHints | None:
+        """The instance's frame lengths, or None when the source cannot tell cheaply."""
+        ...
+
+
 @runtime_checkable
 class InstanceFiles(Protocol):
     """A source whose instances are stored files, readable by ranges; thread-safe,

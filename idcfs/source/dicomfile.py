@@ -45,7 +45,7 @@ import logging
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
@@ -78,7 +78,8 @@ SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
 UNDEFINED_LENGTH = 0xFFFFFFFF
 IMAGE_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
 _DROPPED = "idcfs:dropped-bulk-data"
-_MAGIC = b"IDCFSFX1"
+_MAGIC = b"IDCFSFX2"
+HEAD_BYTES = 4096  # of the first frame, kept with the index: its JPEG header, for sizes
 METHODS = ("native", "eot", "bot", "tiff", "scan")
 """How a `FrameIndex` was built, in the order they are tried."""
 _NO_FRAGMENTS = 0xFFFFFFFF
@@ -151,6 +152,18 @@ class FramePosition:
     def length(self) -> int:
         return self.end - self.start
 
+    @property
+    def content_bound(self) -> int:
+        """The frame's stored length: exact when its fragments are known (EOT lengths,
+        TIFF byte counts, a scan), else its run less one item header (pad included)."""
+        if self.fragments is not None:
+            return sum(length for _, length in self.fragments)
+        return max(0, self.length - 8)
+
+    @property
+    def content_start(self) -> int:
+        return self.fragments[0][0] if self.fragments else self.start + 8
+
 
 @dataclass(frozen=True)
 class FrameIndex(Sequence[FramePosition]):
@@ -158,6 +171,9 @@ class FrameIndex(Sequence[FramePosition]):
 
     method: str
     positions: tuple[FramePosition, ...]
+    # the first frame's first bytes (up to HEAD_BYTES) when read on the way; what was
+    # read depends on the read sizes, so it is not part of what the index says
+    first_head: bytes = field(default=b"", compare=False)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -168,6 +184,7 @@ class FrameIndex(Sequence[FramePosition]):
     def to_bytes(self) -> bytes:
         """A compact form for a disk cache (zlib of fixed-size records)."""
         out = bytearray(struct.pack("<BI", METHODS.index(self.method), len(self.positions)))
+        out += struct.pack("<H", len(self.first_head)) + self.first_head
         for position in self.positions:
             fragments = position.fragments
             count = _NO_FRAGMENTS if fragments is None else len(fragments)
@@ -190,7 +207,9 @@ class FrameIndex(Sequence[FramePosition]):
 
 def _unpack_index(raw: bytes) -> FrameIndex:
     method, count = struct.unpack_from("<BI", raw)
-    position, offset = [], 5
+    head_length = struct.unpack_from("<H", raw, 5)[0]
+    first_head = raw[7 : 7 + head_length]
+    position, offset = [], 7 + head_length
     for _ in range(count):
         start, end, fragment_count = struct.unpack_from("<QQI", raw, offset)
         offset += 20
@@ -202,7 +221,7 @@ def _unpack_index(raw: bytes) -> FrameIndex:
         position.append(FramePosition(start, end, fragments))
     if offset != len(raw):
         raise IndexError("trailing bytes")
-    return FrameIndex(METHODS[method], tuple(position))
+    return FrameIndex(METHODS[method], tuple(position), first_head)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -242,6 +261,13 @@ class _RangeReader:
         self._read, self.size, self._keep = read, size, keep
         self._chunks: list[tuple[int, bytes]] = []
         self.reads = 0
+
+    def held(self, offset: int, length: int) -> bytes:
+        """Up to `length` bytes at `offset` from the ranges kept, without a read."""
+        for start, data in self._chunks:
+            if start <= offset < start + len(data):
+                return data[offset - start : offset - start + length]
+        return b""
 
     def get(self, offset: int, length: int, readahead: int = NEAR_RANGE) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -423,23 +449,33 @@ def _drop_bulk(tree: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- frames
 
 
+class ScanNeeded(FetchError):
+    """The file has no offset table nor TIFF tags: only a scan would locate its frames."""
+
+
 def frame_index(read: Read, size: int, header: FileHeader, *,
-                scan_range: int = SCAN_RANGE) -> FrameIndex:
-    """Every frame's position (module docstring: native, EOT, BOT, TIFF tags, scan).
-    FetchError when the frames cannot be located."""
+                scan_range: int = SCAN_RANGE, allow_scan: bool = True) -> FrameIndex:
+    """Every frame's position (module docstring: native, EOT, BOT, TIFF tags, scan),
+    with the first frame's first bytes when they were read on the way (they usually
+    are: the reads near the offset table cover them). FetchError when the frames cannot
+    be located; ScanNeeded instead of a scan when `allow_scan` is False."""
     reader = _RangeReader(read, size)
     if not header.encapsulated:
         return FrameIndex("native", _native_positions(header))
     first_item, offsets = _basic_offsets(reader, header)
     if header.extended_offsets is not None:
-        return FrameIndex("eot", _table_positions(
-            reader, header, first_item, header.extended_offsets, header.extended_lengths))
-    if offsets:
-        return FrameIndex("bot", _table_positions(reader, header, first_item, offsets, None))
-    tiff = _tiff_positions(reader, header, first_item)
-    if tiff is not None:
-        return FrameIndex("tiff", tiff)
-    return FrameIndex("scan", _scan_positions(reader, header, first_item, scan_range))
+        method, positions = "eot", _table_positions(
+            reader, header, first_item, header.extended_offsets, header.extended_lengths)
+    elif offsets:
+        method, positions = "bot", _table_positions(reader, header, first_item, offsets, None)
+    else:
+        tiff = _tiff_positions(reader, header, first_item)
+        if tiff is None and not allow_scan:
+            raise ScanNeeded("no offset table and no TIFF tags")
+        method = "tiff" if tiff is not None else "scan"
+        positions = tiff or _scan_positions(reader, header, first_item, scan_range)
+    head = reader.held(positions[0].content_start, HEAD_BYTES) if positions else b""
+    return FrameIndex(method, positions, head)
 
 
 def _native_positions(header: FileHeader) -> tuple[FramePosition, ...]:

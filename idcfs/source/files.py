@@ -33,12 +33,13 @@ from idcfs.catalog.base import Catalog
 from idcfs.dicom.dicom_json import first_value
 from idcfs.errors import FetchError, MetadataError
 from idcfs.slide.model import InstanceInfo
-from idcfs.source.base import Frame, InstanceMetadata
+from idcfs.source.base import Frame, FrameSizeHints, InstanceMetadata
 from idcfs.source.dicomfile import (
     SCAN_RANGE,
     FileHeader,
     FrameIndex,
     FramePosition,
+    ScanNeeded,
     frame_bytes,
     frame_index,
     read_header,
@@ -51,7 +52,7 @@ DEFAULT_TIMEOUT_S = 30.0
 MAX_RUN_BYTES = 8 * 1024 * 1024  # one ranged GET covers consecutive frames up to this
 MERGE_GAP = 4096  # frames this close (item headers, pad bytes) share one GET
 HEADER_DISK_KEY = "file-header-v1"
-INDEX_DISK_KEY = "frame-index-v1"
+INDEX_DISK_KEY = "frame-index-v2"
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
@@ -184,6 +185,23 @@ class FileFrameSource:
                 by_number[number] = frame_bytes(body, run.start, index[number - 1])
         return [Frame(by_number[number], header.transfer_syntax) for number in numbers]
 
+    def frame_size_hints(self, instance: InstanceInfo) -> FrameSizeHints | None:
+        """The stored length of every frame, from the instance's frame index, built now
+        if it takes no scan (offset tables, TIFF tags: a few small reads, never a frame);
+        None when only a scan would tell, or the file cannot be indexed now."""
+        info = parse_location(instance.location)
+        try:
+            header, index = self._indexed(info, self._deadline(), allow_scan=False)
+        except ScanNeeded:
+            return None
+        except FetchError as error:
+            log.info("%s: no frame sizes before the first read (%s)", info.key, error)
+            return None
+        if index.method == "native":
+            return None
+        return FrameSizeHints(tuple(position.content_bound for position in index),
+                              index.first_head, header.transfer_syntax)
+
     def instance_file_size(self, instance: InstanceInfo) -> int:
         """The size of the instance's file, as listed (for `dicom/<uid>.dcm`)."""
         return parse_location(instance.location).size
@@ -196,7 +214,8 @@ class FileFrameSource:
 
     # -- plumbing -------------------------------------------------------------------
 
-    def _indexed(self, info: ObjectInfo, deadline: float) -> tuple[FileHeader, FrameIndex]:
+    def _indexed(self, info: ObjectInfo, deadline: float,
+                 allow_scan: bool = True) -> tuple[FileHeader, FrameIndex]:
         header = self.headers.header(info, deadline)
         name = location_of(info)
         with self._lock:
@@ -210,14 +229,15 @@ class FileFrameSource:
             with self._lock:
                 index = self._indexes.get(name)
             if index is None:
-                index = self._build_index(info, header, deadline)
+                index = self._build_index(info, header, deadline, allow_scan)
                 with self._lock:
                     self._indexes[name] = index
             return header, index
         finally:
             lock.release()
 
-    def _build_index(self, info: ObjectInfo, header: FileHeader, deadline: float) -> FrameIndex:
+    def _build_index(self, info: ObjectInfo, header: FileHeader, deadline: float,
+                     allow_scan: bool = True) -> FrameIndex:
         disk_key = f"{INDEX_DISK_KEY}/{self.store.description}/{location_of(info)}"
         kept = self._kept.get(disk_key) if self._kept is not None else None
         if kept is not None:
@@ -229,7 +249,7 @@ class FileFrameSource:
         reads = ScanAhead(lambda start, length: self._read(info, start, length, deadline),
                            info.size, self._pool, self.settings.parallel_reads)
         try:
-            index = frame_index(reads, info.size, header)
+            index = frame_index(reads, info.size, header, allow_scan=allow_scan)
         finally:
             reads.close()
         log.debug("%s: %d frames located (%s) in %.3f s", info.key, len(index), index.method,

@@ -30,7 +30,7 @@ from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.dicom.pixels import PixelFormat
 from idcfs.tiles.decoders import decode_samples
 from idcfs.tiles.errors import TileDecodeError
-from idcfs.tiles.jpeg_markers import SOI, jpeg_info, with_rgb_app14
+from idcfs.tiles.jpeg_markers import SOI, JpegInfo, jpeg_info, rgb_app14_growth, with_rgb_app14
 from idcfs.tiles.scaling import to_8bit
 from idcfs.tiles.sniff import SYNTAX_CODECS, Codec
 
@@ -41,6 +41,7 @@ __all__ = [
     "encode_jpeg",
     "psnr",
     "served_jpeg",
+    "served_growth",
     "to_8bit",
 ]
 
@@ -78,14 +79,42 @@ def _as_stored(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -
     if not info.is_complete:
         raise TileDecodeError("JPEG frame is truncated: no scan or no EOI marker at its end")
     _check_header_size(info.width, info.height, pixels)
+    kind = _stored_kind(info, pixels)
+    if kind == "with-app14":
+        return with_rgb_app14(frame)
+    return frame if kind == "as-is" else None
+
+
+def _stored_kind(info: JpegInfo, pixels: PixelFormat) -> str | None:
+    """How a baseline 8-bit JPEG frame is served: "as-is", "with-app14" (RGB), or None
+    (re-encoded)."""
     photometric = pixels.photometric
     if info.components == 1 and photometric == "MONOCHROME2":
-        return frame
+        return "as-is"
     if info.components == 3 and photometric.startswith("YBR"):
-        return frame
+        return "as-is"
     if info.components == 3 and photometric == "RGB":
-        return with_rgb_app14(frame)
+        return "with-app14"
     return None
+
+
+def served_growth(first_head: bytes, pixels: PixelFormat,
+                  transfer_syntax: str | None) -> int | None:
+    """How much larger (negative: smaller) the JPEG `served_jpeg` makes of a stored frame
+    is than the frame without its pad byte, told from the header of its instance's first
+    frame (`first_head`: the frames of one instance come from one encoder, so they share
+    its segments); None when frames would be re-encoded or the header does not tell."""
+    if SYNTAX_CODECS.get(transfer_syntax or "", Codec.JPEG) is not Codec.JPEG:
+        return None
+    info = jpeg_info(first_head) if first_head.startswith(SOI) else None
+    if info is None or not info.is_baseline_8bit:
+        return None
+    if info.width > pixels.columns or info.height > pixels.rows:
+        return None
+    kind = _stored_kind(info, pixels)
+    if kind == "as-is":
+        return 0
+    return rgb_app14_growth(first_head) if kind == "with-app14" else None
 
 
 def decode_frame(frame: bytes, pixels: PixelFormat, transfer_syntax: str | None) -> np.ndarray:

@@ -103,7 +103,7 @@ def test_headers_and_frame_indexes_are_kept_for_the_next_mount(
     first, _, _ = folder_source(layout.path.parent, kept)
     instance = _only_instance(first, layout)
     first.frames(instance, [1, 2])
-    assert any(key.startswith("frame-index-v1/") for key in kept.values)
+    assert any(key.startswith("frame-index-v2/") for key in kept.values)
     second, catalog, store = folder_source(layout.path.parent, kept)
     catalog.scan()
     assert reads(store) == 0  # every header came from the kept store

@@ -83,10 +83,16 @@ class DicomLevelsView:
         ]
 
     def _tiles(self, slide: Slide, level: Level, grid: TileGrid) -> list[Node]:
-        size = self.placeholder(level.tile_width, level.tile_height, 3)
+        placeholder = self.placeholder(level.tile_width, level.tile_height, 3)
         grid_key = (slide.series_uid, level.index, grid.directory_name)
+        hints: dict[str, tuple[int, ...] | None] = {}
         nodes: list[Node] = []
         for index, tile in enumerate(grid.tiles):
+            uid, number = tile.frame.instance_uid, tile.frame.number
+            if uid not in hints:
+                hints[uid] = self.loader.size_hints(slide, uid)
+            sizes = hints[uid]
+            size = sizes[number - 1] if sizes and number <= len(sizes) else placeholder
             node = TileFile(tile.file_name, slide, tile.frame, self.loader, size,
                             self._open_hook(slide, grid_key, grid, index))
             self.tile_index.add(node)
