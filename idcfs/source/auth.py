@@ -145,13 +145,14 @@ class BearerTokenFile:
         self._lock = threading.Lock()
         self._seen: tuple[int, ...] | None = None
         self._unusable_seen: tuple[int, ...] | None = None
-        self._rereads = metrics.counter("auth.token_renewals")
+        self._tokens = metrics.counter("auth.tokens_obtained")
         try:
             state = self._file_state()
             self._token = self._read()
         except ValueError as error:
             raise AuthSetupError(f"{self.description}: {error}") from None
         self._seen = state
+        self._tokens.add()
 
     def headers(self, wait_s: float) -> dict[str, str]:
         self._follow_changes()
@@ -176,7 +177,7 @@ class BearerTokenFile:
             self._seen, self._unusable_seen = state, None
             if token != self._token:
                 self._token = token
-                self._rereads.add()
+                self._tokens.add()
                 log.info("%s changed: its new token is sent from now on", self.path)
 
     def _file_state(self) -> tuple[int, ...]:
@@ -262,7 +263,7 @@ class GoogleToken:
         self._lock = threading.Lock()
         self._retry_after = 0.0
         self._failure = ""
-        self._refreshes = metrics.counter("auth.token_renewals")
+        self._tokens = metrics.counter("auth.tokens_obtained")
 
     def headers(self, wait_s: float) -> dict[str, str]:
         state = self._credentials.token_state
@@ -315,8 +316,10 @@ class GoogleToken:
             log.error("%s; requests fail with EIO (tried again in %g s)",
                       self._failure, REFRESH_RETRY_S)
             raise FetchError(self._failure) from None
-        self._refreshes.add()
-        log.info("Google access token renewed (valid until %s UTC)", self._credentials.expiry)
+        self._tokens.add()
+        expiry = self._credentials.expiry
+        log.info("Google access token obtained (valid until %s UTC)",
+                 expiry.strftime("%Y-%m-%d %H:%M:%S") if expiry else "no expiry")
 
 
 def _one_line(error: BaseException) -> str:

@@ -386,6 +386,7 @@ class HttpRelay(_BackgroundService):
         self._faults: list[Fault] = []
         self._required: tuple[str, frozenset[str]] | None = None
         self.refused = 0
+        self.on_refusal: Callable[[], None] | None = None  # called before each 401 is sent
         self._lock = threading.Lock()
         self._server: _ProxyServer | None = None
         self._thread: threading.Thread | None = None
@@ -474,7 +475,10 @@ class HttpRelay(_BackgroundService):
             name, accepted = self._required
             refused = headers.get(name) not in accepted
             self.refused += refused
-            return refused
+            on_refusal = self.on_refusal
+        if refused and on_refusal is not None:
+            on_refusal()
+        return refused
 
     def clear_faults(self) -> None:
         """Drop pending faults; the record of requests is kept."""

@@ -5,7 +5,7 @@ service-account key file (`GOOGLE_APPLICATION_CREDENTIALS`) whose `token_uri` is
 server, signs a JWT with the key and POSTs it here (the jwt-bearer grant). The server
 checks the assertion's signature against the key's public half and its audience, then
 issues `ya29.test-N-<random>` tokens that last `lifetime_s`. It counts every request
-(`token_requests`), keeps the tokens it issued (`issued`), and can refuse the next
+(`token_requests`), keeps the tokens it issued (`issued`, `issued_at`), and can refuse the next
 requests (400 invalid_grant, as for a disabled account: google-auth does not retry
 it) or stall them (a token endpoint that does not answer).
 """
@@ -81,6 +81,7 @@ class TokenServer(Service):
         self.on_issue = on_issue
         self.private_key, self.public_key = rsa_key_pair()
         self.issued: list[str] = []
+        self.issued_at: list[float] = []  # time.monotonic() of each
         self.token_requests = 0
         self.refusing = 0  # answer the next N requests 400 invalid_grant
         self.stall_s = 0.0  # wait this long before answering
@@ -136,6 +137,7 @@ class TokenServer(Service):
         with self._lock:
             token = f"ya29.test-{len(self.issued) + 1}-{secrets.token_hex(12)}"
             self.issued.append(token)
+            self.issued_at.append(time.monotonic())
         if self.on_issue is not None:
             self.on_issue(token)
         return 200, {"access_token": token, "expires_in": int(self.lifetime_s),

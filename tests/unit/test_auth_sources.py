@@ -73,7 +73,7 @@ def test_a_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     assert auth.headers(1.0)["Authorization"] == "Bearer token-2"
     path.write_text("token-3")  # rewritten in place: same inode, new mtime and size
     assert auth.headers(1.0)["Authorization"] == "Bearer token-3"
-    assert metrics.value("auth.token_renewals") == 2
+    assert metrics.value("auth.tokens_obtained") == 3
     assert "--bearer-token-file" in auth.description and "token-3" not in auth.description
 
 
@@ -163,7 +163,7 @@ def test_google_renews_a_stale_token_once_before_it_expires(token_server: TokenS
         thread.join(10)
     assert token_server.token_requests == 2
     assert bearer(google.headers(5.0)) == f"Bearer {token_server.issued[1]}" != first
-    assert metrics.value("auth.token_renewals") == 2
+    assert metrics.value("auth.tokens_obtained") == 2
 
 
 def test_a_refused_token_request_is_not_repeated_for_every_read(
