@@ -189,6 +189,17 @@ def test_bad_credential_options_are_one_line_without_the_secret(
     assert relay.requests == []  # refused before anything is sent
 
 
+def test_credentials_are_only_for_a_dicomweb_server(tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    for source in (["--files", str(tmp_path)], []):  # a folder; IDC's bucket by default
+        result = run_idcfs("mount", *source, "--header", f"X-Api-Key: {API_KEY}",
+                           "--log-file", str(tmp_path / "idcfs.log"), str(mountpoint))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "for a DICOMweb server" in result.stderr
+        assert API_KEY not in result.stderr
+
+
 def test_google_credentials_are_renewed_once_stale(
     relay: HttpRelay, mount_idcfs, test_slides, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,7 +234,7 @@ def test_google_credentials_are_renewed_once_stale(
     assert sent[-1] == f"Bearer {tokens.issued[1]}"
     assert statistics["requests_sent"] > 10 * tokens.token_requests
     assert statistics["auth"]["tokens_obtained"] == 2
-    assert "--auth google (service_account credentials)" == statistics["source"]["auth"]
+    assert statistics["source"]["auth"] == "--auth google (service_account credentials)"
     shown["the debug log"] = mount.log().encode()
     key_body = tokens.private_key.splitlines()[5]
     assert_nowhere([*tokens.issued, key_body], shown)

@@ -5,6 +5,7 @@ flow against a loopback token endpoint (`tests/support/tokenserver.py`)."""
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -199,3 +200,11 @@ def test_no_application_default_credentials_fail_the_setup(
     message = str(refused.value)
     assert message.startswith("--auth google: no Application Default Credentials")
     assert "\n" not in message and "missing.json" in message
+
+
+def test_without_google_auth_installed_the_setup_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "google.auth", None)  # as if not installed
+    with pytest.raises(AuthSetupError, match=r"pip install 'idcfs\[google\]'"):
+        GoogleToken(Metrics())
