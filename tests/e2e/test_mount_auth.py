@@ -220,20 +220,24 @@ def test_google_credentials_are_renewed_once_stale(
         mount = mount_idcfs(relay.url + "/dicom-web", "--auth", "google", "--debug")
         slide_dir = series_dir(mount.path, named(test_slides, "jpeg_ybr"))
         shown = read_everything(mount, slide_dir, "level-2")
-        assert tokens.token_requests == 1  # one token for the mount, the catalog and reads
-        time.sleep(max(0.0, tokens.issued_at[0] + STALE_AFTER_S + 0.5 - time.monotonic()))
+        # One token for the mount, the catalog and the reads (another only if they took
+        # longer than a token stays fresh: a slow machine gets no false failure).
+        spent = time.monotonic() - tokens.issued_at[0]
+        assert 1 <= tokens.token_requests <= 1 + int(spent / STALE_AFTER_S)
+        time.sleep(max(0.0, tokens.issued_at[-1] + STALE_AFTER_S + 0.5 - time.monotonic()))
+        before = tokens.token_requests
+        assert (slide_dir / "level-0" / "0_0.jpg").read_bytes()[:2] == b"\xff\xd8"
+        assert tokens.token_requests == before + 1  # the first request once stale renews
+        assert relay.headers[-1].get("Authorization") == f"Bearer {tokens.issued[-1]}"
         shown.update({f"when stale {k}": v
                       for k, v in read_everything(mount, slide_dir, "level-1").items()})
         statistics = json.loads((mount.path / STATS).read_text())
         unmount(mount)
 
-    assert tokens.token_requests == 2 and len(tokens.issued) == 2
-    assert relay.refused == 0
-    sent = [headers.get("Authorization") for headers in relay.headers]
-    assert sent[0] == f"Bearer {tokens.issued[0]}"
-    assert sent[-1] == f"Bearer {tokens.issued[1]}"
+    assert len(tokens.issued) == tokens.token_requests and relay.refused == 0
+    assert relay.headers[0].get("Authorization") == f"Bearer {tokens.issued[0]}"
     assert statistics["requests_sent"] > 10 * tokens.token_requests
-    assert statistics["auth"]["tokens_obtained"] == 2
+    assert statistics["auth"]["tokens_obtained"] == tokens.token_requests
     assert statistics["source"]["auth"] == "--auth google (service_account credentials)"
     shown["the debug log"] = mount.log().encode()
     key_body = tokens.private_key.splitlines()[5]
