@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from idcfs import __version__
+from idcfs.errors import without_credentials
 from idcfs.fuse import mountpoint as mountpoints
 from idcfs.fuse.mountpoint import MountpointError, is_mounted
+from idcfs.source.auth import AuthOptions, parse_header
 
 SOURCES = ("aws", "gcs", "proxy")  # where IDC frames come from (idcfs.mount.connect)
 
@@ -82,6 +84,13 @@ def seconds(text: str) -> float:
     return value
 
 
+def header(text: str) -> tuple[str, str]:
+    try:
+        return parse_header(text)
+    except ValueError as error:  # the message names no value: it may be a secret
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="idcfs",
@@ -119,6 +128,17 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
                        "gs://bucket/prefix; the tree comes from their headers")
     mount.add_argument("--url", help="DICOMweb base URL, e.g. http://127.0.0.1:8042/dicom-web "
                        "(default: IDC's public proxy)")
+    mount.add_argument("--auth", choices=("google",),
+                       help="google: Application Default Credentials (google-auth) for a "
+                       "Google Cloud Healthcare DICOMweb store; the token is renewed before "
+                       "it expires")
+    mount.add_argument("--bearer-token-file", type=Path, metavar="FILE",
+                       help="send 'Authorization: Bearer <the file's content>', read again "
+                       "whenever the file changes")
+    mount.add_argument("--header", action="append", type=header, default=[],
+                       metavar="'NAME: VALUE'", help="send this header with every request to "
+                       "the DICOMweb server (repeatable; visible in ps: prefer "
+                       "--bearer-token-file for a secret)")
     mount.add_argument("--catalog", metavar="FILE",
                        help="parquet or CSV of series (StudyInstanceUID, SeriesInstanceUID, "
                        "optional collection_id); 'idc' means the bundled IDC index. "
@@ -220,7 +240,9 @@ def mount(args: argparse.Namespace) -> None:
         source=args.source,
         s3_endpoint=args.s3_endpoint,
         files=args.files,
+        auth=AuthOptions(args.auth == "google", args.bearer_token_file, tuple(args.header)),
     )
+    _check_auth_options(config)
     if args.quality is not None:
         config.quality = args.quality
     if args.timeout is not None:
@@ -248,6 +270,16 @@ def _check_source_options(args: argparse.Namespace) -> None:
         fail(f"--url is a DICOMweb server; it cannot be combined with --source {args.source}")
     if args.s3_endpoint and (args.url or args.source in ("gcs", "proxy")):
         fail("--s3-endpoint is for IDC's AWS bucket layout; drop --url / --source")
+
+
+def _check_auth_options(config: MountConfig) -> None:
+    """Credentials are for a DICOMweb server, and one Authorization header at most."""
+    if config.auth.asked and config.source_kind != "dicomweb":
+        fail("--auth, --bearer-token-file and --header are for a DICOMweb server "
+             "(--url, or --source proxy)")
+    problem = config.auth.problem(without_credentials(config.server_url) != config.server_url)
+    if problem:
+        fail(problem)
 
 
 def _serve_or_fail(config: MountConfig, on_ready: Callable[[], None]) -> None:

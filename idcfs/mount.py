@@ -37,6 +37,7 @@ from idcfs.fuse.diskfill import DiskPageFiller
 from idcfs.fuse.openfiles import OpenFiles
 from idcfs.fuse.pagecache import PageCacheFiller
 from idcfs.metrics import Metrics
+from idcfs.source.auth import AuthOptions, AuthSetupError, build_auth
 from idcfs.source.base import FrameSource, InstanceFiles
 from idcfs.source.dicomweb import DEFAULT_TIMEOUT_S, ClientSettings, DicomWebClient
 from idcfs.source.files import (
@@ -87,6 +88,7 @@ class MountConfig:
     source: str | None = None  # aws, gcs or proxy (IDC); None: aws, or DICOMweb with --url
     s3_endpoint: str | None = None  # another S3-compatible endpoint for the buckets
     files: str | None = None  # a folder, s3://bucket/prefix or gs://bucket/prefix
+    auth: AuthOptions = field(default_factory=AuthOptions)  # credentials for DICOMweb
 
     @property
     def source_kind(self) -> str:
@@ -177,7 +179,11 @@ def connect_source(config: MountConfig, metrics: Metrics) -> DicomWebClient:
     """The DICOMweb server, checked to answer; SetupError with one line otherwise."""
     settings = ClientSettings(max_connections=config.connection_limit, timeout=config.timeout)
     try:
-        client = DicomWebClient(config.server_url, settings, metrics)
+        auth = build_auth(config.auth, metrics)
+    except AuthSetupError as error:
+        raise SetupError(str(error)) from None
+    try:
+        client = DicomWebClient(config.server_url, settings, metrics, auth)
         client.check_reachable()
     except IdcfsError as error:
         shown = without_credentials(config.server_url)

@@ -10,6 +10,6 @@ DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
 prefix=${IDCFS_PREFIX:-/opt/idcfs}
 $sudo "${PYTHON:-python3}" -m venv "$prefix"
 $sudo "$prefix/bin/python" -m pip install -q --upgrade pip >/dev/null
-$sudo "$prefix/bin/python" -m pip install -q .
+$sudo "$prefix/bin/python" -m pip install -q ".[google]"
 $sudo ln -sf "$prefix/bin/idcfs" /usr/local/bin/idcfs
 echo "installed: $(idcfs --version)"

@@ -16,6 +16,12 @@ Only GET is sent, and only to the configured server: the pool is that server's, 
 redirect to another host, port or scheme fails the request (EIO) instead of being
 followed. Credentials in the URL (user:password@) are sent as HTTP Basic auth and are
 never shown: `base_url` and `description`, hence logs and errors, go without them.
+
+Other credentials (`--header`, `--bearer-token-file`, `--auth google`) come from a
+`RequestAuth` (`idcfs.source.auth`), asked for the headers of every attempt. A 401 or
+403 is not retried (it would only be refused again): it fails the request (EIO) with
+the reason, logged once per run of refusals, except that an attempt whose credentials
+changed while it was sent (a token file rotated) is sent once more with the new ones.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from idcfs.dicom.dicom_json import WSI_SOP_CLASS, first_value, parse_json_list
 from idcfs.errors import FetchError, QuotaExhaustedError, without_credentials
 from idcfs.metrics import Metrics
 from idcfs.slide.model import InstanceInfo
+from idcfs.source.auth import RequestAuth, no_credentials_hint
 from idcfs.source.base import Frame, InstanceMetadata
 from idcfs.source.multipart import parse_content_type, split_multipart
 
@@ -49,6 +56,7 @@ JSON_ACCEPT = "application/dicom+json"
 QIDO_PAGE = 1000
 DEFAULT_TIMEOUT_S = 30.0
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+REFUSED_STATUSES = frozenset({401, 403})  # credentials missing or refused: never retried
 CHUNK_BYTES = 256 * 1024
 FRAME_MEDIA = ("image/", "application/octet-stream")  # a single-part frames answer
 
@@ -103,7 +111,8 @@ class DicomWebClient:
     """Thread-safe DICOMweb client for one server."""
 
     def __init__(
-        self, base_url: str, settings: ClientSettings | None = None, metrics: Metrics | None = None
+        self, base_url: str, settings: ClientSettings | None = None,
+        metrics: Metrics | None = None, auth: RequestAuth | None = None,
     ) -> None:
         try:
             url = urllib3.util.parse_url(base_url.strip())
@@ -126,7 +135,11 @@ class DicomWebClient:
         )
         self._quota_lock = threading.Lock()
         self._blocked_until: float = 0.0
-        self._requests_sent = (metrics or Metrics()).counter("requests_sent")
+        metrics = metrics or Metrics()
+        self._requests_sent = metrics.counter("requests_sent")
+        self._auth = auth
+        self._refused = metrics.counter("auth.refused")
+        self._refusing = False  # the last answer was a 401/403: its log line is written
 
     @property
     def description(self) -> str:
@@ -137,7 +150,8 @@ class DicomWebClient:
         return self._requests_sent.value
 
     def statistics(self) -> dict[str, Any]:
-        return {"requests_sent": self.requests_sent}
+        shown = {"requests_sent": self.requests_sent}
+        return {**shown, "auth": self._auth.description} if self._auth else shown
 
     # -- public calls -------------------------------------------------------------
 
@@ -217,6 +231,9 @@ class DicomWebClient:
             self._slots.release()
         if answer.status == 429:
             self._enter_quota_pause(path)
+        if answer.status in REFUSED_STATUSES:
+            self._note_refusal(path, answer)
+        self._refusing = False
         if answer.status not in ok:
             raise FetchError(f"{path}: HTTP {answer.status} {_short(answer.body)}")
         return answer
@@ -224,12 +241,18 @@ class DicomWebClient:
     def _attempts(self, path: str, accept: str, deadline: Deadline) -> Answer:
         """Send until an answer worth keeping, retrying while retries and time are left."""
         attempt = 0
+        renewed = False
         while True:
+            credentials = self._credentials(deadline)
             try:
-                answer = self._attempt(path, accept, deadline)
+                answer = self._attempt(path, accept, credentials, deadline)
             except TransientError as error:
                 reason, pause = str(error), self._backoff(attempt)
             else:
+                if (answer.status in REFUSED_STATUSES and not renewed
+                        and self._credentials(deadline) != credentials):
+                    renewed = True  # rotated while it was sent: once more with the new ones
+                    continue
                 pause = self._pause_before_retry(answer, attempt)
                 if pause is None:
                     return answer
@@ -240,7 +263,12 @@ class DicomWebClient:
                                  f"{deadline.spent()}")
             time.sleep(pause)
 
-    def _attempt(self, path: str, accept: str, deadline: Deadline) -> Answer:
+    def _credentials(self, deadline: Deadline) -> dict[str, str]:
+        """The headers carrying credentials for one attempt (FetchError if none in time)."""
+        return self._auth.headers(deadline.left()) if self._auth else {}
+
+    def _attempt(self, path: str, accept: str, credentials: dict[str, str],
+                 deadline: Deadline) -> Answer:
         """One GET whose connect, answer and body each wait at most the time left."""
         left = deadline.left()
         if left <= 0:
@@ -250,7 +278,8 @@ class DicomWebClient:
                                   read=min(self.settings.read_timeout, left))
         try:
             response = self._pool.request(
-                "GET", self._base_path + path, headers={**self._headers, "Accept": accept},
+                "GET", self._base_path + path,
+                headers={**self._headers, **credentials, "Accept": accept},
                 timeout=timeout, preload_content=False,
             )
         except HostChangedError as error:
@@ -300,6 +329,17 @@ class DicomWebClient:
             told = retry_after_seconds(answer.headers["Retry-After"])
             return self._backoff(attempt) if told is None else told
         return None
+
+    def _note_refusal(self, path: str, answer: Answer) -> None:
+        """Count a 401/403, log why once per run of them, and fail the request."""
+        self._refused.add()
+        hint = self._auth.refused_hint() if self._auth else no_credentials_hint()
+        if not self._refusing:
+            self._refusing = True
+            log.error("HTTP %d from %s: %s; such requests fail with EIO and are not retried",
+                      answer.status, self.base_url, hint)
+        raise FetchError(f"{path}: HTTP {answer.status} {_short(answer.body)}".rstrip()
+                         + f": {hint}, not retried")
 
     def _refuse_while_over_quota(self, path: str) -> None:
         if time.time() < self._blocked_until:

@@ -8,9 +8,11 @@
   the middle of the body; a stall (accepts, sends nothing); a slow drip of the body
   (1 byte/s); a multipart answer cut short (no closing boundary) or with fewer parts;
   a wrong Content-Length; a frame part of garbage bytes; JSON lacking attributes. It
-  can also add a delay, and go away (stop listening, connections cut) and come back
-  on the same port. Bodies pass unchanged otherwise; hop-by-hop headers are
-  dropped (a chunked answer is re-sent with a Content-Length).
+  can also add a delay, go away (stop listening, connections cut) and come back
+  on the same port, and act as a server that wants credentials (`require_header`:
+  401 to every request without the header's accepted value). Bodies pass unchanged
+  otherwise; hop-by-hop headers are dropped (a chunked answer is re-sent with a
+  Content-Length).
 - `TcpLatencyRelay`: a byte-level TCP relay that delays every chunk by half a round
   trip in each direction without serialising them (like a long link), and charges a
   round trip for connection set-up; it counts connections and bytes. It can also cap
@@ -47,6 +49,7 @@ HOP_BY_HOP = frozenset({
     "trailer", "trailers", "transfer-encoding", "upgrade", "proxy-connection",
 })
 DEFAULT_FAULT_BODY = b"<html><body>injected fault</body></html>"
+UNAUTHORIZED_BODY = b'{"error": {"code": 401, "message": "credentials missing or refused"}}'
 TCP_CHUNK = 256 * 1024
 TCP_QUEUE_CHUNKS = 256  # at most 64 MiB in flight per direction
 CAPPED_CHUNK_S = 0.005  # under a bandwidth cap, chunks of 5 ms of the link's time
@@ -172,6 +175,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         relay = self.server.relay
         body = self._read_request_body()
         fault = relay.record(self.command, self.path, self.headers)
+        if relay.refuses(self.headers):
+            self._answer(401, [("Content-Type", "application/json"),
+                               ("WWW-Authenticate", 'Bearer realm="relay"')], UNAUTHORIZED_BODY)
+            return
         if relay.latency_s > 0:
             time.sleep(relay.latency_s)
         if fault is not None and fault.mode in LOCAL_FAULTS:
@@ -365,7 +372,8 @@ class HttpRelay(_BackgroundService):
 
     Holds `requests` ((method, path) in arrival order, injected answers included),
     `headers` (each of those requests' headers, in the same order), the pending
-    faults, and `latency_s` (delay added before answering each request).
+    faults, `latency_s` (delay added before answering each request) and `refused`
+    (requests answered 401 for want of the header `require_header` asks for).
     """
 
     def __init__(self, upstream_host: str, upstream_port: int, latency_s: float = 0.0) -> None:
@@ -376,6 +384,9 @@ class HttpRelay(_BackgroundService):
         self.headers: list[Message] = []  # case-insensitive: headers[i].get('host')
         self.stopping = threading.Event()  # set by stop(): stalled and dripping answers end
         self._faults: list[Fault] = []
+        self._required: tuple[str, frozenset[str]] | None = None
+        self.refused = 0
+        self.on_refusal: Callable[[], None] | None = None  # called before each 401 is sent
         self._lock = threading.Lock()
         self._server: _ProxyServer | None = None
         self._thread: threading.Thread | None = None
@@ -450,6 +461,25 @@ class HttpRelay(_BackgroundService):
             self._faults.append(fault)
         return fault
 
+    def require_header(self, name: str, *accepted: str) -> None:
+        """From now on answer 401 (without contacting the server) to every request
+        whose header `name` is not one of `accepted`; no values: require nothing."""
+        with self._lock:
+            self._required = (name, frozenset(accepted)) if accepted else None
+
+    def refuses(self, headers: Message) -> bool:
+        """Whether a request with `headers` lacks the required header (counted)."""
+        with self._lock:
+            if self._required is None:
+                return False
+            name, accepted = self._required
+            refused = headers.get(name) not in accepted
+            self.refused += refused
+            on_refusal = self.on_refusal
+        if refused and on_refusal is not None:
+            on_refusal()
+        return refused
+
     def clear_faults(self) -> None:
         """Drop pending faults; the record of requests is kept."""
         with self._lock:
@@ -461,11 +491,14 @@ class HttpRelay(_BackgroundService):
             return sum(substring in path for _, path in self.requests)
 
     def reset(self) -> None:
-        """Forget recorded requests and pending faults (latency is kept)."""
+        """Forget recorded requests, pending faults and the required header (latency is
+        kept)."""
         with self._lock:
             self.requests.clear()
             self.headers.clear()
             self._faults.clear()
+            self._required = None
+            self.refused = 0
 
     def record(self, method: str, path: str, headers: Message | None = None) -> Fault | None:
         """Record an arriving request; return (using up one count of) the injected fault
