@@ -26,7 +26,7 @@ import trio
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL_S = 5.0
+STATUS_INTERVAL_S = 2.0
 
 
 class ServiceNotifier:
