@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="idcfs",
         description="Mount DICOM whole-slide images from NCI Imaging Data Commons (IDC) or "
         "any DICOMweb server as a read-only tree of directories and JPEG tiles.",
+        epilog="mount(8) and fstab: `mount -t fuse.idcfs SOURCE MOUNTPOINT -o ro,NAME=VALUE...` "
+        "(SOURCE: idc or a DICOMweb URL; every mount option as name=value) runs "
+        "`idcfs SOURCE MOUNTPOINT -o OPTIONS`.",
     )
     parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
