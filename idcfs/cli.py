@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from idcfs import __version__
+from idcfs.commands import mount_helper
 from idcfs.errors import without_credentials
 from idcfs.fuse import mountpoint as mountpoints
 from idcfs.fuse.mountpoint import MountpointError, is_mounted
@@ -91,11 +92,24 @@ def header(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def http_url(text: str) -> str:
+    """A DICOMweb base URL: http:// or https:// and a host (a bare host:port is refused
+    here, in one line, rather than failing later as a server that cannot be reached)."""
+    if not re.match(r"https?://[^/\s]", text.strip(), re.IGNORECASE):
+        example = f" (e.g. http://{text})" if "://" not in text else ""
+        raise argparse.ArgumentTypeError(
+            f"bad URL {text!r}: a DICOMweb URL starts with http:// or https://{example}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="idcfs",
         description="Mount DICOM whole-slide images from NCI Imaging Data Commons (IDC) or "
         "any DICOMweb server as a read-only tree of directories and JPEG tiles.",
+        epilog="mount(8) and fstab: `mount -t fuse.idcfs SOURCE MOUNTPOINT -o ro,NAME=VALUE...` "
+        "(SOURCE: idc or a DICOMweb URL; every mount option as name=value) runs "
+        "`idcfs SOURCE MOUNTPOINT -o OPTIONS`.",
     )
     parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -103,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     unmount = commands.add_parser("unmount", help="unmount an idcfs mount",
                                   description="Unmount an idcfs mount (fusermount3 -u).")
     unmount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    unmount.add_argument("-z", "--lazy", action="store_true",
+                         help="detach now even while a process still uses the mount (a "
+                         "shell sitting in it); it goes once the last one lets go")
     return parser
 
 
@@ -126,7 +143,8 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
     mount.add_argument("--files", metavar="LOCATION",
                        help="serve the DICOM files under a folder, s3://bucket/prefix or "
                        "gs://bucket/prefix; the tree comes from their headers")
-    mount.add_argument("--url", help="DICOMweb base URL, e.g. http://127.0.0.1:8042/dicom-web "
+    mount.add_argument("--url", type=http_url,
+                       help="DICOMweb base URL, e.g. http://127.0.0.1:8042/dicom-web "
                        "(default: IDC's public proxy)")
     mount.add_argument("--auth", choices=("google",),
                        help="google: Application Default Credentials (google-auth) for a "
@@ -192,19 +210,24 @@ def version_text() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:  # mount(8)'s call through mount.fuse3: `idcfs SOURCE MOUNTPOINT -o OPTIONS`
+        arguments = mount_helper.as_command(parser, sys.argv[1:] if argv is None else argv)
+    except mount_helper.HelperCallError as error:
+        fail(str(error))
+    args = parser.parse_args(arguments)
     if args.command == "unmount":
-        unmount(args.mountpoint)
+        unmount(args.mountpoint, args.lazy)
     else:
         mount(args)
 
 
-def unmount(mountpoint: Path) -> None:
+def unmount(mountpoint: Path, lazy: bool = False) -> None:
     path = mountpoints.absolute(mountpoint)
     if not is_mounted(path):
         fail(f"{mountpoint} is not mounted")
     try:
-        note = mountpoints.unmount(path)
+        note = mountpoints.unmount(path, lazy)
     except MountpointError as error:
         fail(str(error))
     if note:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -36,6 +37,7 @@ from idcfs.fuse.adapter import IdcfsOperations
 from idcfs.fuse.diskfill import DiskPageFiller
 from idcfs.fuse.openfiles import OpenFiles
 from idcfs.fuse.pagecache import PageCacheFiller
+from idcfs.fuse.readiness import Readiness, ServiceNotifier
 from idcfs.metrics import Metrics
 from idcfs.source.auth import AuthOptions, AuthSetupError, build_auth
 from idcfs.source.base import FrameSource, InstanceFiles
@@ -148,6 +150,7 @@ class Mounted:
     readahead: ReadAhead | None = None
     page_filler: PageCacheFiller | None = None
     disk_filler: DiskPageFiller | None = None
+    statistics: Callable[[], dict[str, Any]] = dict  # what the statistics file shows
 
     def session_opened(self) -> None:
         """The FUSE session exists: notifications to the kernel may start."""
@@ -295,14 +298,17 @@ def build_mount(config: MountConfig) -> Mounted:
     views: list[SeriesView] = [DicomLevelsView(loader, tile_index, readahead)]
     if isinstance(client, InstanceFiles):  # files by ranges: dicom/<uid>.dcm too
         views.append(DicomFilesView(client, metrics))
-    statistics = LiveFile(STATS_FILE, lambda: json_bytes(
-        {**metrics.snapshot(), "source": {"description": client.description,
-                                          **client.statistics()}}))
+    def current_statistics() -> dict[str, Any]:
+        return {**metrics.snapshot(), "source": {"description": client.description,
+                                                 **client.statistics()}}
+
+    statistics = LiveFile(STATS_FILE, lambda: json_bytes(current_statistics()))
     slides = SlideStore(client, disk, wait_s=config.timeout)
     catalog_view = CatalogView(catalog, slides, views, [statistics])
     operations = IdcfsOperations(Tree(catalog_view.root_children), open_files, metrics,
                                  timeout=config.timeout)
-    return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler)
+    return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler,
+                   current_statistics)
 
 
 def _demand_settings(config: MountConfig) -> CoalesceSettings:
@@ -313,13 +319,16 @@ def _demand_settings(config: MountConfig) -> CoalesceSettings:
 
 def fuse_options(config: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options)
-    options |= {"fsname=idcfs", "subtype=idcfs", "ro"}
+    options |= {"subtype=idcfs", "ro"}
     options |= {option for option in config.fuse_options if option}
+    if not any(option.startswith("fsname=") for option in options):  # mount(8) gives SOURCE
+        options.add("fsname=idcfs")
     return options
 
 
 def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
-    """Mount, call on_ready, and serve until unmounted or SIGINT/SIGTERM."""
+    """Mount, call on_ready once the root answers (and tell systemd: READY=1), and serve
+    until unmounted or SIGINT/SIGTERM."""
     mounted = build_mount(config)
     try:
         pyfuse3.init(mounted.operations, str(config.mountpoint), fuse_options(config))
@@ -328,20 +337,29 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
         raise SetupError(f"cannot mount {config.mountpoint}: {error}") from None
     log.info("mounted %s from %s", config.mountpoint, mounted.source.description)
     mounted.session_opened()
-    on_ready()
+    readiness = Readiness(config.mountpoint, on_ready, ServiceNotifier.from_environment(),
+                          mounted.statistics, config.timeout)
     try:
-        trio.run(main_until_signal)
+        trio.run(main_until_signal, readiness.run)
     finally:
+        readiness.notifier.stopping()
         mounted.session_closing()
         pyfuse3.close(unmount=True)
         mounted.close()
         log.info("unmounted %s", config.mountpoint)
+    if readiness.failure is not None:
+        raise SetupError(readiness.failure)
 
 
-async def main_until_signal() -> None:
-    """Run the FUSE loop until it ends or SIGINT/SIGTERM/SIGHUP arrives."""
+async def main_until_signal(
+    beside: Callable[[trio.CancelScope], Awaitable[None]] | None = None,
+) -> None:
+    """Run the FUSE loop until it ends or SIGINT/SIGTERM/SIGHUP arrives (and `beside`,
+    given the loop's cancel scope, alongside it)."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        if beside is not None:
+            nursery.start_soon(beside, nursery.cancel_scope)
         await pyfuse3.main(min_tasks=4, max_tasks=FUSE_MAX_TASKS)
         nursery.cancel_scope.cancel()
 

@@ -3,8 +3,9 @@
 A daemon killed with SIGKILL (or by the OOM killer) leaves its mount behind, dead:
 every access fails with ENOTCONN ("Transport endpoint is not connected") until it is
 unmounted. `idcfs unmount` clears such a mount (a lazy unmount when something still
-holds it), and `idcfs mount` clears a dead idcfs mount in its way by itself. A dead
-mount of another filesystem is not ours to clear: the error says how.
+holds it; `-z` detaches a live mount in use the same way), and `idcfs mount` clears a
+dead idcfs mount in its way by itself. A dead mount of another filesystem is not ours
+to clear: the error says how.
 
 libfuse 3 mounts over a non-empty directory without a word (and rejects the old
 `nonempty` option), hiding what is there; idcfs refuses unless `-o nonempty` is given,
@@ -118,10 +119,16 @@ def probe(path: Path, timeout: float = PROBE_TIMEOUT_S) -> State:
     return outcome[0] if outcome else State.STUCK
 
 
-def unmount(path: Path) -> str | None:
+def unmount(path: Path, lazy: bool = False) -> str | None:
     """Unmount `path`; a dead mount that something still holds is detached lazily (it
-    goes once the last user lets go). Returns a note when it was; MountpointError
-    (one line) when the mount cannot be unmounted."""
+    goes once the last user lets go), and so is any mount when `lazy` (`idcfs unmount
+    -z`: a shell still sits in it). Returns a note when a dead mount was detached;
+    MountpointError (one line) when the mount cannot be unmounted."""
+    if lazy:
+        failure = _run_unmount(path, lazy=True)
+        if failure is not None:
+            raise MountpointError(f"cannot unmount {path}: {failure}")
+        return None
     failure = _run_unmount(path, lazy=False)
     if failure is None:
         return None

@@ -1,0 +1,1 @@
+"""The commands of `idcfs` beside mount and unmount, one module each (idcfs/cli.py parses)."""
