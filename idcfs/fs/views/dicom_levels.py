@@ -42,6 +42,8 @@ class AssociatedFile(FetchedFile):
         self.slide = slide
         self.image = image
         self.loader = loader
+        if len(image.tiles) == 1:  # served as its one tile: disk-cached, its size is known
+            self.exact_size = loader.known_size(slide, image.tiles[0].frame)
 
     def fetch(self) -> bytes:
         return self.loader.associated(self.slide, self.image)
