@@ -35,6 +35,8 @@ def time_ns(date: Any, time: Any = None, offset: Any = None) -> int | None:
     at a time of day (TM) and zone (TimezoneOffsetFromUTC, "+HHMM"). None when `date`
     is absent or not a date; a time or offset that is absent or malformed reads as
     midnight and UTC."""
+    if isinstance(date, int) and not isinstance(date, bool):
+        date = str(date)  # a CSV catalog's 20240102, read as a number
     day = DATE_PATTERN.fullmatch(date.strip()) if isinstance(date, str) else None
     if day is None:
         return None

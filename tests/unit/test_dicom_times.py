@@ -37,7 +37,7 @@ def test_dates_times_and_zones(date: str, time: str | None, offset: str | None,
     assert time_ns(date, time, offset) == expected
 
 
-@pytest.mark.parametrize("date", [None, "", "2024", "20241302", "20240230", "yesterday", 20240102])
+@pytest.mark.parametrize("date", [None, "", "2024", "20241302", "20240230", "yesterday", True])
 def test_what_is_not_a_date_reads_as_absent(date: Any) -> None:
     assert time_ns(date, "120000") is None
 
@@ -56,4 +56,5 @@ def test_content_date_wins_then_series_then_study_newest_instance_first() -> Non
 
 def test_catalog_fields_by_keyword() -> None:
     assert fields_time_ns({"StudyDate": "2011-05-19", "SeriesDate": "2012-01-01"}) == at(2012, 1, 1)
+    assert fields_time_ns({"StudyDate": 20110519}) == at(2011, 5, 19)  # a CSV's number
     assert fields_time_ns({"StudyDate": None, "PatientID": "x"}) is None
