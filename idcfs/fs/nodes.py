@@ -29,10 +29,10 @@ class Node:
 
     is_dir = False
 
-    def __init__(self, name: str, mtime_ns: int | None = None) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
         self.inode = 0  # set by Tree.adopt
-        self.mtime_ns = mtime_ns
+        self.mtime_ns: int | None = None
 
 
 class FileNode(Node):

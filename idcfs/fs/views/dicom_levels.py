@@ -118,7 +118,7 @@ class DicomLevelsView:
         size = self.placeholder(level.tile_width, level.tile_height, 3)
         grid_key = (slide.series_uid, level.index, grid.directory_name)
         names = [self.tile_names.name(tile.column, tile.row) for tile in grid.tiles]
-        if len(set(names)) != len(names):  # check_template makes this unreachable in practice
+        if len(set(names)) != len(names):  # unique on the grid checked, not on this one
             raise MetadataError(f"{slide.series_uid} {level.directory_name}: tile names "
                                 f"{self.tile_names.template!r} clash in this grid")
         nodes: list[Node] = []
