@@ -102,6 +102,15 @@ def http_url(text: str) -> str:
     return text
 
 
+def tile_template(text: str) -> str:
+    from idcfs.fs.views.tile_names import check_template
+
+    try:
+        return check_template(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="idcfs",
@@ -185,6 +194,10 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
     mount.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
                        help="the longest an open() or read() waits on the server, retries "
                        "included, before it fails with EIO (default 30)")
+    mount.add_argument("--tile-name", type=tile_template, default=None, metavar="TEMPLATE",
+                       help="file name of each tile: a format string with {col} and {row}, "
+                       "e.g. '{row:04d}_{col:04d}.jpg' so sorted names are row by row "
+                       "(default '{col}_{row}.jpg')")
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="serve in the foreground until SIGINT/SIGTERM, then unmount")
     mount.add_argument("-o", dest="fuse_options", action="append", default=[],
@@ -270,6 +283,8 @@ def mount(args: argparse.Namespace) -> None:
         config.quality = args.quality
     if args.timeout is not None:
         config.timeout = args.timeout
+    if args.tile_name is not None:
+        config.tile_name = args.tile_name
     if args.foreground:
         _configure_logging(args.log_file, args.debug)
         _serve_or_fail(config, on_ready=lambda: _write_pid(args.pid_file))

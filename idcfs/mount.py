@@ -33,6 +33,7 @@ from idcfs.fs.views import SeriesView
 from idcfs.fs.views.catalog import CatalogView
 from idcfs.fs.views.dicom_files import DicomFilesView
 from idcfs.fs.views.dicom_levels import DicomLevelsView
+from idcfs.fs.views.tile_names import DEFAULT_TEMPLATE, TileNames
 from idcfs.fuse.adapter import IdcfsOperations
 from idcfs.fuse.diskfill import DiskPageFiller
 from idcfs.fuse.openfiles import OpenFiles
@@ -91,6 +92,7 @@ class MountConfig:
     s3_endpoint: str | None = None  # another S3-compatible endpoint for the buckets
     files: str | None = None  # a folder, s3://bucket/prefix or gs://bucket/prefix
     auth: AuthOptions = field(default_factory=AuthOptions)  # credentials for DICOMweb
+    tile_name: str = DEFAULT_TEMPLATE  # --tile-name: the file name of each tile
 
     @property
     def source_kind(self) -> str:
@@ -295,7 +297,8 @@ def build_mount(config: MountConfig) -> Mounted:
             loader, metrics, ReadAheadSettings(workers=workers),
             on_landed=page_filler.offer, take_over=disk_filler.take if disk_filler else None,
         )
-    views: list[SeriesView] = [DicomLevelsView(loader, tile_index, readahead)]
+    views: list[SeriesView] = [DicomLevelsView(loader, tile_index, readahead,
+                                               tile_names=TileNames(config.tile_name))]
     if isinstance(client, InstanceFiles):  # files by ranges: dicom/<uid>.dcm too
         views.append(DicomFilesView(client, metrics))
     def current_statistics() -> dict[str, Any]:
@@ -305,8 +308,8 @@ def build_mount(config: MountConfig) -> Mounted:
     statistics = LiveFile(STATS_FILE, lambda: json_bytes(current_statistics()))
     slides = SlideStore(client, disk, wait_s=config.timeout)
     catalog_view = CatalogView(catalog, slides, views, [statistics])
-    operations = IdcfsOperations(Tree(catalog_view.root_children), open_files, metrics,
-                                 timeout=config.timeout)
+    tree = Tree(catalog_view.root_children, catalog_view.revision_ns())
+    operations = IdcfsOperations(tree, open_files, metrics, timeout=config.timeout)
     return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler,
                    current_statistics)
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from idcfs.dicom.times import fields_time_ns
+
 
 @dataclass(frozen=True)
 class SeriesEntry:
@@ -21,6 +23,13 @@ class SeriesEntry:
     # Catalog fields merged into the series' slide.json (collection, PatientID,
     # licence, source DOI, IDC data version, ...). JSON-serialisable values only.
     fields: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # When the series was made, as the catalog knows it (idcfs.dicom.times), for the
+    # mtime of its directory; None: from `fields` (StudyDate, ...) if they have a date.
+    time_ns: int | None = field(default=None, compare=False)
+
+    def made_ns(self) -> int | None:
+        """The series' time from the catalog: `time_ns`, else from its fields."""
+        return self.time_ns if self.time_ns is not None else fields_time_ns(self.fields)
 
 
 class Catalog(Protocol):
@@ -50,6 +59,15 @@ class Catalog(Protocol):
     def series(self, study_uid: str, collection_id: str | None = None) -> list[SeriesEntry]:
         """The slide series of one study (restricted to a collection when given), sorted by UID."""
         ...
+
+
+def revision_ns(catalog: Catalog) -> int | None:
+    """When the catalog's content was last revised (the IDC index's data release, a
+    user's catalog file's modification, the newest series a search found), for the mtime
+    of the directories it makes; None when it cannot tell without a request. A catalog
+    tells by an optional `revision_ns()` method; it must never block on the network."""
+    tell = getattr(catalog, "revision_ns", None)
+    return tell() if callable(tell) else None
 
 
 class FlatCatalog:

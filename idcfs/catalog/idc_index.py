@@ -36,10 +36,12 @@ from idcfs.catalog.user_file import (
     sql_ident,
     sql_str,
 )
+from idcfs.dicom.times import time_ns
 
 log = logging.getLogger(__name__)
 
 INDEX_VIEW = "index"  # the name idc-index gives idc_index.parquet in SQL
+VERSION_VIEW = "version_metadata_index"  # idc_version -> version_timestamp (the release)
 # Indices idc-index knows, for idc-index-data releases without INDEX_METADATA.
 KNOWN_INDICES = ("idc_index", "prior_versions_index", "sm_index", "sm_instance_index")
 REQUIRED_COLUMNS = (
@@ -299,6 +301,19 @@ def _slides_sql(table: str, columns: list[str], licences: bool, where: str) -> s
     )
 
 
+def _release_time_ns(conn: duckdb.DuckDBPyConnection, views: dict[str, Path]) -> int | None:
+    """When the bundled IDC data release was made, from version_metadata_index."""
+    if VERSION_VIEW not in views:
+        return None
+    try:
+        rows = conn.execute(f"SELECT CAST(version_timestamp AS VARCHAR) FROM {VERSION_VIEW} "
+                            "WHERE idc_version = ?", [int(idc_data_version()[1:])]).fetchall()
+    except (duckdb.Error, ValueError) as error:
+        log.warning("no IDC release date (%s); directories show a fixed date", error)
+        return None
+    return time_ns(str(rows[0][0])[:10]) if rows and rows[0][0] else None
+
+
 def _tune(conn: duckdb.DuckDBPyConnection) -> None:
     """Applies the OPTIONAL_SETTINGS this DuckDB version knows."""
     for sql in OPTIONAL_SETTINGS:
@@ -374,6 +389,7 @@ class IdcIndexCatalog(TableCatalog):
         where = _where_sql(chosen, cohort=query is not None)
         keys = _key_rows(conn, where)
         table = _table_name(conn)
+        self._revised_ns = _release_time_ns(conn, self.views)
         fields_sql = _slides_sql(table, columns, "collections_index" in self.views, where)
         # The fields table takes a second scan of the parquet: off the startup path.
         self._loader = _BackgroundSQL(
@@ -390,6 +406,11 @@ class IdcIndexCatalog(TableCatalog):
 
     def _wait_for_table(self) -> None:
         self._loader.wait()
+
+    def revision_ns(self) -> int | None:
+        """The release date of the bundled IDC data version (version_metadata_index),
+        midnight UTC; None when idc-index-data does not bundle that index."""
+        return self._revised_ns
 
     def collection_info(self, collection_id: str) -> dict[str, Any] | None:
         """Counts, size, licences and DOIs of the collection's shown series, plus IDC's

@@ -10,11 +10,14 @@ from idcfs.catalog.base import FlatCatalog, SeriesEntry
 
 
 class SeriesSearch(Protocol):
-    def search_wsi_series(self) -> list[tuple[str, str]]: ...
+    def search_wsi_series(self) -> list[SeriesEntry]: ...
 
 
 class QidoCatalog(FlatCatalog):
-    """Every series with whole-slide instances, searched once on first use and kept."""
+    """Every series with whole-slide instances, searched once on first use and kept.
+
+    Its revision is the newest series time the search found (None before it ran: the
+    root's mtime must not wait for a search)."""
 
     def __init__(self, search: SeriesSearch) -> None:
         self._search = search
@@ -31,7 +34,14 @@ class QidoCatalog(FlatCatalog):
         with self._lock:
             if self._by_study is None:
                 grouped: dict[str, list[SeriesEntry]] = defaultdict(list)
-                for study_uid, series_uid in self._search.search_wsi_series():
-                    grouped[study_uid].append(SeriesEntry(study_uid, series_uid))
+                for entry in self._search.search_wsi_series():
+                    grouped[entry.study_uid].append(entry)
                 self._by_study = dict(grouped)
             return self._by_study
+
+    def revision_ns(self) -> int | None:
+        with self._lock:
+            searched = self._by_study
+        times = [entry.time_ns for entries in (searched or {}).values() for entry in entries
+                 if entry.time_ns is not None]
+        return max(times, default=None)

@@ -258,6 +258,11 @@ class FileCatalog(TableCatalog):
                 f"cannot read catalog file {self.path}: {first_line(error)}"
             ) from error
         super().__init__(conn, "slides", has_collection_column=has_collection)
+        self._revised_ns = self.path.stat().st_mtime_ns
+
+    def revision_ns(self) -> int | None:
+        """When the file was last modified (read once: the tree keeps one time)."""
+        return self._revised_ns
 
     def _source(self, text_columns: Sequence[str]) -> str:
         """The DuckDB table function reading the file; CSV `text_columns` read as VARCHAR."""

@@ -23,6 +23,7 @@ from idcfs.cache.tiles import TileCache, tile_key
 from idcfs.errors import DecodeError
 from idcfs.fetch.claims import DEFAULT_WAIT_S, Claim, Claims, fail_all, release_all, wait
 from idcfs.fetch.coalesce import CoalesceSettings, RequestCoalescer
+from idcfs.fetch.syntaxes import LearnedSyntaxes
 from idcfs.metrics import Metrics
 from idcfs.slide.model import AssociatedImage, FrameRef, InstanceInfo, Slide
 from idcfs.source.base import Frame, FrameSizes, FrameSource
@@ -56,6 +57,7 @@ class TileLoader:
         self.quality = quality
         self.max_frames_per_request = max_frames_per_request
         self._claims: Claims[bytes] = Claims(wait_s)
+        self.syntaxes = LearnedSyntaxes(tiles.disk)  # for instances whose metadata has none
         self._demand = RequestCoalescer(self._fetch_for_reading, self.abandon_claimed, demand)
         self._frames_fetched = metrics.counter("frames_fetched")
         self._frames_per_request = metrics.histogram("frames_per_request")
@@ -198,6 +200,8 @@ class TileLoader:
 
     def _fetch(self, info: InstanceInfo, numbers: list[int]) -> list[Frame]:
         frames = self.source.frames(info, numbers)
+        if info.transfer_syntax is None and frames:
+            self.syntaxes.learn(info.uid, frames[0].transfer_syntax)
         self._frames_fetched.add(len(frames))
         self._frames_per_request.add(len(frames))
         return frames

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -21,13 +22,17 @@ from idcfs.slide.model import FrameRef, Slide
 
 
 class Node:
-    """A directory or a file in the tree."""
+    """A directory or a file in the tree.
+
+    `mtime_ns` is when its data was made (docs/SEMANTICS.md, "Timestamps"); None takes
+    the directory's it is listed in, when that lists it."""
 
     is_dir = False
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.inode = 0  # set by Tree.adopt
+        self.mtime_ns: int | None = None
 
 
 class FileNode(Node):
@@ -74,13 +79,24 @@ class StaticFile(FileNode):
 
 
 class LiveFile(FileNode):
-    """A small file computed afresh at every open (the statistics file)."""
+    """A small file computed afresh at every open (the statistics file). Its mtime is
+    the moment it is looked at, unless it is `dated`: then it has an mtime like any
+    node (a slide.json that learns transfer syntaxes from frames)."""
 
     direct_io = True
 
-    def __init__(self, name: str, render: Callable[[], bytes]) -> None:
+    def __init__(self, name: str, render: Callable[[], bytes], dated: bool = False) -> None:
+        self.dated = dated
         super().__init__(name)
         self.render = render
+
+    @property  # type: ignore[override]
+    def mtime_ns(self) -> int | None:
+        return self._mtime_ns if self.dated else time.time_ns()
+
+    @mtime_ns.setter
+    def mtime_ns(self, value: int | None) -> None:
+        self._mtime_ns = value
 
     def size(self) -> tuple[int, bool]:
         return len(self.render()), False
@@ -315,6 +331,8 @@ class DirNode(Node):
             if self._children is None:
                 nodes = self._list_children()
                 for node in nodes:
+                    if node.mtime_ns is None:
+                        node.mtime_ns = self.mtime_ns
                     adopt(node)
                 self._children = {node.name: node for node in nodes}
             return self._children

@@ -4,13 +4,13 @@ No FUSE import here (the adapter in `idcfs.fuse.adapter` is thin), and no layout
 the root holds and what a series directory shows come from views (`idcfs.fs.views`),
 composed in `idcfs.mount`. Methods that may block on the network are plain blocking
 calls; the adapter runs them in threads. Directories list their children once and keep
-them; a failed listing is not kept.
+them; a failed listing is not kept. Every node's mtime is known when it is listed (its
+own, else its directory's), so a stat never waits for anything.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +18,10 @@ from idcfs.errors import NotFoundError
 from idcfs.fs.nodes import DirNode, FileNode, Node
 
 ROOT_INODE = 1
+FALLBACK_MTIME_NS = 315_532_800 * 10**9
+"""1980-01-01T00:00:00Z: the mtime of what neither its data nor its catalog dates (a
+series without any date, the root of a DICOMweb mount): fixed, so every remount and
+machine shows the same, and the earliest time a ZIP archive can store."""
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,13 @@ class Attributes:
 class Tree:
     """All nodes of one mount, by inode; thread-safe."""
 
-    def __init__(self, root_children: Callable[[], list[Node]]) -> None:
-        self.mtime_ns = time.time_ns()
+    def __init__(self, root_children: Callable[[], list[Node]],
+                 mtime_ns: int | None = None) -> None:
+        self.mtime_ns = FALLBACK_MTIME_NS if mtime_ns is None else mtime_ns
         self._nodes: dict[int, Node] = {}
         self._lock = threading.Lock()
         root = DirNode("", root_children)
+        root.mtime_ns = self.mtime_ns
         self.adopt(root)
         assert root.inode == ROOT_INODE
 
@@ -73,10 +79,13 @@ class Tree:
         return found
 
     def attributes(self, node: Node) -> Attributes:
+        """What stat shows; a node's mtime is its own, else (a node nobody listed: not
+        in the tree) the root's."""
+        mtime = node.mtime_ns if node.mtime_ns is not None else self.mtime_ns
         if isinstance(node, FileNode):
             size, exact = node.size()
-            return Attributes(node.inode, False, size, exact, self.mtime_ns, node.direct_io)
-        return Attributes(node.inode, True, 0, True, self.mtime_ns)
+            return Attributes(node.inode, False, size, exact, mtime, node.direct_io)
+        return Attributes(node.inode, True, 0, True, mtime)
 
     def adopt(self, node: Node) -> None:
         with self._lock:

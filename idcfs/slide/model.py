@@ -6,6 +6,7 @@ touches the network.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,7 @@ class Level:
     downsample: float
     pixel_spacing_mm: tuple[float, float] | None
     grids: list[TileGrid]
+    instance_uids: tuple[str, ...] = ()  # the instances the level's frames come from
 
     @property
     def columns(self) -> int:
@@ -120,9 +122,18 @@ class AssociatedImage:
         return f"{self.kind}.jpg"
 
 
+SERIES_FACTS = ("PatientID", "ContainerIdentifier", "SeriesDescription")
+"""Attributes of the series' own metadata slide.json shows with any source (the slide
+label is ContainerIdentifier)."""
+
+
 @dataclass
 class Slide:
-    """A whole-slide series: levels in decreasing resolution plus associated images."""
+    """A whole-slide series: levels in decreasing resolution plus associated images.
+
+    `time_ns` is when the series was made (`idcfs.dicom.times`: content, series or study
+    date and time), None when its metadata has no date; `facts` holds SERIES_FACTS as
+    the metadata gives them (None when absent)."""
 
     study_uid: str
     series_uid: str
@@ -131,17 +142,25 @@ class Slide:
     associated: list[AssociatedImage]
     focal_planes: list[float | None]
     optical_paths: list[str]
+    time_ns: int | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_plane_directories(self) -> bool:
         """True when tiles live in one subdirectory per plane/path combination."""
         return len(self.focal_planes) > 1 or len(self.optical_paths) > 1
 
-    def describe(self) -> dict[str, Any]:
-        """The content of slide.json (before catalog fields are added)."""
+    def describe(self, learned_syntaxes: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The content of slide.json (before catalog fields are added). An instance
+        whose metadata has no transfer syntax shows the one `learned_syntaxes` (by
+        SOPInstanceUID) has for it, learned from its frames, or None."""
+        learned = learned_syntaxes or {}
+        syntaxes = {uid: info.transfer_syntax or learned.get(uid)
+                    for uid, info in self.instances.items()}
         return {
             "StudyInstanceUID": self.study_uid,
             "SeriesInstanceUID": self.series_uid,
+            **{name: self.facts.get(name) for name in SERIES_FACTS},
             "levels": [level.describe() for level in self.levels],
             "focal_planes": [
                 {"index": index, "z_offset_um": z} for index, z in enumerate(self.focal_planes)
@@ -149,10 +168,36 @@ class Slide:
             "optical_paths": self.optical_paths,
             "tile_directories": self._tile_directories(),
             "photometric_interpretation": self._distinct(lambda i: i.pixels.photometric),
-            "transfer_syntax": self._distinct(lambda i: i.transfer_syntax),
+            "transfer_syntax": sorted({syntax for syntax in syntaxes.values() if syntax}),
             "image_types": self._distinct(lambda i: "\\".join(i.image_type)),
             "associated_images": [image.file_name for image in self.associated],
+            "instances": self._describe_instances(syntaxes),
         }
+
+    def syntaxes_known(self) -> bool:
+        """Whether the metadata gives every instance's transfer syntax (then slide.json
+        never changes)."""
+        return all(info.transfer_syntax for info in self.instances.values())
+
+    def _describe_instances(self, syntaxes: Mapping[str, str | None]) -> list[dict[str, Any]]:
+        """Each instance: its level (None for label, overview, thumbnail), kind, frame
+        count and transfer syntax, with where that came from ("metadata", "frames", or
+        None while unknown); levels first, then by UID."""
+        level_of = {uid: level.index for level in self.levels for uid in level.instance_uids}
+        described = []
+        for uid, info in self.instances.items():
+            source = None
+            if info.transfer_syntax:
+                source = "metadata"
+            elif syntaxes.get(uid):
+                source = "frames"
+            described.append({
+                "SOPInstanceUID": uid, "level": level_of.get(uid), "kind": info.flavour,
+                "frames": info.frame_count, "transfer_syntax": syntaxes.get(uid),
+                "transfer_syntax_from": source,
+            })
+        return sorted(described, key=lambda item: (item["level"] is None, item["level"] or 0,
+                                                   item["SOPInstanceUID"]))
 
     def _tile_directories(self) -> list[str]:
         if not self.has_plane_directories:

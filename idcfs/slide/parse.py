@@ -33,8 +33,10 @@ from idcfs.dicom.dicom_json import (
     whole_number,
 )
 from idcfs.dicom.pixels import PixelFormat
+from idcfs.dicom.times import series_time_ns
 from idcfs.errors import MetadataError
 from idcfs.slide.model import (
+    SERIES_FACTS,
     AssociatedImage,
     FrameRef,
     InstanceInfo,
@@ -55,6 +57,10 @@ OPTICAL_PATH_ID_SEQ = "00480207"
 OPTICAL_PATH_ID = "00480106"
 TOTAL_PIXEL_MATRIX_ORIGIN = "00480008"
 Z_OFFSET = "0040074A"
+PIXEL_MEASURES = "00289110"
+SPACING_BETWEEN_SLICES = "00180088"
+FACT_TAGS = {"PatientID": "00100020", "ContainerIdentifier": "00400512",
+             "SeriesDescription": "0008103E"}
 
 MAX_FRAMES = 1 << 22
 """Frames one instance may have (IDC's largest have a few hundred thousand): a bogus
@@ -93,6 +99,9 @@ def parse_slide(
     where = locations or {}
     readable = [found for meta in metadata if _is_wsi(meta)
                 for found in _readable_instance(series_uid, meta, where)]
+    kept = {info.uid for info, _, _ in readable}
+    described = sorted((meta for meta in metadata if first_value(meta, "00080018") in kept),
+                       key=lambda meta: str(first_value(meta, "00080018")))
     if not readable:
         raise MetadataError(f"series {series_uid} has no usable whole-slide image instances")
     infos = {info.uid: info for info, _, _ in readable}
@@ -111,7 +120,19 @@ def parse_slide(
         associated=_associated(infos, placements),
         focal_planes=focal_planes,
         optical_paths=paths,
+        time_ns=series_time_ns(described),
+        facts=_series_facts(described),
     )
+
+
+def _series_facts(described: Sequence[DicomJson]) -> dict[str, Any]:
+    """SERIES_FACTS from the first instance (in UID order) that has each, else None."""
+    facts: dict[str, Any] = {}
+    for name in SERIES_FACTS:
+        found = (first_value(meta, FACT_TAGS[name]) for meta in described)
+        facts[name] = next((str(value).strip() for value in found
+                            if isinstance(value, str | int) and str(value).strip()), None)
+    return facts
 
 
 def _readable_instance(
@@ -229,7 +250,8 @@ def _full_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]
     paths = _instance_optical_paths(meta)
     cells = columns * rows
     offset = _frame_offset(meta, info, cells * planes * len(paths))
-    z = _single_plane_z(meta) if planes == 1 else None
+    z = _single_plane_z(meta)
+    spacing_um = _plane_spacing_um(meta) if planes > 1 else None
     usable = max(0, min(info.frame_count, cells * planes * len(paths) - offset))
     if usable < info.frame_count:
         log.warning("instance %s: %d of its %d frames lie beyond its %dx%d grid; ignored",
@@ -238,8 +260,10 @@ def _full_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]
         index = offset + local
         plane = (index // cells) % planes
         path = paths[index // (cells * planes)]
-        if planes > 1:
-            plane_key: PlaneKey = (1, float(plane))
+        if spacing_um is not None:
+            plane_key: PlaneKey = (0, _rounded_z((z or 0.0) + plane * spacing_um))
+        elif planes > 1:
+            plane_key = (1, float(plane))
         else:
             plane_key = (0, z) if z is not None else UNKNOWN_PLANE
         frame = FrameRef(info.uid, local + 1)
@@ -259,8 +283,9 @@ def _frame_offset(meta: DicomJson, info: InstanceInfo, grid_frames: int) -> int:
 
 
 def _single_plane_z(meta: DicomJson) -> float | None:
-    """The Z of a one-plane TILED_FULL instance: its shared plane position, else the
-    Z of its TotalPixelMatrixOriginSequence (where wsidicom also looks)."""
+    """The Z of a one-plane TILED_FULL instance (of the first plane of several): its
+    shared plane position, else the Z of its TotalPixelMatrixOriginSequence (where
+    wsidicom also looks)."""
     shared = _z_offset(first_item(meta, SHARED_GROUPS, PLANE_POSITION))
     return shared if shared is not None else _z_offset(first_item(meta, TOTAL_PIXEL_MATRIX_ORIGIN))
 
@@ -348,6 +373,7 @@ def _levels(
                 downsample=round(base_width / size[0], 4),
                 pixel_spacing_mm=next((spacing[m.uid] for m in members if spacing[m.uid]), None),
                 grids=grids,
+                instance_uids=tuple(member.uid for member in members),
             )
         )
     return levels
@@ -410,7 +436,23 @@ def _z_offset(position: DicomJson) -> float | None:
     z = first_value(position, Z_OFFSET)
     if z is None or z == "":
         return None
-    return round(decimal_number(z, "ZOffsetInSlideCoordinateSystem"), Z_DECIMALS) + 0.0
+    return _rounded_z(decimal_number(z, "ZOffsetInSlideCoordinateSystem"))
+
+
+def _plane_spacing_um(meta: DicomJson) -> float | None:
+    """The distance between the focal planes of a TILED_FULL instance in µm: shared
+    PixelMeasures SpacingBetweenSlices (mm), as wsidicom reads it; None when absent,
+    zero, negative or not a number (the planes are then known by their order only)."""
+    value = first_value(first_item(meta, SHARED_GROUPS, PIXEL_MEASURES), SPACING_BETWEEN_SLICES)
+    try:
+        spacing = decimal_number(value, "SpacingBetweenSlices") if value is not None else 0.0
+    except ValueError:
+        return None
+    return spacing * 1000 if spacing > 0 else None
+
+
+def _rounded_z(z_um: float) -> float:
+    return round(z_um, Z_DECIMALS) + 0.0
 
 
 def _pixel_spacing(meta: DicomJson) -> tuple[float, float] | None:

@@ -32,6 +32,7 @@ import json
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,9 @@ import urllib3
 from urllib3.exceptions import HostChangedError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from idcfs.catalog.base import SeriesEntry
 from idcfs.dicom.dicom_json import WSI_SOP_CLASS, first_value, parse_json_list
+from idcfs.dicom.times import DATE_TIME_PAIRS, TIMEZONE_OFFSET, series_time_ns
 from idcfs.errors import FetchError, QuotaExhaustedError, without_credentials
 from idcfs.metrics import Metrics
 from idcfs.slide.model import InstanceInfo
@@ -54,6 +57,9 @@ log = logging.getLogger(__name__)
 FRAMES_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 JSON_ACCEPT = "application/dicom+json"
 QIDO_PAGE = 1000
+# the dates and times a series' time is made of, asked of the instance search
+SEARCH_DATE_FIELDS = ",".join([*(tag for pair in DATE_TIME_PAIRS for tag in pair[:2]),
+                               TIMEZONE_OFFSET])
 DEFAULT_TIMEOUT_S = 30.0
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 REFUSED_STATUSES = frozenset({401, 403})  # credentials missing or refused: never retried
@@ -159,17 +165,21 @@ class DicomWebClient:
         """Raise FetchError unless the server answers a minimal QIDO search."""
         self._get("/studies?" + urlencode({"limit": 1}), JSON_ACCEPT, ok=(200, 204))
 
-    def search_wsi_series(self) -> list[tuple[str, str]]:
-        """(StudyInstanceUID, SeriesInstanceUID) of every series holding WSI instances.
+    def search_wsi_series(self) -> list[SeriesEntry]:
+        """Every series holding WSI instances, with the time the instances' dates give
+        (`idcfs.dicom.times`; None when the server returns none).
 
         Searches instances with Modality SM and filters the SOP class locally
         (some servers reject a SOPClassUID filter).
         """
-        found: set[tuple[str, str]] = set()
-        for instance in self._search_pages("/instances", {"Modality": "SM"}):
+        found: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        query = {"Modality": "SM", "includefield": SEARCH_DATE_FIELDS}
+        for instance in self._search_pages("/instances", query):
             if first_value(instance, "00080016") == WSI_SOP_CLASS:
-                found.add((first_value(instance, "0020000D"), first_value(instance, "0020000E")))
-        return sorted(found)
+                key = (first_value(instance, "0020000D"), first_value(instance, "0020000E"))
+                found[key].append(instance)
+        return [SeriesEntry(study, series, time_ns=series_time_ns(found[(study, series)]))
+                for study, series in sorted(found)]
 
     def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceMetadata]:
         """Every instance of a series (one request), located by its WADO-RS path."""

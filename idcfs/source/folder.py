@@ -21,6 +21,7 @@ from typing import Any
 
 from idcfs.catalog.base import FlatCatalog, SeriesEntry
 from idcfs.dicom.dicom_json import first_value
+from idcfs.dicom.times import series_time_ns
 from idcfs.errors import FetchError, MetadataError
 from idcfs.source.dicomfile import FileHeader
 from idcfs.source.files import HeaderReader
@@ -50,6 +51,7 @@ class FolderCatalog(FlatCatalog):
         self.timeout = timeout
         self._series: dict[Key, list[ObjectInfo]] = {}
         self._fields: dict[Key, dict[str, Any]] = {}
+        self._times: dict[Key, int | None] = {}
         self._studies: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._scanned = False
@@ -78,7 +80,7 @@ class FolderCatalog(FlatCatalog):
 
     def _group(self, found: Iterable[tuple[ObjectInfo, FileHeader | None]]) -> None:
         series: dict[Key, list[ObjectInfo]] = defaultdict(list)
-        wsi: set[Key] = set()
+        wsi: dict[Key, list[dict[str, Any]]] = defaultdict(list)
         for info, header in found:
             if header is None:
                 continue
@@ -89,9 +91,10 @@ class FolderCatalog(FlatCatalog):
                 continue
             series[key].append(info)
             if first_value(meta, "00080016") == WSI_SOP_CLASS:
-                wsi.add(key)
+                wsi[key].append(meta)
                 self._fields.setdefault(key, _series_fields(meta))
         self._series = {key: files for key, files in series.items() if key in wsi}
+        self._times = {key: series_time_ns(metas) for key, metas in wsi.items()}
         studies: dict[str, list[str]] = defaultdict(list)
         for study, series_uid in sorted(self._series):
             studies[study].append(series_uid)
@@ -108,9 +111,15 @@ class FolderCatalog(FlatCatalog):
         if collection_id is not None:
             return []
         return [
-            SeriesEntry(study_uid, series_uid, None, self._fields.get((study_uid, series_uid), {}))
+            SeriesEntry(study_uid, series_uid, None, self._fields.get((study_uid, series_uid), {}),
+                        self._times.get((study_uid, series_uid)))
             for series_uid in self._studies.get(study_uid, [])
         ]
+
+    def revision_ns(self) -> int | None:
+        """The newest series' time (its headers' dates), once scanned (at mount)."""
+        return max((moment for moment in self._times.values() if moment is not None),
+                   default=None)
 
     # -- SeriesFiles --------------------------------------------------------------------
 

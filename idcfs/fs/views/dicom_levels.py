@@ -1,9 +1,12 @@
 """The DICOM-levels layout of a series (docs/LAYOUT.md): `slide.json`, the associated
 images, `level-N/` per pyramid level (with `plane-P_path-O/` below it when the slide
-has several focal planes or optical paths), and one `<column>_<row>.jpg` per stored tile.
+has several focal planes or optical paths), and one `<column>_<row>.jpg` per stored tile
+(or as `--tile-name` names it: `tile_names.py`).
 
 Every tile file is one stored frame, served through the loader; opening one tells
-read-ahead where in its grid the reader is.
+read-ahead where in its grid the reader is. slide.json is fixed when the metadata gives
+every instance's transfer syntax; else it is rendered at each open, so it shows the
+syntaxes the loader learns from frames (`idcfs.fetch.syntaxes`) once they are known.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from idcfs.catalog.base import SeriesEntry
+from idcfs.errors import MetadataError
 from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.readahead import ReadAhead
 from idcfs.fs.nodes import (
     DirNode,
     FetchedFile,
+    LiveFile,
     Node,
     StaticFile,
     TileFile,
@@ -23,7 +28,8 @@ from idcfs.fs.nodes import (
     default_placeholder,
     json_bytes,
 )
-from idcfs.slide.model import AssociatedImage, Level, Slide, TileGrid
+from idcfs.fs.views.tile_names import TileNames
+from idcfs.slide.model import SERIES_FACTS, AssociatedImage, Level, Slide, TileGrid
 
 Placeholder = Callable[[int, int, int], int]
 
@@ -36,6 +42,8 @@ class AssociatedFile(FetchedFile):
         self.slide = slide
         self.image = image
         self.loader = loader
+        if len(image.tiles) == 1:  # served as its one tile: disk-cached, its size is known
+            self.exact_size = loader.known_size(slide, image.tiles[0].frame)
 
     def fetch(self) -> bytes:
         return self.loader.associated(self.slide, self.image)
@@ -55,15 +63,16 @@ class DicomLevelsView:
         tile_index: TileFileIndex,
         readahead: ReadAhead | None = None,
         placeholder: Placeholder = default_placeholder,
+        tile_names: TileNames | None = None,
     ) -> None:
         self.loader = loader
         self.tile_index = tile_index
         self.readahead = readahead
         self.placeholder = placeholder
+        self.tile_names = tile_names or TileNames()
 
     def series_nodes(self, slide: Slide, entry: SeriesEntry) -> list[Node]:
-        description = {**dict(entry.fields), **slide.describe()}
-        nodes: list[Node] = [StaticFile("slide.json", json_bytes(description))]
+        nodes: list[Node] = [self._slide_json(slide, entry)]
         for image in slide.associated:
             info = slide.instances[image.instance_uid]
             size = self.placeholder(info.total_width, info.total_height, 3)
@@ -73,6 +82,29 @@ class DicomLevelsView:
             for level in slide.levels
         ]
         return nodes
+
+    def _slide_json(self, slide: Slide, entry: SeriesEntry) -> Node:
+        """Fixed when the metadata names every transfer syntax, else rendered at each
+        open with those learned from frames so far (the same mtime either way)."""
+        if slide.syntaxes_known():
+            return StaticFile("slide.json", self._description(slide, entry))
+        unknown = [uid for uid, info in slide.instances.items() if not info.transfer_syntax]
+        learned = self.loader.syntaxes
+        learned.recall(unknown)
+        return LiveFile("slide.json", lambda: self._description(slide, entry, learned.of(unknown)),
+                        dated=True)
+
+    @staticmethod
+    def _description(slide: Slide, entry: SeriesEntry,
+                     learned: dict[str, str] | None = None) -> bytes:
+        """The slide's description with the catalog's fields (the catalog's PatientID,
+        ContainerIdentifier, SeriesDescription win over the metadata's: a user's catalog
+        may name them on purpose)."""
+        description = {**dict(entry.fields), **slide.describe(learned)}
+        for name in SERIES_FACTS:
+            if entry.fields.get(name) is not None:
+                description[name] = entry.fields[name]
+        return json_bytes(description)
 
     def _level(self, slide: Slide, level: Level) -> list[Node]:
         if not slide.has_plane_directories:
@@ -85,15 +117,19 @@ class DicomLevelsView:
     def _tiles(self, slide: Slide, level: Level, grid: TileGrid) -> list[Node]:
         placeholder = self.placeholder(level.tile_width, level.tile_height, 3)
         grid_key = (slide.series_uid, level.index, grid.directory_name)
+        names = [self.tile_names.name(tile.column, tile.row) for tile in grid.tiles]
+        if len(set(names)) != len(names):  # unique on the grid checked, not on this one
+            raise MetadataError(f"{slide.series_uid} {level.directory_name}: tile names "
+                                f"{self.tile_names.template!r} clash in this grid")
         hints: dict[str, tuple[int, ...] | None] = {}
         nodes: list[Node] = []
-        for index, tile in enumerate(grid.tiles):
+        for index, (tile, name) in enumerate(zip(grid.tiles, names, strict=True)):
             uid, number = tile.frame.instance_uid, tile.frame.number
             if uid not in hints:
                 hints[uid] = self.loader.size_hints(slide, uid)
             sizes = hints[uid]
             size = sizes[number - 1] if sizes and number <= len(sizes) else placeholder
-            node = TileFile(tile.file_name, slide, tile.frame, self.loader, size,
+            node = TileFile(name, slide, tile.frame, self.loader, size,
                             self._open_hook(slide, grid_key, grid, index))
             self.tile_index.add(node)
             nodes.append(node)
