@@ -121,19 +121,27 @@ class DicomLevelsView:
         if len(set(names)) != len(names):  # unique on the grid checked, not on this one
             raise MetadataError(f"{slide.series_uid} {level.directory_name}: tile names "
                                 f"{self.tile_names.template!r} clash in this grid")
-        hints: dict[str, tuple[int, ...] | None] = {}
+        sizes = self._shown_sizes(slide, grid, placeholder)
         nodes: list[Node] = []
-        for index, (tile, name) in enumerate(zip(grid.tiles, names, strict=True)):
-            uid, number = tile.frame.instance_uid, tile.frame.number
-            if uid not in hints:
-                hints[uid] = self.loader.size_hints(slide, uid)
-            sizes = hints[uid]
-            size = sizes[number - 1] if sizes and number <= len(sizes) else placeholder
+        for index, (tile, name, size) in enumerate(zip(grid.tiles, names, sizes, strict=True)):
             node = TileFile(name, slide, tile.frame, self.loader, size,
                             self._open_hook(slide, grid_key, grid, index))
             self.tile_index.add(node)
             nodes.append(node)
         return nodes
+
+    def _shown_sizes(self, slide: Slide, grid: TileGrid, placeholder: int) -> list[int]:
+        """The size each tile shows before it is fetched: foretold by the source when it
+        can (DICOM files: their frame index), else the placeholder."""
+        hints: dict[str, tuple[int, ...] | None] = {}
+        sizes = []
+        for tile in grid.tiles:
+            uid, number = tile.frame.instance_uid, tile.frame.number
+            if uid not in hints:
+                hints[uid] = self.loader.size_hints(slide, uid)
+            known = hints[uid]
+            sizes.append(known[number - 1] if known and number <= len(known) else placeholder)
+        return sizes
 
     def _open_hook(
         self, slide: Slide, grid_key: tuple[str, int, str], grid: TileGrid, index: int
