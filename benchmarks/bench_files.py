@@ -5,13 +5,14 @@ byte ranges, against IDC's downloader, wsidicom over fsspec and the FUSE ceiling
 
 The slide is the DICOMweb benchmark's (benchmarks/run.py): a base level of 64 x 48 =
 3,072 JPEG tiles in one file of about 100 MB, plus three smaller levels, one file each,
-with a Basic Offset Table as IDC's GTEx, CCDI-MCI and CMB files have (IDC's other files
-are DICOM-TIFF, whose TIFF tags give the same positions in a few reads; a file with
-neither, which IDC does not hold, is scanned: `--no-offset-table` measures that worst
-case). Its UIDs are those of a real IDC series, and it is laid out as
-IDC's bucket holds it (`idc-open-data/<crdc_series_uuid>/<uuid>.dcm`), served by the
-real rclone (`rclone serve s3`, tests/support/s3server.py) through a TCP relay adding
-the RTT (tests/support/relay.py). At each RTT:
+laid out as most of IDC's files are (TCGA, CPTAC, NLST, HTAN, ICDC, RMS): DICOM-TIFF,
+no offset table, the TIFF tags giving every frame's position and exact length
+(`--layout bot`: a Basic Offset Table, as IDC's GTEx, CCDI-MCI and CMB files; `--layout
+scan`: neither, which IDC does not hold, the frame index then being a scan). Its UIDs
+are those of a real IDC series, and it is laid out as IDC's bucket holds it
+(`idc-open-data/<crdc_series_uuid>/<uuid>.dcm`), served by the real rclone
+(`rclone serve s3`, tests/support/s3server.py) through a TCP relay adding the RTT
+(tests/support/relay.py). At each RTT:
 - (s) `s5cmd cp` of the base level's file (IDC's recommended downloader);
 - (c) the FUSE ceiling: the in-memory pyfuse3 filesystem (benchmarks/memfs.py) serving
   files of the level's tile names and sizes, `cp -r` cold, then read warm;
@@ -64,12 +65,14 @@ from benchmarks.common import (
 from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.source.dicomfile import FramePosition, frame_bytes, frame_index, read_header
 from idcfs.source.objects import LocalFolderStore
+from tests.support.file_layouts import add_tiff_personality
 from tests.support.relay import TcpLatencyRelay
 from tests.support.s3server import RcloneS3Server, lay_out_bucket, venv_binary
 from tests.support.slides import write_pyramid
 
 BUCKET = "idc-open-data"
 REFERENCES = ("(s)", "(c)", "(w)")
+LAYOUTS = ("tiff", "bot", "scan")
 CAP_BYTES_PER_S = 100e6 / 8  # 100 Mbit/s
 READAHEAD_MB = 64  # idcfs's default --readahead-size
 PARALLEL_HEADERS = 8  # idcfs's default --max-connections: header reads at once
@@ -116,18 +119,20 @@ def idc_series() -> tuple[str, str, str]:
 
 
 def lay_out(work: Path, columns: int, rows: int, levels: int,
-            offset_table: bool = True) -> tuple[Path, Bench]:
+            layout: str = "tiff") -> tuple[Path, Bench]:
     """Generate the slide with an IDC series' UIDs into a bucket folder."""
     import pydicom
 
     study, series, crdc = idc_series()
     slide = write_pyramid(work / "slide", "bench", width=columns * 256, height=rows * 256,
-                          codec="jpeg_rgb", levels=levels, offset_table=offset_table)
+                          codec="jpeg_rgb", levels=levels, offset_table=layout == "bot")
     instances: dict[str, bytes] = {}
     for path in slide.files:
         dataset = pydicom.dcmread(path)
         dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
         dataset.save_as(path)
+        if layout == "tiff":
+            add_tiff_personality(path)
         instances[str(uuid.uuid5(uuid.NAMESPACE_OID, dataset.SOPInstanceUID))] = (
             path.read_bytes())
         path.unlink()
@@ -409,15 +414,16 @@ def main() -> None:
     parser.add_argument("--columns", type=int, default=64, help="base level tile columns")
     parser.add_argument("--rows", type=int, default=48, help="base level tile rows")
     parser.add_argument("--levels", type=int, default=4, help="levels (one file each)")
-    parser.add_argument("--no-offset-table", action="store_true",
-                        help="files without a Basic Offset Table (frame index by a scan)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="tiff",
+                        help="the files' frame positions: TIFF tags (most of IDC, default), "
+                        "a Basic Offset Table, or neither (a scan)")
     args = parser.parse_args()
     rtts = [int(value) for value in args.rtt.split(",")]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="idcfs-bench-files-") as scratch:
         work = Path(scratch)
         root, bench = lay_out(work, args.columns, args.rows, args.levels,
-                              offset_table=not args.no_offset_table)
+                              layout=args.layout)
         with RcloneS3Server(root) as server:
             for rtt in rtts:
                 with TcpLatencyRelay("127.0.0.1", server.port, rtt / 1000) as relay:

@@ -382,3 +382,42 @@ def write_layouts(out_dir: Path, names: Sequence[str] | None = None) -> dict[str
     out_dir.mkdir(parents=True, exist_ok=True)
     return {name: LAYOUTS[name](out_dir) for name in (names or list(LAYOUTS))}
 
+
+
+def add_tiff_personality(path: Path, big: bool = True) -> Path:
+    """Give an encapsulated instance file without offset tables (one fragment per frame)
+    a TIFF personality, as IDC's converter writes it: the file is rewritten with the IFD
+    in a trailing padding element, its TileOffsets at the fragments (found by a scan)."""
+    import pydicom
+
+    from idcfs.source.dicomfile import frame_index, read_header
+
+    ds = pydicom.dcmread(path)
+    frames = int(ds.NumberOfFrames)
+    columns, rows = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
+    long_kind = 16 if big else 4
+
+    def entries(offsets: Sequence[int], counts: Sequence[int]) -> list:
+        return [(256, 4, [columns]), (257, 4, [rows]), (258, 3, [8] * int(ds.SamplesPerPixel)),
+                (259, 3, [TIFF_COMPRESSION.get(ds.file_meta.TransferSyntaxUID, 1)]),
+                (262, 3, [2]), (277, 3, [int(ds.SamplesPerPixel)]), (284, 3, [1]),
+                (322, 3, [int(ds.Columns)]), (323, 3, [int(ds.Rows)]),
+                (324, long_kind, offsets), (325, long_kind, counts)]
+
+    size = len(tiff_directories(big, 0, [entries([0] * frames, [0] * frames)]))
+    ds.DataSetTrailingPadding = b"\0" * (size + size % 2)
+    ds.save_as(path)
+    data = bytearray(path.read_bytes())
+
+    def read(start: int, length: int) -> bytes:
+        return bytes(data[start : start + length])
+
+    index = frame_index(read, len(data), read_header(read, len(data)))
+    offsets = [position.content_start for position in index]
+    counts = [position.content_bound - (data[position.end - 1] == 0) for position in index]
+    ifd_at = len(data) - len(ds.DataSetTrailingPadding)
+    ifds = tiff_directories(big, ifd_at, [entries(offsets, counts)])
+    data[ifd_at : ifd_at + len(ifds)] = ifds
+    data[: 16 if big else 8] = tiff_header(big, ifd_at)
+    path.write_bytes(bytes(data))
+    return path
