@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     unmount = commands.add_parser("unmount", help="unmount an idcfs mount",
                                   description="Unmount an idcfs mount (fusermount3 -u).")
     unmount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    from idcfs.commands import prefetch  # here: it uses this module's helpers
+
+    prefetch.add_parser(commands)
     return parser
 
 
@@ -175,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "unmount":
         unmount(args.mountpoint)
+    elif args.command == "prefetch":
+        from idcfs.commands import prefetch
+
+        raise SystemExit(prefetch.run(args))
     else:
         mount(args)
 

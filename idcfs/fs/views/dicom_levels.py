@@ -23,7 +23,7 @@ from idcfs.fs.nodes import (
     default_placeholder,
     json_bytes,
 )
-from idcfs.slide.model import AssociatedImage, Level, Slide, TileGrid
+from idcfs.slide.model import AssociatedImage, FrameRef, Level, Slide, TileGrid
 
 Placeholder = Callable[[int, int, int], int]
 
@@ -44,6 +44,11 @@ class AssociatedFile(FetchedFile):
         if len(self.image.tiles) == 1:
             return self.loader.cached(self.slide, self.image.tiles[0].frame)
         return None
+
+    def stored_frame(self) -> tuple[Slide, FrameRef] | None:
+        """A single-frame image is that tile; a stitched one is composed in memory."""
+        frame = self.loader.associated_frame(self.slide, self.image)
+        return None if frame is None else (self.slide, frame)
 
 
 class DicomLevelsView:
