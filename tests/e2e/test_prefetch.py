@@ -125,15 +125,19 @@ def test_a_prefetched_series_is_copied_and_remounted_without_a_request(
 
 def test_one_request_per_run_of_64_frames(relay, mount_idcfs, slides, tmp_path) -> None:  # type: ignore[no-untyped-def]
     mount = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(tmp_path / "cache"))
-    level = series_dir(mount.path, slides.walk) / "level-0"
-    result = prefetch(level)
+    series = series_dir(mount.path, slides.walk)
+    tiles = prefetch(series / "level-1" / "1_0.jpg", series / "level-1" / "3_0.jpg")
+    assert tiles.returncode == 0 and "2 tiles: 2 fetched" in tiles.stdout, tiles.stderr
+    assert frame_requests(relay) == [[2, 4]]  # two tile files: one request
+    relay.reset()
+    result = prefetch(series / "level-0")
     assert result.returncode == 0, result.stderr
     runs = frame_requests(relay)
     assert sorted(map(len, runs)) == [48, 64, 64, 64], runs
     assert all(run == list(range(run[0], run[0] + len(run))) for run in runs)
     assert sorted(number for run in runs for number in run) == list(range(1, 241))
     counted = statistics(mount.path)["prefetch"]
-    assert counted["tiles_fetched"] == 240 and counted["tiles_failed"] == 0
+    assert counted["tiles_fetched"] == 242 and counted["tiles_failed"] == 0
 
 
 def test_level_and_max_size_limit_a_run(relay, mount_idcfs, slides, walk_sizes, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -193,7 +197,7 @@ def test_ctrl_c_stops_promptly_and_the_next_run_resumes(
                         "--max-connections", "2")  # one request at a time
     level = series_dir(mount.path, slides.walk) / "level-0"
     os.listdir(level)  # listed before the clock starts
-    relay.latency_s = 1.0
+    relay.latency_s = 2.0
     process = subprocess.Popen(idcfs_command("prefetch", str(level)), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -201,13 +205,13 @@ def test_ctrl_c_stops_promptly_and_the_next_run_resumes(
         while len(frame_requests(relay)) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=5)  # promptly: before the batch lands
+        _, stderr = process.communicate(timeout=1.5)  # promptly: before the batch lands
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "resume" in stderr
-    time.sleep(2.5)  # the batch in flight lands; no other starts
+    time.sleep(3.0)  # the batch in flight lands; no other starts
     stopped_at = len(frame_requests(relay))
     assert stopped_at < 4, "the daemon went on after the client left"
     relay.latency_s = 0.0
