@@ -191,6 +191,10 @@ class ProgressView:
             return FAILED
         self._progress.stop()
         print(self._summary(done))
+        if done["stopped"]:
+            self._error("error: the daemon stopped before the end (unmounted?); run the "
+                        "same command again to resume")
+            return FAILED
         return FAILED if done["failed"] or done["unlisted"] else 0
 
     def interrupted(self) -> None:

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 PRIVATE_DIRECTORY = 0o700
 PRIVATE_SOCKET = 0o600
 REQUEST_WAIT_S = 10.0  # the most a connection may take to send its request
+SEND_WAIT_S = 30.0  # the most an event may wait for a client that does not read (stopped)
+CLOSE_SLACK_S = 5.0  # beyond --timeout, the longest an unmount waits for prefetch runs
 LISTING_EVERY_S = 0.2  # at most this often a "listing" event while paths are walked
 NO_CACHE_DIR = ("this mount has no --cache-dir: prefetch warms the disk cache "
                 "(mount with --cache-dir DIR)")
@@ -106,6 +108,7 @@ class ControlServer:
         self._server: _UnixServer | None = None
         self._runs: set[threading.Event] = set()
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)
         metrics.gauge("control.socket", lambda: str(self.path) if self._server else None)
 
     def start(self) -> None:
@@ -136,13 +139,16 @@ class ControlServer:
         log.info("control socket %s", self.path)
 
     def close(self) -> None:
-        """Stop listening, stop every run (batches in flight finish), remove the socket."""
+        """Stop listening, stop every run and wait for its batches in flight to land in
+        the disk cache (bounded: one request's deadline), remove the socket."""
         server, self._server = self._server, None
         if server is None:
             return
         with self._lock:
             for stop in self._runs:
                 stop.set()
+            if not self._ended.wait_for(lambda: not self._runs, self.timeout + CLOSE_SLACK_S):
+                log.warning("unmounting with %d prefetch runs still busy", len(self._runs))
         server.shutdown()
         server.server_close()
         with contextlib.suppress(FileNotFoundError):
@@ -157,6 +163,7 @@ class ControlServer:
         finally:
             with self._lock:
                 self._runs.discard(stop)
+                self._ended.notify_all()
 
     def _prefetch(self, request: Message, send: Send, stop: threading.Event) -> None:
         problem = _request_problem(request)
@@ -244,7 +251,9 @@ class _Handler(socketserver.StreamRequestHandler):
             line = self.rfile.readline(MAX_LINE + 1)
         except OSError:  # no request in time
             return
-        self.connection.settimeout(None)
+        self.connection.settimeout(None)  # the watcher waits on it; sends are bounded:
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                   struct.pack("ll", int(SEND_WAIT_S), 0))
         if peer_uid(self.connection) != os.geteuid():
             self.send({"event": "refused", "message": "only the user who mounted it may "
                        "control this mount"})

@@ -222,6 +222,34 @@ def test_ctrl_c_stops_promptly_and_the_next_run_resumes(
     assert f"{64 * stopped_at} already cached" in resumed.stdout, resumed.stdout
 
 
+def test_an_unmount_stops_a_prefetch_and_keeps_the_batch_in_flight(
+    relay, mount_idcfs, slides, tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    cache = tmp_path / "cache"
+    url = relay.url + "/dicom-web"
+    mount = mount_idcfs(url, "--cache-dir", str(cache), "--max-connections", "2")
+    level = series_dir(mount.path, slides.walk) / "level-0"
+    os.listdir(level)
+    relay.latency_s = 2.0
+    process = subprocess.Popen(idcfs_command("prefetch", str(level)), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not frame_requests(relay) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert run_idcfs("unmount", str(mount.path)).returncode == 0
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1 and "stopped before the end" in stderr, stdout + stderr
+    assert len(frame_requests(relay)) == 1
+    relay.latency_s = 0.0
+    again = mount_idcfs(url, "--cache-dir", str(cache))
+    resumed = prefetch(series_dir(again.path, slides.walk) / "level-0")
+    assert resumed.returncode == 0 and "64 already cached" in resumed.stdout, resumed.stdout
+
+
 def test_usage_errors_are_one_line_and_exit_2(relay, mount_idcfs, slides, tmp_path) -> None:  # type: ignore[no-untyped-def]
     mount = mount_idcfs(relay.url + "/dicom-web")
     series = series_dir(mount.path, slides.ybr)
