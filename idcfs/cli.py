@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     unmount.add_argument("-z", "--lazy", action="store_true",
                          help="detach now even while a process still uses the mount (a "
                          "shell sitting in it); it goes once the last one lets go")
+    from idcfs.commands import prefetch  # here: it uses this module's helpers
+
+    prefetch.add_parser(commands)
     return parser
 
 
@@ -231,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(arguments)
     if args.command == "unmount":
         unmount(args.mountpoint, args.lazy)
+    elif args.command == "prefetch":
+        from idcfs.commands import prefetch
+
+        raise SystemExit(prefetch.run(args))
     else:
         mount(args)
 

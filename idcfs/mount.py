@@ -22,9 +22,11 @@ from idcfs.cache.disk import CacheDirError, DiskCache
 from idcfs.cache.memory import ByteLRU
 from idcfs.cache.tiles import TileCache
 from idcfs.catalog.base import Catalog
+from idcfs.control.server import ControlServer
 from idcfs.errors import IdcfsError, without_credentials
 from idcfs.fetch.coalesce import CoalesceSettings
 from idcfs.fetch.loader import TileLoader
+from idcfs.fetch.prefetch import Prefetcher
 from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
 from idcfs.fetch.slides import SlideStore
 from idcfs.fs.nodes import LiveFile, TileFileIndex, json_bytes
@@ -153,9 +155,12 @@ class Mounted:
     page_filler: PageCacheFiller | None = None
     disk_filler: DiskPageFiller | None = None
     statistics: Callable[[], dict[str, Any]] = dict  # what the statistics file shows
+    control: ControlServer | None = None
 
     def session_opened(self) -> None:
         """The FUSE session exists: notifications to the kernel may start."""
+        if self.control is not None:
+            self.control.start()
         if self.page_filler is not None:
             self.page_filler.start()
         if self.disk_filler is not None:
@@ -171,6 +176,8 @@ class Mounted:
     def close(self) -> None:
         """After unmount: read-ahead, then demand requests, then the size index (written
         into the disk cache, so before it closes), the disk cache and the source."""
+        if self.control is not None:
+            self.control.close()  # first: no prefetch starts a batch past this
         if self.readahead is not None:
             self.readahead.close()
         self.loader.close()
@@ -310,8 +317,11 @@ def build_mount(config: MountConfig) -> Mounted:
     catalog_view = CatalogView(catalog, slides, views, [statistics])
     tree = Tree(catalog_view.root_children, catalog_view.revision_ns())
     operations = IdcfsOperations(tree, open_files, metrics, timeout=config.timeout)
+    prefetcher = None if disk is None else Prefetcher(loader, metrics,
+                                                      max(1, config.connection_limit // 2))
+    control = ControlServer(config.mountpoint, tree, prefetcher, metrics, config.timeout)
     return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler,
-                   current_statistics)
+                   current_statistics, control)
 
 
 def _demand_settings(config: MountConfig) -> CoalesceSettings:

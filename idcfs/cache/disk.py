@@ -173,6 +173,16 @@ class DiskCache:
         with self._lock:
             self._put(key, data)
 
+    def holds(self, keys: Sequence[str]) -> set[str]:
+        """The keys among `keys` that have an entry, without reading it (a prefetch skips
+        what is there; a damaged entry is found when read, and fetched again then)."""
+        with self._lock:
+            try:
+                return {key for key in keys if key in self._store}
+            except Exception as error:  # a broken database: nothing counts as held
+                log.warning("disk cache: cannot look up entries (%s)", error)
+                return set()
+
     def _get(self, key: str) -> bytes | None:
         try:
             stored = self._store.get(key)

@@ -5,7 +5,8 @@ Three tiers, looked up in that order by the loader:
 - staging: tiles read ahead and not read yet, a separate LRU bounded in bytes so that
   read-ahead never evicts what readers use; a read moves a tile to memory;
 - disk (optional, `--cache-dir`): tiles of earlier reads and mounts, checked, with an
-  index of their sizes (`TileSizes`) so a listing after a remount shows exact sizes.
+  index of their sizes (`TileSizes`) so a listing after a remount shows exact sizes;
+  `idcfs prefetch` puts tiles there alone (`keep_on_disk`).
 
 Keys: a tile is (series, instance, frame number) in memory; on disk the JPEG quality is
 part of the key too, since a re-encoded tile depends on it.
@@ -89,16 +90,35 @@ class TileCache:
         FrameRef, bytes
     ]:
         """The tiles among `frames` the disk cache holds, now also in memory or staging."""
-        if self.disk is None or not frames:
-            return {}
-        keys = {self.disk_key(slide, frame): frame for frame in frames}
-        found = {keys[key]: data for key, data in self.disk.get_many(list(keys)).items()}
+        found = self.read_disk(slide, frames)
         target = self.staged if staged else self.memory
         for frame, data in found.items():
             self._disk_hits.add()
             target.put(tile_key(slide, frame), data)
             self._note_size(slide, frame, data)
         return found
+
+    def on_disk(self, slide: Slide, frames: Sequence[FrameRef]) -> set[FrameRef]:
+        """The tiles among `frames` the disk cache has an entry for (not read: cheap)."""
+        if self.disk is None or not frames:
+            return set()
+        keys = {self.disk_key(slide, frame): frame for frame in frames}
+        return {keys[key] for key in self.disk.holds(list(keys))}
+
+    def read_disk(self, slide: Slide, frames: Sequence[FrameRef]) -> dict[FrameRef, bytes]:
+        """The sound disk entries among `frames`, not kept in memory (a prefetch's check
+        of tiles it just claimed: not a reader's hit)."""
+        if self.disk is None or not frames:
+            return {}
+        keys = {self.disk_key(slide, frame): frame for frame in frames}
+        return {keys[key]: data for key, data in self.disk.get_many(list(keys)).items()}
+
+    def keep_on_disk(self, slide: Slide, frame: FrameRef, data: bytes) -> None:
+        """Keep a tile prefetched for later in the disk cache only: a prefetch of a whole
+        series must not evict from memory or staging what readers use now."""
+        if self.disk is not None:
+            self.disk.put(self.disk_key(slide, frame), data)
+            self._note_size(slide, frame, data)
 
     def known_size(self, slide: Slide, frame: FrameRef) -> int | None:
         """The size of a tile the disk cache holds (from its size index), else None."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 
 from idcfs.cache.tiles import TileCache, tile_key
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_FRAMES_PER_REQUEST = 64
 
 TileClaims = dict[FrameRef, Claim[bytes]]
+KeepTile = Callable[[Slide, FrameRef, bytes], None]  # where a fetched tile is kept
+WarmResult = dict[FrameRef, int | Exception]  # a prefetched tile's size, or why it failed
 
 
 class TileLoader:
@@ -92,8 +94,9 @@ class TileLoader:
     def associated(self, slide: Slide, image: AssociatedImage) -> bytes:
         """A label / overview / thumbnail as one JPEG, stitched when stored as tiles."""
         info = slide.instances[image.instance_uid]
-        if _is_single_tile(image, info):
-            return self.tile(slide, image.tiles[0].frame)
+        single = self.associated_frame(slide, image)
+        if single is not None:
+            return self.tile(slide, single)
         key = (slide.series_uid, image.instance_uid, "stitched")
         cached = self.tiles.memory.get(key)
         if cached is not None:
@@ -101,6 +104,13 @@ class TileLoader:
         data = self._claims.run(key, lambda: self._stitch(slide, image, info))
         self.tiles.memory.put(key, data)
         return data
+
+    def associated_frame(self, slide: Slide, image: AssociatedImage) -> FrameRef | None:
+        """The one stored frame an associated image is served as, unless it is stitched
+        from several (kept in memory only)."""
+        if _is_single_tile(image, slide.instances[image.instance_uid]):
+            return image.tiles[0].frame
+        return None
 
     # -- read-ahead -------------------------------------------------------------------
 
@@ -124,12 +134,41 @@ class TileLoader:
             for frame, data in on_disk.items():
                 owned[frame].resolve(data)
             network = {frame: claim for frame, claim in owned.items() if not claim.done}
-            self._fetch_into(slide, network, staged=True)
+            self._fetch_into(slide, network, self._keep_staged)
         except Exception as error:
             fail_all(owned.values(), error)
             raise
         finally:
             release_all(owned.values(), "tile not fetched")
+
+    # -- prefetch (idcfs prefetch) ----------------------------------------------------
+
+    def warm_disk(self, slide: Slide, frames: Sequence[FrameRef]) -> WarmResult:
+        """Put tiles into the disk cache, in one request per batch, the read-ahead path:
+        each tile nobody fetches is claimed (a reader of it waits for this request), one
+        being fetched by someone else is waited for (it lands on disk too), and one on
+        disk by now is left alone. Fetched tiles are kept on disk only. Blocks; returns
+        each tile's size, or the error that kept it out; ends every claim it takes."""
+        owned: TileClaims = {}
+        others: dict[FrameRef, Future[bytes]] = {}
+        for frame in frames:
+            future, claim = self._claims.claim(tile_key(slide, frame))
+            if claim is None:
+                others[frame] = future
+            else:
+                owned[frame] = claim
+        try:
+            for frame, data in self.tiles.read_disk(slide, list(owned)).items():
+                owned[frame].resolve(data)  # landed since the caller looked
+            network = {frame: claim for frame, claim in owned.items() if not claim.done}
+            self._fetch_into(slide, network, self.tiles.keep_on_disk)
+        except Exception as error:  # every tile of the batch carries it
+            fail_all(owned.values(), error)
+        finally:
+            release_all(owned.values(), "tile not fetched")
+        futures = {frame: claim.future for frame, claim in owned.items()} | others
+        return {frame: _size_or_error(future, self._claims.wait_timeout)
+                for frame, future in futures.items()}
 
     def abandon_claimed(self, slide: Slide, owned: TileClaims) -> None:
         """Give claimed tiles up unfetched (unmount); a waiting reader gets an error."""
@@ -179,14 +218,20 @@ class TileLoader:
 
     def _fetch_for_reading(self, slide: Slide, owned: TileClaims) -> None:
         try:
-            self._fetch_into(slide, owned, staged=False)
+            self._fetch_into(slide, owned, self._keep_read)
         except Exception as error:
             fail_all(owned.values(), error)
             raise
         finally:
             release_all(owned.values(), "tile not fetched")
 
-    def _fetch_into(self, slide: Slide, owned: TileClaims, staged: bool) -> None:
+    def _keep_staged(self, slide: Slide, frame: FrameRef, data: bytes) -> None:
+        self.tiles.keep(slide, frame, data, staged=True)
+
+    def _keep_read(self, slide: Slide, frame: FrameRef, data: bytes) -> None:
+        self.tiles.keep(slide, frame, data, staged=False)
+
+    def _fetch_into(self, slide: Slide, owned: TileClaims, keep: KeepTile) -> None:
         """Fetch, convert, keep and resolve claimed tiles, one request per batch."""
         for instance_uid, numbers in _group_by_instance(owned):
             info = slide.instances[instance_uid]
@@ -195,7 +240,7 @@ class TileLoader:
                 for number, frame in zip(batch, frames, strict=True):
                     ref = FrameRef(instance_uid, number)
                     data = self._convert(frame, info, ref)
-                    self.tiles.keep(slide, ref, data, staged)
+                    keep(slide, ref, data)
                     owned[ref].resolve(data)
 
     def _fetch(self, info: InstanceInfo, numbers: list[int]) -> list[Frame]:
@@ -229,6 +274,13 @@ class TileLoader:
                                  self.quality)
         except TileDecodeError as error:
             raise DecodeError(f"{image.kind} of {slide.series_uid}: {error}") from error
+
+
+def _size_or_error(future: Future[bytes], timeout: float) -> int | Exception:
+    try:
+        return len(wait(future, timeout))
+    except Exception as error:
+        return error
 
 
 def _is_single_tile(image: AssociatedImage, info: InstanceInfo) -> bool:

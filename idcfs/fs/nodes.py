@@ -60,6 +60,11 @@ class FileNode(Node):
         """The future of the content while it is being fetched, if it is."""
         return None
 
+    def stored_frame(self) -> tuple[Slide, FrameRef] | None:
+        """The one stored frame this file serves as it is (what `idcfs prefetch` puts in
+        the disk cache for it), if it is one."""
+        return None
+
 
 class StaticFile(FileNode):
     """A file whose bytes are known when it is created (slide.json, collection.json)."""
@@ -285,6 +290,9 @@ class TileFile(FetchedFile):
 
     def pending(self) -> Future[bytes] | None:
         return self.loader.in_flight(self.slide, self.frame)
+
+    def stored_frame(self) -> tuple[Slide, FrameRef] | None:
+        return self.slide, self.frame
 
     def peek(self) -> bytes | None:
         return self.loader.cached(self.slide, self.frame)

@@ -78,6 +78,18 @@ class Tree:
             raise NotFoundError(name)
         return found
 
+    def resolve(self, path: str) -> Node:
+        """The node at `path`, names separated by "/" from the root (as in the mount);
+        NotFoundError when one is absent (".." included: the tree has no parents),
+        NotADirectoryError when one on the way is a file; may block (lists directories
+        on the way, as lookups would)."""
+        node = self.node(ROOT_INODE)
+        for name in path.split("/"):
+            if name in ("", "."):
+                continue
+            node = self.lookup(node.inode, name)
+        return node
+
     def attributes(self, node: Node) -> Attributes:
         """What stat shows; a node's mtime is its own, else (a node nobody listed: not
         in the tree) the root's."""

@@ -29,7 +29,7 @@ from idcfs.fs.nodes import (
     json_bytes,
 )
 from idcfs.fs.views.tile_names import TileNames
-from idcfs.slide.model import SERIES_FACTS, AssociatedImage, Level, Slide, TileGrid
+from idcfs.slide.model import SERIES_FACTS, AssociatedImage, FrameRef, Level, Slide, TileGrid
 
 Placeholder = Callable[[int, int, int], int]
 
@@ -52,6 +52,11 @@ class AssociatedFile(FetchedFile):
         if len(self.image.tiles) == 1:
             return self.loader.cached(self.slide, self.image.tiles[0].frame)
         return None
+
+    def stored_frame(self) -> tuple[Slide, FrameRef] | None:
+        """A single-frame image is that tile; a stitched one is composed in memory."""
+        frame = self.loader.associated_frame(self.slide, self.image)
+        return None if frame is None else (self.slide, frame)
 
 
 class DicomLevelsView:
