@@ -55,6 +55,10 @@ class FileNode(Node):
         """The future of the content while it is being fetched, if it is."""
         return None
 
+    def content_waited_for(self, future: Future[bytes]) -> bytes:
+        """The content, once the fetch `pending()` gave has succeeded."""
+        return future.result()
+
 
 class StaticFile(FileNode):
     """A file whose bytes are known when it is created (slide.json, collection.json)."""
@@ -269,6 +273,11 @@ class TileFile(FetchedFile):
 
     def pending(self) -> Future[bytes] | None:
         return self.loader.in_flight(self.slide, self.frame)
+
+    def content_waited_for(self, future: Future[bytes]) -> bytes:
+        data = self.loader.waited(self.slide, self.frame, future)
+        self.exact_size = len(data)
+        return data
 
     def peek(self) -> bytes | None:
         return self.loader.cached(self.slide, self.frame)

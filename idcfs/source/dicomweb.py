@@ -16,6 +16,10 @@ Only GET is sent, and only to the configured server: the pool is that server's, 
 redirect to another host, port or scheme fails the request (EIO) instead of being
 followed. Credentials in the URL (user:password@) are sent as HTTP Basic auth and are
 never shown: `base_url` and `description`, hence logs and errors, go without them.
+
+Counted (`HttpCounts`, docs/SEMANTICS.md "Statistics"): `requests_sent` is every GET
+sent, retries included, so it is what the server received; `http.requests` splits the
+first attempts by kind (frames, metadata, search, probe), `http.retries` the rest.
 """
 
 from __future__ import annotations
@@ -96,7 +100,32 @@ class Answer:
 
 
 class TransientError(Exception):
-    """One attempt failed in a way worth retrying (connection lost, answer cut short)."""
+    """One attempt failed in a way worth retrying (connection lost, answer cut short);
+    `label` is its kind in the statistics."""
+
+    def __init__(self, message: str, label: str = "connection") -> None:
+        super().__init__(message)
+        self.label = label
+
+
+class HttpCounts:
+    """What the client sent and how it ended (`requests_sent`, `http.*`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.sent = metrics.counter("requests_sent")
+        self.by_kind = metrics.histogram("http.requests")
+        self.retries = metrics.counter("http.retries")
+        self.failed = metrics.histogram("http.failed")
+        self.not_sent = metrics.histogram("http.not_sent")
+        self.in_flight = metrics.counter("http.in_flight")
+        self.bytes_received = metrics.counter("http.bytes_received")
+
+    def attempt(self, kind: str, attempt: int) -> None:
+        self.sent.add()
+        if attempt == 0:
+            self.by_kind.add(kind)
+        else:
+            self.retries.add()
 
 
 class DicomWebClient:
@@ -126,7 +155,7 @@ class DicomWebClient:
         )
         self._quota_lock = threading.Lock()
         self._blocked_until: float = 0.0
-        self._requests_sent = (metrics or Metrics()).counter("requests_sent")
+        self._counts = HttpCounts(metrics or Metrics())
 
     @property
     def description(self) -> str:
@@ -134,16 +163,23 @@ class DicomWebClient:
 
     @property
     def requests_sent(self) -> int:
-        return self._requests_sent.value
+        return self._counts.sent.value
 
     def statistics(self) -> dict[str, Any]:
-        return {"requests_sent": self.requests_sent}
+        """The server (no credentials) and, while the quota pause lasts, its end."""
+        blocked_until = self._blocked_until
+        paused = None
+        if blocked_until > time.time():
+            paused = dt.datetime.fromtimestamp(blocked_until, dt.UTC).isoformat(
+                timespec="seconds")
+        return {"server": self.base_url, "quota_exhausted_until": paused}
 
     # -- public calls -------------------------------------------------------------
 
     def check_reachable(self) -> None:
         """Raise FetchError unless the server answers a minimal QIDO search."""
-        self._get("/studies?" + urlencode({"limit": 1}), JSON_ACCEPT, ok=(200, 204))
+        self._get("/studies?" + urlencode({"limit": 1}), JSON_ACCEPT, ok=(200, 204),
+                  kind="probe")
 
     def search_wsi_series(self) -> list[tuple[str, str]]:
         """(StudyInstanceUID, SeriesInstanceUID) of every series holding WSI instances.
@@ -160,7 +196,7 @@ class DicomWebClient:
     def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceMetadata]:
         """Every instance of a series (one request), located by its WADO-RS path."""
         series_path = f"/studies/{study_uid}/series/{series_uid}"
-        body = self._get(f"{series_path}/metadata", JSON_ACCEPT)
+        body = self._get(f"{series_path}/metadata", JSON_ACCEPT, kind="metadata")
         return [
             InstanceMetadata(f"{series_path}/instances/{first_value(meta, '00080018')}", meta)
             for meta in parse_json_list(body, "series metadata")
@@ -169,9 +205,10 @@ class DicomWebClient:
     def frames(self, instance: InstanceInfo, numbers: Sequence[int]) -> list[Frame]:
         """Frames `numbers` (1-based) of one instance, as stored, in the order asked."""
         if not instance.location:
+            self._counts.not_sent.add("frames")
             raise FetchError(f"instance {instance.uid}: no WADO-RS location")
         path = f"{instance.location}/frames/{','.join(str(number) for number in numbers)}"
-        answer = self._request(path, FRAMES_ACCEPT)
+        answer = self._request(path, FRAMES_ACCEPT, kind="frames")
         try:
             frames = _frames_from_response(answer)
         except FetchError as error:
@@ -193,7 +230,8 @@ class DicomWebClient:
         while True:
             params = {**query, "limit": QIDO_PAGE, "offset": offset}
             page = parse_json_list(
-                self._get(f"{path}?{urlencode(params)}", JSON_ACCEPT, ok=(200, 204)), "search"
+                self._get(f"{path}?{urlencode(params)}", JSON_ACCEPT, ok=(200, 204),
+                          kind="search"), "search"
             )
             first = json.dumps(page[:1], sort_keys=True)
             if not page or first == previous_first:
@@ -202,50 +240,66 @@ class DicomWebClient:
             yield from page
             offset += len(page)
 
-    def _get(self, path: str, accept: str, ok: tuple[int, ...] = (200,)) -> bytes:
-        return self._request(path, accept, ok).body
+    def _get(self, path: str, accept: str, ok: tuple[int, ...] = (200,), *,
+             kind: str) -> bytes:
+        return self._request(path, accept, ok, kind).body
 
-    def _request(self, path: str, accept: str, ok: tuple[int, ...] = (200,)) -> Answer:
-        """One request's complete answer, within its deadline; FetchError otherwise."""
-        self._refuse_while_over_quota(path)
+    def _request(self, path: str, accept: str, ok: tuple[int, ...] = (200,),
+                 kind: str = "frames") -> Answer:
+        """One request's complete answer, within its deadline; FetchError otherwise.
+        `kind` names it in the statistics."""
+        counts = self._counts
+        try:
+            self._refuse_while_over_quota(path)
+        except QuotaExhaustedError:
+            counts.not_sent.add(kind)
+            raise
         deadline = Deadline(self.settings.timeout)
         if not self._slots.acquire(timeout=deadline.left()):
+            counts.not_sent.add(kind)
             raise FetchError(f"{path}: no free connection within {deadline.spent()}")
+        counts.in_flight.add()
         try:
-            answer = self._attempts(path, accept, deadline)
+            answer = self._attempts(path, accept, deadline, kind)
         finally:
+            counts.in_flight.add(-1)
             self._slots.release()
+        if answer.status not in ok:
+            counts.failed.add(f"HTTP {answer.status}")
         if answer.status == 429:
             self._enter_quota_pause(path)
         if answer.status not in ok:
             raise FetchError(f"{path}: HTTP {answer.status} {_short(answer.body)}")
         return answer
 
-    def _attempts(self, path: str, accept: str, deadline: Deadline) -> Answer:
+    def _attempts(self, path: str, accept: str, deadline: Deadline, kind: str) -> Answer:
         """Send until an answer worth keeping, retrying while retries and time are left."""
         attempt = 0
         while True:
             try:
-                answer = self._attempt(path, accept, deadline)
+                answer = self._attempt(path, accept, deadline, kind, attempt)
             except TransientError as error:
-                reason, pause = str(error), self._backoff(attempt)
+                reason, label, pause = str(error), error.label, self._backoff(attempt)
             else:
                 pause = self._pause_before_retry(answer, attempt)
                 if pause is None:
                     return answer
                 reason = f"HTTP {answer.status} {_short(answer.body)}".rstrip()
+                label = f"HTTP {answer.status}"
             attempt += 1
             if attempt > self.settings.retries or not deadline.allows(pause):
+                self._counts.failed.add(label)
                 raise FetchError(f"{path}: {reason}; gave up after {attempt} attempt(s), "
                                  f"{deadline.spent()}")
             time.sleep(pause)
 
-    def _attempt(self, path: str, accept: str, deadline: Deadline) -> Answer:
+    def _attempt(self, path: str, accept: str, deadline: Deadline, kind: str,
+                 attempt: int) -> Answer:
         """One GET whose connect, answer and body each wait at most the time left."""
         left = deadline.left()
         if left <= 0:
-            raise TransientError("no time left")
-        self._requests_sent.add()
+            raise TransientError("no time left", "deadline")
+        self._counts.attempt(kind, attempt)
         timeout = urllib3.Timeout(connect=min(self.settings.connect_timeout, left),
                                   read=min(self.settings.read_timeout, left))
         try:
@@ -254,6 +308,7 @@ class DicomWebClient:
                 timeout=timeout, preload_content=False,
             )
         except HostChangedError as error:
+            self._counts.failed.add("redirect")
             raise FetchError(f"{path}: redirected to another server "
                              f"({without_credentials(str(error.url))}), not followed") from None
         except Urllib3Error as error:
@@ -265,6 +320,7 @@ class DicomWebClient:
             raise
         finally:
             response.release_conn()
+        self._counts.bytes_received.add(len(body))
         return Answer(response.status, response.headers, body)
 
     def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: Deadline) -> bytes:
@@ -275,7 +331,8 @@ class DicomWebClient:
         while True:
             left = deadline.left()
             if left <= 0:
-                raise TransientError(f"answer not complete in time ({received} bytes received)")
+                raise TransientError(f"answer not complete in time ({received} bytes "
+                                     "received)", "deadline")
             _limit_socket_wait(response, min(self.settings.read_timeout, left))
             try:
                 chunk = response.read1(CHUNK_BYTES)
