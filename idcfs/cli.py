@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from idcfs import __version__
+from idcfs.commands import stats as stats_command
 from idcfs.fuse import mountpoint as mountpoints
 from idcfs.fuse.mountpoint import MountpointError, is_mounted
 
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     unmount = commands.add_parser("unmount", help="unmount an idcfs mount",
                                   description="Unmount an idcfs mount (fusermount3 -u).")
     unmount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    stats_command.add_parser(commands)
     return parser
 
 
@@ -117,6 +119,9 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
     mount.add_argument("--files", metavar="LOCATION",
                        help="serve the DICOM files under a folder, s3://bucket/prefix or "
                        "gs://bucket/prefix; the tree comes from their headers")
+    mount.add_argument("--quota-url", metavar="URL",
+                       help="a DICOMweb proxy's quota state (IDC's /quota_usage answer), "
+                       "shown by `idcfs stats` (default: IDC's, with --source proxy)")
     mount.add_argument("--url", help="DICOMweb base URL, e.g. http://127.0.0.1:8042/dicom-web "
                        "(default: IDC's public proxy)")
     mount.add_argument("--catalog", metavar="FILE",
@@ -175,6 +180,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "unmount":
         unmount(args.mountpoint)
+    elif args.command == "stats":
+        try:
+            stats_command.run(args.mountpoint, args.json, args.watch)
+        except stats_command.StatsError as error:
+            fail(str(error))
     else:
         mount(args)
 
@@ -220,6 +230,7 @@ def mount(args: argparse.Namespace) -> None:
         source=args.source,
         s3_endpoint=args.s3_endpoint,
         files=args.files,
+        quota_url=args.quota_url,
     )
     if args.quality is not None:
         config.quality = args.quality
@@ -244,6 +255,10 @@ def _check_source_options(args: argparse.Namespace) -> None:
             fail(f"--files makes its own tree; it cannot be combined with {clashing[0]}")
         if args.s3_endpoint and not args.files.startswith("s3://"):
             fail("--s3-endpoint works with --files s3://...")
+    if args.quota_url and not (args.url or args.source == "proxy"):
+        fail("--quota-url is a DICOMweb proxy's; use it with --url or --source proxy")
+    if args.quota_url and not args.quota_url.startswith(("http://", "https://")):
+        fail(f"--quota-url {args.quota_url}: not an http(s) URL")
     if args.url and args.source in ("aws", "gcs"):
         fail(f"--url is a DICOMweb server; it cannot be combined with --source {args.source}")
     if args.s3_endpoint and (args.url or args.source in ("gcs", "proxy")):

@@ -3,10 +3,10 @@
 Components register what they count when they are built (`counter`, `histogram`,
 `latency`) or a reading of their own state (`gauge`); the statistics file
 (`/.idcfs-stats.json`, read by `idcfs stats`) shows `snapshot()`. What each entry means,
-and the sums they make, is docs/SEMANTICS.md, "Statistics". Counters change on many threads at once (FUSE workers, read-ahead,
-request slots, page-cache fillers), so each takes a lock of its own: a `+=` on a shared
-int is not atomic under the GIL's switching. Names are dotted paths: "memory_cache.hits"
-shows as {"memory_cache": {"hits": ...}}.
+and the sums they make, is docs/SEMANTICS.md, "Statistics". Counters change on many
+threads at once (FUSE workers, read-ahead, request slots, page-cache fillers), so each
+takes a lock of its own: a `+=` on a shared int is not atomic under the GIL's switching.
+Names are dotted paths: "memory_cache.hits" shows as {"memory_cache": {"hits": ...}}.
 """
 
 from __future__ import annotations

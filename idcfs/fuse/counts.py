@@ -5,7 +5,8 @@ error reply by kind (docs/SEMANTICS.md, "Statistics").
 The page cache: every open reaches the daemon (tiles are opened with `keep_cache`), but
 a read the kernel can answer from its page cache does not. So a handle of a cached file
 released without any read having reached the daemon was served by the page cache (or
-read nothing), and one with reads was not: `page_cache.hits` and `.misses`.
+read nothing), and one with reads was not: `page_cache.hits` and `.misses`; handles of
+direct-I/O files (the statistics file) never use it: `page_cache.bypassed`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class FuseCounts:
         self.content_requests = metrics.counter("fuse.fetched_file_requests")
         self.page_cache_hits = metrics.counter("page_cache.hits")
         self.page_cache_misses = metrics.counter("page_cache.misses")
+        self.page_cache_bypassed = metrics.counter("page_cache.bypassed")
         self.errors = metrics.histogram("errors")
 
     def error(self, code: int, cause: str = "") -> pyfuse3.FUSEError:
@@ -41,7 +43,9 @@ class FuseCounts:
 
     def released(self, opened: OpenFile) -> None:
         self.releases.add()
-        if opened.page_cached:
+        if not opened.page_cached:
+            self.page_cache_bypassed.add()
+        else:
             (self.page_cache_misses if opened.reads else self.page_cache_hits).add()
 
 
