@@ -4,10 +4,11 @@ The proxy (ImagingDataCommons/ThrottleProxy) counts the bytes it sends each clie
 per day and refuses with HTTP 429 past a limit. `GET <proxy host>/quota_usage` answers
 that count: `{"ip": ..., "bytes_used": N, "fraction_used": F, "date": "YYYY-MM-DD"}`
 (F is the fraction of today's per-IP limit used). `QuotaWatcher` asks for it on a
-thread of its own, never on a reader's path: once at mount, then again only when the
-statistics are rendered and the last answer is older than `interval_s` (a minute), so a
-mount nobody watches sends nothing more. The statistics show the last answer and its
-age; the client's IP in the answer is not kept (the statistics file may be shared).
+thread of its own, never on a reader's path nor while the statistics render: once at
+mount, then at most once per `interval_s` (a minute), and only when the statistics were
+read since the last answer, so a mount nobody watches sends nothing more. The
+statistics show the last answer and its age; the client's IP in the answer is not kept
+(the statistics file may be shared).
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class QuotaWatcher:
         self._pool.clear()
 
     def statistics(self) -> dict[str, Any]:
-        """The last answer (or why there is none), never blocking; asks the thread for
-        a fresh one when this one is older than the interval."""
+        """The last answer (or why there is none), never blocking; tells the thread
+        someone looks, so it asks again once the interval is over."""
         self._asked.set()
         with self._lock:
             shown: dict[str, Any] = {"url": without_credentials(self.url),
