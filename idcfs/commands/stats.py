@@ -22,6 +22,7 @@ WATCH_INTERVAL_S = 1.0
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 BYTE_UNITS = ("B", "KB", "MB", "GB", "TB")
 LABEL_WIDTH = 15
+TILE_SOURCES = ("memory", "staged", "waited", "disk", "source", "failed")  # table order
 Document = dict[str, Any]
 
 
@@ -163,7 +164,9 @@ def _caches(doc: Document) -> Rows:
     reads = doc.get("tile_reads", {})
     total = sum(reads.values())
     if total:
-        shares = [f"{where} {_percent(count, total)}" for where, count in reads.items()]
+        order = [*TILE_SOURCES, *sorted(set(reads) - set(TILE_SOURCES))]
+        shares = [f"{where} {_percent(reads[where], total)}" for where in order
+                  if where in reads]
         yield "tile reads", f"{total}: {'  '.join(shares)}"
     else:
         yield "tile reads", "none yet"
