@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from idcfs import __version__
 from idcfs.commands import mount_helper
+from idcfs.commands import stats as stats_command
 from idcfs.errors import without_credentials
 from idcfs.fuse import mountpoint as mountpoints
 from idcfs.fuse.mountpoint import MountpointError, is_mounted
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     from idcfs.commands import prefetch  # here: it uses this module's helpers
 
     prefetch.add_parser(commands)
+    stats_command.add_parser(commands)
     return parser
 
 
@@ -155,6 +157,9 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
     mount.add_argument("--files", metavar="LOCATION",
                        help="serve the DICOM files under a folder, s3://bucket/prefix or "
                        "gs://bucket/prefix; the tree comes from their headers")
+    mount.add_argument("--quota-url", metavar="URL",
+                       help="a DICOMweb proxy's quota state (IDC's /quota_usage answer), "
+                       "shown by `idcfs stats` (default: IDC's, with --source proxy)")
     mount.add_argument("--url", type=http_url,
                        help="DICOMweb base URL, e.g. http://127.0.0.1:8042/dicom-web "
                        "(default: IDC's public proxy)")
@@ -238,6 +243,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from idcfs.commands import prefetch
 
         raise SystemExit(prefetch.run(args))
+    elif args.command == "stats":
+        try:
+            stats_command.run(args.mountpoint, args.json, args.watch)
+        except stats_command.StatsError as error:
+            fail(str(error))
     else:
         mount(args)
 
@@ -284,6 +294,7 @@ def mount(args: argparse.Namespace) -> None:
         s3_endpoint=args.s3_endpoint,
         files=args.files,
         auth=AuthOptions(args.auth == "google", args.bearer_token_file, tuple(args.header)),
+        quota_url=args.quota_url,
     )
     _check_auth_options(config)
     if args.quality is not None:
@@ -311,6 +322,10 @@ def _check_source_options(args: argparse.Namespace) -> None:
             fail(f"--files makes its own tree; it cannot be combined with {clashing[0]}")
         if args.s3_endpoint and not args.files.startswith("s3://"):
             fail("--s3-endpoint works with --files s3://...")
+    if args.quota_url and not (args.url or args.source == "proxy"):
+        fail("--quota-url is a DICOMweb proxy's; use it with --url or --source proxy")
+    if args.quota_url and not args.quota_url.startswith(("http://", "https://")):
+        fail(f"--quota-url {args.quota_url}: not an http(s) URL")
     if args.url and args.source in ("aws", "gcs"):
         fail(f"--url is a DICOMweb server; it cannot be combined with --source {args.source}")
     if args.s3_endpoint and (args.url or args.source in ("gcs", "proxy")):

@@ -29,7 +29,8 @@ from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.prefetch import Prefetcher
 from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
 from idcfs.fetch.slides import SlideStore
-from idcfs.fs.nodes import LiveFile, TileFileIndex, json_bytes
+from idcfs.fs.nodes import TileFileIndex
+from idcfs.fs.statistics import MountStatistics
 from idcfs.fs.tree import Tree
 from idcfs.fs.views import SeriesView
 from idcfs.fs.views.catalog import CatalogView
@@ -54,6 +55,7 @@ from idcfs.source.files import (
 )
 from idcfs.source.folder import FolderCatalog
 from idcfs.source.objects import BucketSettings, HttpBucketStore, LocalFolderStore, ObjectStore
+from idcfs.source.quota import IDC_QUOTA_URL, QuotaWatcher
 from idcfs.tiles.convert import DEFAULT_QUALITY
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,6 @@ IDC_MAX_CONNECTIONS = 16
 IDC_BUCKET = "idc-open-data"
 BUCKET_ENDPOINTS = {"aws": "https://s3.amazonaws.com", "gcs": "https://storage.googleapis.com"}
 FUSE_MAX_TASKS = 128
-STATS_FILE = ".idcfs-stats.json"
 
 
 class SetupError(IdcfsError):
@@ -95,6 +96,7 @@ class MountConfig:
     files: str | None = None  # a folder, s3://bucket/prefix or gs://bucket/prefix
     auth: AuthOptions = field(default_factory=AuthOptions)  # credentials for DICOMweb
     tile_name: str = DEFAULT_TEMPLATE  # --tile-name: the file name of each tile
+    quota_url: str | None = None  # a proxy's /quota_usage (default: IDC's, for its proxy)
 
     @property
     def source_kind(self) -> str:
@@ -116,10 +118,21 @@ class MountConfig:
         return self.url is None or self.catalog == "idc" or bool(self.collections or self.query)
 
     @property
+    def is_idc_proxy(self) -> bool:
+        return self.server_url.startswith(IDC_PROXY_URL.split("/current/")[0])
+
+    @property
     def connection_limit(self) -> int:
-        if self.server_url.startswith(IDC_PROXY_URL.split("/current/")[0]):
+        if self.is_idc_proxy:
             return min(self.max_connections, IDC_MAX_CONNECTIONS)
         return self.max_connections
+
+    @property
+    def quota_endpoint(self) -> str | None:
+        """Where the quota state is asked for: only for a DICOMweb proxy that has one."""
+        if self.source_kind != "dicomweb":
+            return None
+        return self.quota_url or (IDC_QUOTA_URL if self.is_idc_proxy else None)
 
 
 def build_catalog(config: MountConfig, client: DicomWebClient | None) -> Catalog:
@@ -156,11 +169,14 @@ class Mounted:
     disk_filler: DiskPageFiller | None = None
     statistics: Callable[[], dict[str, Any]] = dict  # what the statistics file shows
     control: ControlServer | None = None
+    quota: QuotaWatcher | None = None
 
     def session_opened(self) -> None:
         """The FUSE session exists: notifications to the kernel may start."""
         if self.control is not None:
             self.control.start()
+        if self.quota is not None:
+            self.quota.start()
         if self.page_filler is not None:
             self.page_filler.start()
         if self.disk_filler is not None:
@@ -184,6 +200,8 @@ class Mounted:
         self.tiles.flush()
         if self.disk is not None:
             self.disk.close()
+        if self.quota is not None:
+            self.quota.close()
         self.source.close()
 
 
@@ -308,20 +326,17 @@ def build_mount(config: MountConfig) -> Mounted:
                                                tile_names=TileNames(config.tile_name))]
     if isinstance(client, InstanceFiles):  # files by ranges: dicom/<uid>.dcm too
         views.append(DicomFilesView(client, metrics))
-    def current_statistics() -> dict[str, Any]:
-        return {**metrics.snapshot(), "source": {"description": client.description,
-                                                 **client.statistics()}}
-
-    statistics = LiveFile(STATS_FILE, lambda: json_bytes(current_statistics()))
+    quota = QuotaWatcher(config.quota_endpoint) if config.quota_endpoint else None
+    statistics = MountStatistics(metrics, client, config.source_kind, quota)
     slides = SlideStore(client, disk, wait_s=config.timeout)
-    catalog_view = CatalogView(catalog, slides, views, [statistics])
+    catalog_view = CatalogView(catalog, slides, views, [statistics.file()])
     tree = Tree(catalog_view.root_children, catalog_view.revision_ns())
     operations = IdcfsOperations(tree, open_files, metrics, timeout=config.timeout)
     prefetcher = None if disk is None else Prefetcher(loader, metrics,
                                                       max(1, config.connection_limit // 2))
     control = ControlServer(config.mountpoint, tree, prefetcher, metrics, config.timeout)
     return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler,
-                   current_statistics, control)
+                   statistics.document, control, quota)
 
 
 def _demand_settings(config: MountConfig) -> CoalesceSettings:

@@ -17,17 +17,12 @@ class ByteLRU:
             maxsize=max_bytes, getsizeof=len
         )
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: Hashable) -> bytes | None:
+        """The value, or None; not counted (callers count what a lookup means to them:
+        `TileLoader` counts tile reads, however many looks into the cache each takes)."""
         with self._lock:
-            value = self._entries.get(key)
-            if value is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-            return value
+            return self._entries.get(key)
 
     def put(self, key: Hashable, value: bytes) -> None:
         """Store `value`; one larger than the whole cache is simply not kept."""
@@ -37,7 +32,7 @@ class ByteLRU:
             self._entries[key] = value
 
     def pop(self, key: Hashable) -> bytes | None:
-        """Remove and return a value (None when absent); not counted as a hit or miss."""
+        """Remove and return a value (None when absent)."""
         with self._lock:
             return self._entries.pop(key, None)
 

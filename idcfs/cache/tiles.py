@@ -15,6 +15,7 @@ part of the key too, since a re-encoded tile depends on it.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 from idcfs.cache.disk import DiskCache
 from idcfs.cache.memory import ByteLRU
@@ -26,6 +27,14 @@ from idcfs.slide.model import FrameRef, Slide
 def tile_key(slide: Slide, frame: FrameRef) -> Hashable:
     """The memory key of one served tile."""
     return (slide.series_uid, frame.instance_uid, frame.number)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A tile at hand, and the tier it was in: "memory" or "staged" (read ahead)."""
+
+    data: bytes
+    tier: str
 
 
 class TileCache:
@@ -44,21 +53,29 @@ class TileCache:
         self.disk = disk
         self.quality = quality
         self.sizes = TileSizes(disk) if disk is not None else None
-        self._disk_hits = metrics.counter("disk_cache_hits")
-        metrics.gauge("memory_cache", self._memory_statistics)
+        self._disk_lookups = metrics.counter("disk_cache.lookups")
+        self._disk_hits = metrics.counter("disk_cache.hits")
+        metrics.gauge("disk_cache.misses", lambda: self._disk_lookups.value - self._disk_hits.value)
         metrics.gauge("readahead_staged_bytes", lambda: staged.current_bytes)
 
     # -- memory and staging -----------------------------------------------------------
 
     def for_reading(self, slide: Slide, frame: FrameRef) -> bytes | None:
         """A tile from memory; a staged one moves to memory (it is being read now)."""
+        found = self.lookup(slide, frame)
+        return None if found is None else found.data
+
+    def lookup(self, slide: Slide, frame: FrameRef) -> Found | None:
+        """Like `for_reading`, and which tier the tile was in."""
         key = tile_key(slide, frame)
-        found = self.memory.get(key)
-        if found is None:
-            found = self.staged.pop(key)
-            if found is not None:
-                self.memory.put(key, found)
-        return found
+        data = self.memory.get(key)
+        if data is not None:
+            return Found(data, "memory")
+        data = self.staged.pop(key)
+        if data is None:
+            return None
+        self.memory.put(key, data)
+        return Found(data, "staged")
 
     def in_memory(self, slide: Slide, frame: FrameRef) -> bool:
         """Whether a tile is in memory or staged."""
@@ -91,6 +108,8 @@ class TileCache:
     ]:
         """The tiles among `frames` the disk cache holds, now also in memory or staging."""
         found = self.read_disk(slide, frames)
+        if self.disk is not None:
+            self._disk_lookups.add(len(set(frames)))
         target = self.staged if staged else self.memory
         for frame, data in found.items():
             self._disk_hits.add()
@@ -141,8 +160,3 @@ class TileCache:
 
     def _instance_key(self, slide: Slide, frame: FrameRef) -> str:
         return f"{slide.series_uid}/{frame.instance_uid}/q{self.quality}"
-
-    def _memory_statistics(self) -> dict[str, int]:
-        memory = self.memory
-        return {"hits": memory.hits, "misses": memory.misses,
-                "bytes": memory.current_bytes, "max_bytes": memory.max_bytes}

@@ -10,16 +10,23 @@ Frames are converted before they are cached: a cached tile costs no CPU to serve
 The claim rule: every path that takes a `Claim` ends it (resolve, fail or release),
 including the error paths; `fetch_claimed` and `_fetch_for_reading` do so for whole
 batches.
+
+Counting (docs/SEMANTICS.md, "Statistics"): each tile read a reader finishes is counted
+once, by where it was served from (`tile_reads.*`); the memory lookups shown are those
+reads, not every internal look into the LRU (a read looks there up to three times).
+Each call to the source is a frame request: counted when sent, when it fails, while in
+flight, and its duration (percentiles) when it succeeds.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 
-from idcfs.cache.tiles import TileCache, tile_key
+from idcfs.cache.tiles import Found, TileCache, tile_key
 from idcfs.errors import DecodeError
 from idcfs.fetch.claims import DEFAULT_WAIT_S, Claim, Claims, fail_all, release_all, wait
 from idcfs.fetch.coalesce import CoalesceSettings, RequestCoalescer
@@ -33,6 +40,7 @@ from idcfs.tiles.convert import DEFAULT_QUALITY, TileDecodeError, served_growth,
 log = logging.getLogger(__name__)
 
 MAX_FRAMES_PER_REQUEST = 64
+SERVED_FROM = ("memory", "staged", "waited", "disk", "source")  # where a tile read ends
 
 TileClaims = dict[FrameRef, Claim[bytes]]
 KeepTile = Callable[[Slide, FrameRef, bytes], None]  # where a fetched tile is kept
@@ -60,32 +68,50 @@ class TileLoader:
         self.max_frames_per_request = max_frames_per_request
         self._claims: Claims[bytes] = Claims(wait_s)
         self.syntaxes = LearnedSyntaxes(tiles.disk)  # for instances whose metadata has none
-        self._demand = RequestCoalescer(self._fetch_for_reading, self.abandon_claimed, demand)
+        self._demand = RequestCoalescer(self._fetch_for_reading, self._abandon_demand, demand)
         self._frames_fetched = metrics.counter("frames_fetched")
         self._frames_per_request = metrics.histogram("frames_per_request")
+        self._reads = {where: metrics.counter(f"tile_reads.{where}")
+                       for where in (*SERVED_FROM, "failed")}
+        self._requests = FrameRequestCounts(metrics)
+        self._readahead = ReadAheadCounts(metrics)
+        metrics.gauge("memory_cache", self._memory_statistics)
 
     # -- reads ------------------------------------------------------------------------
 
     def tile(self, slide: Slide, frame: FrameRef) -> bytes:
         """The served bytes of one tile (may block on disk or network)."""
-        found = self.tiles.for_reading(slide, frame)
+        found = self.tiles.lookup(slide, frame)
         if found is not None:
-            return found
+            return self._served(found.tier, found.data)
         future, claim = self._claims.claim(tile_key(slide, frame))
-        if claim is not None:
-            self._load(slide, frame, claim)
-        data = wait(future, self._claims.wait_timeout)
+        where = "waited"
+        try:
+            if claim is not None:
+                where = self._load(slide, frame, claim)
+            data = wait(future, self._claims.wait_timeout)
+        except Exception:
+            self._reads["failed"].add()
+            raise
         if claim is None:
             self.tiles.for_reading(slide, frame)  # a tile read ahead and now read: keep it
-        return data
+        return self._served(where, data)
+
+    def waited(self, slide: Slide, frame: FrameRef, future: Future[bytes]) -> bytes:
+        """The tile of a fetch under way (`in_flight`) that the caller waited for and
+        that succeeded; a tile read ahead moves to memory."""
+        data = self.tiles.for_reading(slide, frame)
+        return self._served("waited", data if data is not None else future.result())
 
     def in_flight(self, slide: Slide, frame: FrameRef) -> Future[bytes] | None:
         """The future of a tile being read from disk or fetched, else None."""
         return self._claims.running(tile_key(slide, frame))
 
     def cached(self, slide: Slide, frame: FrameRef) -> bytes | None:
-        """A tile from memory (a staged tile moves to the memory cache), never blocking."""
-        return self.tiles.for_reading(slide, frame)
+        """A tile from memory (a staged tile moves to the memory cache), never blocking;
+        counted as a read only when found (a miss is followed by `waited` or `tile`)."""
+        found = self.tiles.lookup(slide, frame)
+        return None if found is None else self._served(found.tier, found.data)
 
     def holds(self, slide: Slide, frame: FrameRef) -> bool:
         """Whether a tile is in memory (cached or staged) or being fetched."""
@@ -100,10 +126,14 @@ class TileLoader:
         key = (slide.series_uid, image.instance_uid, "stitched")
         cached = self.tiles.memory.get(key)
         if cached is not None:
-            return cached
-        data = self._claims.run(key, lambda: self._stitch(slide, image, info))
+            return self._served("memory", cached)
+        try:
+            data = self._claims.run(key, lambda: self._stitch(slide, image, info))
+        except Exception:
+            self._reads["failed"].add()
+            raise
         self.tiles.memory.put(key, data)
-        return data
+        return self._served("source", data)
 
     def associated_frame(self, slide: Slide, image: AssociatedImage) -> FrameRef | None:
         """The one stored frame an associated image is served as, unless it is stitched
@@ -129,6 +159,7 @@ class TileLoader:
 
     def fetch_claimed(self, slide: Slide, owned: TileClaims) -> None:
         """Fetch claimed tiles into the staging area (disk cache first); ends every claim."""
+        on_disk: dict[FrameRef, bytes] = {}
         try:
             on_disk = self.tiles.from_disk(slide, list(owned), staged=True)
             for frame, data in on_disk.items():
@@ -140,6 +171,7 @@ class TileLoader:
             raise
         finally:
             release_all(owned.values(), "tile not fetched")
+            self._readahead.ended(owned, len(on_disk))
 
     # -- prefetch (idcfs prefetch) ----------------------------------------------------
 
@@ -173,6 +205,7 @@ class TileLoader:
     def abandon_claimed(self, slide: Slide, owned: TileClaims) -> None:
         """Give claimed tiles up unfetched (unmount); a waiting reader gets an error."""
         release_all(owned.values(), "read-ahead abandoned at unmount")
+        self._readahead.abandoned.add(len(owned))
 
     def size_hints(self, slide: Slide, instance_uid: str) -> tuple[int, ...] | None:
         """The served size of every tile of an instance before any is fetched (frame 1
@@ -201,20 +234,29 @@ class TileLoader:
 
     # -- steps ------------------------------------------------------------------------
 
-    def _load(self, slide: Slide, frame: FrameRef, claim: Claim[bytes]) -> None:
+    def _served(self, where: str, data: bytes) -> bytes:
+        self._reads[where].add()
+        return data
+
+    def _load(self, slide: Slide, frame: FrameRef, claim: Claim[bytes]) -> str:
         """A claimed tile from memory (read ahead just now) or disk, else queued for a
-        request shared with other readers of the instance."""
+        request shared with other readers of the instance; says which it was."""
         try:
-            data = self.tiles.for_reading(slide, frame)
-            if data is None:
-                data = self.tiles.from_disk(slide, [frame], staged=False).get(frame)
+            found: Found | None = self.tiles.lookup(slide, frame)
+            where = found.tier if found is not None else "disk"
+            data = found.data if found is not None else (
+                self.tiles.from_disk(slide, [frame], staged=False).get(frame))
         except Exception as error:
             claim.fail(error)
             raise
         if data is None:
             self._demand.submit(slide, {frame: claim})
-        else:
-            claim.resolve(data)
+            return "source"
+        claim.resolve(data)
+        return where
+
+    def _abandon_demand(self, slide: Slide, owned: TileClaims) -> None:
+        release_all(owned.values(), "demand request abandoned at unmount")
 
     def _fetch_for_reading(self, slide: Slide, owned: TileClaims) -> None:
         try:
@@ -244,12 +286,33 @@ class TileLoader:
                     owned[ref].resolve(data)
 
     def _fetch(self, info: InstanceInfo, numbers: list[int]) -> list[Frame]:
-        frames = self.source.frames(info, numbers)
+        """One frame request: the only call of `source.frames`, so every one is counted."""
+        requests = self._requests
+        requests.sent.add()
+        requests.in_flight.add()
+        started = time.monotonic()
+        try:
+            frames = self.source.frames(info, numbers)
+        except BaseException:
+            requests.failed.add()
+            raise
+        finally:
+            requests.in_flight.add(-1)
+        requests.latency.add(time.monotonic() - started)
+        requests.bytes.add(sum(len(frame.data) for frame in frames))
         if info.transfer_syntax is None and frames:
             self.syntaxes.learn(info.uid, frames[0].transfer_syntax)
         self._frames_fetched.add(len(frames))
         self._frames_per_request.add(len(frames))
         return frames
+
+    def _memory_statistics(self) -> dict[str, int]:
+        """The memory cache as readers see it: one lookup per tile read."""
+        lookups = sum(counter.value for counter in self._reads.values())
+        hits = self._reads["memory"].value
+        memory = self.tiles.memory
+        return {"lookups": lookups, "hits": hits, "misses": lookups - hits,
+                "bytes": memory.current_bytes, "max_bytes": memory.max_bytes}
 
     def _convert(self, frame: Frame, info: InstanceInfo, ref: FrameRef) -> bytes:
         syntax = frame.transfer_syntax or info.transfer_syntax
@@ -281,6 +344,34 @@ def _size_or_error(future: Future[bytes], timeout: float) -> int | Exception:
         return len(wait(future, timeout))
     except Exception as error:
         return error
+
+
+class FrameRequestCounts:
+    """Calls of the source's `frames` (`frame_requests.*`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.sent = metrics.counter("frame_requests.sent")
+        self.failed = metrics.counter("frame_requests.failed")
+        self.in_flight = metrics.counter("frame_requests.in_flight")
+        self.bytes = metrics.counter("frame_requests.bytes_received")
+        self.latency = metrics.latency("frame_requests.latency")
+
+
+class ReadAheadCounts:
+    """How each tile read-ahead claimed ended (`readahead.*`): landed from the disk
+    cache or the source, failed, or abandoned at unmount."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.from_disk = metrics.counter("readahead.landed_from_disk")
+        self.from_source = metrics.counter("readahead.landed_from_source")
+        self.failed = metrics.counter("readahead.failed")
+        self.abandoned = metrics.counter("readahead.abandoned")
+
+    def ended(self, owned: TileClaims, from_disk: int) -> None:
+        landed = sum(claim.future.exception() is None for claim in owned.values())
+        self.from_disk.add(from_disk)
+        self.from_source.add(landed - from_disk)
+        self.failed.add(len(owned) - landed)
 
 
 def _is_single_tile(image: AssociatedImage, info: InstanceInfo) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,8 @@ from idcfs.metrics import Metrics
 from idcfs.slide.model import FrameRef, Slide, TilePosition
 
 log = logging.getLogger(__name__)
+
+ACTIVE_STREAM_S = 10.0  # a stream opened this recently is a reader walking now (statistics)
 
 LandedListener = Callable[[Slide, list[tuple[FrameRef, bytes]]], None]
 GiveBack = Callable[[Slide, list[FrameRef]], None]
@@ -50,6 +53,7 @@ class Stream:
     streak: int = 0
     window: int = 0
     alive: bool = True
+    opened_at: float = 0.0  # monotonic time of its last open
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,9 @@ class ReadAhead:
         self._lock = threading.Lock()
         self._queued: dict[int, QueuedBatch] = {}
         self._batch_ids = itertools.count()
-        self._scheduled_tiles = metrics.counter("readahead_scheduled_tiles")
+        self._scheduled_tiles = metrics.counter("readahead.scheduled_tiles")
+        metrics.gauge("readahead.streams", self._live_streams)
+        metrics.gauge("readahead.batches_queued", lambda: len(self._queued))
 
     def on_open(
         self, slide: Slide, grid: Hashable, tiles: Sequence[TilePosition], index: int
@@ -102,6 +108,7 @@ class ReadAhead:
         ones after it."""
         with self._lock:
             stream = self._stream_for(grid, index)
+            stream.opened_at = time.monotonic()
             span = self._advance(stream, index, len(tiles))
         if span is not None:
             self._schedule(slide, tiles, span, stream)
@@ -126,6 +133,14 @@ class ReadAhead:
             self._queued.clear()
         for batch in queued:
             self.loader.abandon_claimed(batch.slide, batch.owned)
+
+    def _live_streams(self) -> int:
+        """Readers walking a grid now: streams that read ahead and were opened in the
+        last `ACTIVE_STREAM_S` (a random reader's streams never read ahead)."""
+        since = time.monotonic() - ACTIVE_STREAM_S
+        with self._lock:
+            return sum(stream.window > 0 and stream.opened_at >= since
+                       for streams in self._streams.values() for stream in streams)
 
     def _stream_for(self, grid: Hashable, index: int) -> Stream:
         streams = self._streams_of(grid)

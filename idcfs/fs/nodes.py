@@ -65,6 +65,10 @@ class FileNode(Node):
         the disk cache for it), if it is one."""
         return None
 
+    def content_waited_for(self, future: Future[bytes]) -> bytes:
+        """The content, once the fetch `pending()` gave has succeeded."""
+        return future.result()
+
 
 class StaticFile(FileNode):
     """A file whose bytes are known when it is created (slide.json, collection.json)."""
@@ -293,6 +297,11 @@ class TileFile(FetchedFile):
 
     def stored_frame(self) -> tuple[Slide, FrameRef] | None:
         return self.slide, self.frame
+
+    def content_waited_for(self, future: Future[bytes]) -> bytes:
+        data = self.loader.waited(self.slide, self.frame, future)
+        self.exact_size = len(data)
+        return data
 
     def peek(self) -> bytes | None:
         return self.loader.cached(self.slide, self.frame)

@@ -39,10 +39,11 @@ import trio
 
 from idcfs.errors import DecodeError, FetchError, MetadataError, NotFoundError
 from idcfs.fetch.claims import DEFAULT_WAIT_S
-from idcfs.fs.nodes import FileNode, Node, RangedFile
+from idcfs.fs.nodes import FetchedFile, FileNode, Node, RangedFile
 from idcfs.fs.tree import Attributes, Tree
+from idcfs.fuse.counts import FuseCounts, eio_cause
 from idcfs.fuse.openfiles import OpenFile, OpenFiles
-from idcfs.metrics import Metrics
+from idcfs.metrics import Histogram, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,26 @@ BLOCK_SIZE = 512
 DEFAULT_TIMEOUT_S = DEFAULT_WAIT_S  # the default --timeout
 
 
-def to_fuse_error(error: BaseException, what: str) -> pyfuse3.FUSEError:
-    """The errno a failure becomes, logging the reason for server and decode failures."""
+def to_fuse_error(error: BaseException, what: str,
+                  errors: Histogram | None = None) -> pyfuse3.FUSEError:
+    """The errno a failure becomes, logging the reason for server and decode failures;
+    counted in `errors` by kind (a FUSEError passed through was counted when made)."""
     if isinstance(error, pyfuse3.FUSEError):
         return error
     if isinstance(error, NotFoundError):
-        return pyfuse3.FUSEError(errno.ENOENT)
-    if isinstance(error, NotADirectoryError):
-        return pyfuse3.FUSEError(errno.ENOTDIR)
-    if isinstance(error, FetchError | DecodeError | MetadataError):
-        log.error("EIO on %s: %s", what, error)
+        code, kind = errno.ENOENT, "ENOENT"
+    elif isinstance(error, NotADirectoryError):
+        code, kind = errno.ENOTDIR, "ENOTDIR"
     else:
-        log.exception("EIO on %s: unexpected %s", what, type(error).__name__, exc_info=error)
-    return pyfuse3.FUSEError(errno.EIO)
+        code, kind = errno.EIO, f"EIO: {eio_cause(error)}"
+        if isinstance(error, FetchError | DecodeError | MetadataError):
+            log.error("EIO on %s: %s", what, error)
+        else:
+            log.exception("EIO on %s: unexpected %s", what, type(error).__name__,
+                          exc_info=error)
+    if errors is not None:
+        errors.add(kind)
+    return pyfuse3.FUSEError(code)
 
 
 class IdcfsOperations(pyfuse3.Operations):
@@ -86,7 +94,7 @@ class IdcfsOperations(pyfuse3.Operations):
         self._limiter = trio.CapacityLimiter(worker_threads)
         self._uid = os.getuid()
         self._gid = os.getgid()
-        self._reads_served = metrics.counter("fuse.reads_served")
+        self._counts = FuseCounts(metrics, open_files)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -98,7 +106,10 @@ class IdcfsOperations(pyfuse3.Operations):
                 call, limiter=self._limiter, abandon_on_cancel=abandon
             )
         except Exception as error:
-            raise to_fuse_error(error, what) from None
+            raise self._fuse_error(error, what) from None
+
+    def _fuse_error(self, error: BaseException, what: str) -> pyfuse3.FUSEError:
+        return to_fuse_error(error, what, self._counts.errors)
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         return self._to_entry(self.tree.attributes(node))
@@ -127,7 +138,7 @@ class IdcfsOperations(pyfuse3.Operations):
         try:
             return self.tree.node(inode)
         except Exception as error:
-            raise to_fuse_error(error, f"inode {inode}") from None
+            raise self._fuse_error(error, f"inode {inode}") from None
 
     # -- lookups and listings ------------------------------------------------------
 
@@ -138,7 +149,7 @@ class IdcfsOperations(pyfuse3.Operations):
         try:
             node = self.tree.lookup_cached(parent_inode, text)
         except Exception as error:
-            raise to_fuse_error(error, f"lookup {text}") from None
+            raise self._fuse_error(error, f"lookup {text}") from None
         if node is None:
             node = await self._blocking(
                 f"lookup {text}", lambda: self.tree.lookup(parent_inode, text)
@@ -150,7 +161,7 @@ class IdcfsOperations(pyfuse3.Operations):
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if not self._node(inode).is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+            raise self._counts.error(errno.ENOTDIR)
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -168,25 +179,31 @@ class IdcfsOperations(pyfuse3.Operations):
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & WRITE_FLAGS:
-            raise pyfuse3.FUSEError(errno.EROFS)
+            raise self._counts.error(errno.EROFS)
         node = self._node(inode)
         if not isinstance(node, FileNode):
-            raise pyfuse3.FUSEError(errno.EISDIR)
+            raise self._counts.error(errno.EISDIR)
         node.note_open()
         shown_size = node.size()[0]
         if isinstance(node, RangedFile):
-            handle = self._open.add(OpenFile(inode, shown_size, None))
-            return pyfuse3.FileInfo(fh=handle, keep_cache=True)
+            return self._opened(OpenFile(inode, shown_size, None, page_cached=True))
         data = await self._content_at_open(node)
         if data is not None and len(data) != shown_size:
             _forget_cached_attributes(inode)
-        handle = self._open.add(OpenFile(inode, shown_size, data))
-        return pyfuse3.FileInfo(fh=handle, keep_cache=not node.direct_io, direct_io=node.direct_io)
+        return self._opened(OpenFile(inode, shown_size, data, page_cached=not node.direct_io),
+                            direct_io=node.direct_io)
+
+    def _opened(self, opened: OpenFile, direct_io: bool = False) -> pyfuse3.FileInfo:
+        handle = self._open.add(opened)
+        self._counts.opens.add()
+        return pyfuse3.FileInfo(fh=handle, keep_cache=not direct_io, direct_io=direct_io)
 
     async def _content_at_open(self, node: FileNode) -> bytes | None:
         """What an open keeps: the content (at hand, being fetched, or fetched now), or
         None for a file whose content the kernel was given already."""
         data = node.cached_content()
+        if data is not None and isinstance(node, FetchedFile):
+            self._counts.content_requests.add()
         if data is None and not node.filled:
             data = await self._content_by_deadline(node, f"open {node.name} (inode {node.inode})")
         return data
@@ -196,31 +213,37 @@ class IdcfsOperations(pyfuse3.Operations):
         fetch failed) fetched now, all within one `timeout`; on expiry EIO and one log
         line, which also says why a fetch it waited for failed."""
         waiting = "its fetch"
+        if isinstance(node, FetchedFile):
+            self._counts.content_requests.add()
         with trio.move_on_after(self.timeout):
             future = node.pending()
             if future is not None:
                 waiting = "the fetch under way for it (another reader's, or read-ahead's)"
                 await _until_done(future)
-                data = node.cached_content()
-                if data is not None or future.exception() is None:
-                    return data if data is not None else future.result()
+                if future.exception() is None:
+                    return node.content_waited_for(future)
                 waiting = f"its own fetch, the one under way failed ({future.exception()})"
             return await self._blocking(what, node.content, abandon=True)
         log.error("EIO on %s: no answer within the %g s deadline, waiting for %s",
                   what, self.timeout, waiting)
-        raise pyfuse3.FUSEError(errno.EIO)
+        raise self._counts.error(errno.EIO, "deadline")
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         opened = self._open.get(fh)
         if opened is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        self._reads_served.add()
+            raise self._counts.error(errno.EBADF)
+        self._counts.reads.add()
+        opened.reads += 1
         if opened.content is None:
             node = self._node(opened.inode)
             if isinstance(node, RangedFile):
-                return await self._range_by_deadline(node, off, size)
+                return self._served(await self._range_by_deadline(node, off, size))
             opened.content = await self._content_as_shown(opened)
-        return opened.content[off : off + size]
+        return self._served(opened.content[off : off + size])
+
+    def _served(self, data: bytes) -> bytes:
+        self._counts.bytes.add(len(data))
+        return data
 
     async def _range_by_deadline(self, node: RangedFile, off: int, size: int) -> bytes:
         """Bytes [off, off + size) of a file read by ranges (b"" past its end), within
@@ -231,7 +254,7 @@ class IdcfsOperations(pyfuse3.Operations):
         with trio.move_on_after(self.timeout):
             return await self._blocking(what, lambda: node.read(off, size), abandon=True)
         log.error("EIO on %s: no answer within the %g s deadline", what, self.timeout)
-        raise pyfuse3.FUSEError(errno.EIO)
+        raise self._counts.error(errno.EIO, "deadline")
 
     async def _content_as_shown(self, opened: OpenFile) -> bytes:
         """The content of a file opened without it (the kernel had it then, and has
@@ -239,7 +262,7 @@ class IdcfsOperations(pyfuse3.Operations):
         no longer the size the kernel was shown: a short or padded copy is worse."""
         node = self._node(opened.inode)
         if opened.failed or not isinstance(node, FileNode):
-            raise pyfuse3.FUSEError(errno.EIO)
+            raise self._counts.error(errno.EIO, "size changed")
         what = f"read {node.name} (inode {opened.inode})"
         data = await self._content_by_deadline(node, what)
         if len(data) != opened.shown_size:
@@ -248,11 +271,13 @@ class IdcfsOperations(pyfuse3.Operations):
             log.error("%s: %d bytes now, not the %d shown at open: EIO (open it again)",
                       what, len(data), opened.shown_size)
             _forget_cached_attributes(opened.inode)
-            raise pyfuse3.FUSEError(errno.EIO)
+            raise self._counts.error(errno.EIO, "size changed")
         return data
 
     async def release(self, fh: int) -> None:
-        self._open.remove(fh)
+        opened = self._open.remove(fh)
+        if opened is not None:
+            self._counts.released(opened)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
@@ -295,8 +320,8 @@ def _forget_cached_attributes(inode: int) -> None:
         log.debug("cannot invalidate inode %d: %s", inode, error)
 
 
-async def _read_only(*_args: Any) -> None:
-    raise pyfuse3.FUSEError(errno.EROFS)
+async def _read_only(self: IdcfsOperations, *_args: Any) -> None:
+    raise self._counts.error(errno.EROFS)
 
 
 for _name in (

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 @dataclass
 class OpenFile:
     """An open handle: the file, the size the kernel holds, and the content (None when
-    the kernel was given it before the open: loaded at the first read that comes)."""
+    the kernel was given it before the open: loaded at the first read that comes);
+    `reads` that reached the daemon, of a file the kernel keeps in its page cache
+    (`page_cached`: not direct I/O) - for the statistics."""
 
     inode: int
     shown_size: int
     content: bytes | None
     failed: bool = False
+    page_cached: bool = False
+    reads: int = 0
 
 
 class OpenFiles:
@@ -40,13 +44,19 @@ class OpenFiles:
     def get(self, handle: int) -> OpenFile | None:
         return self._handles.get(handle)
 
-    def remove(self, handle: int) -> None:
+    def remove(self, handle: int) -> OpenFile | None:
+        """Forget a handle; the handle it was (None when unknown)."""
         opened = self._handles.pop(handle, None)
         if opened is None:
-            return
+            return None
         remaining = self._per_inode.pop(opened.inode) - 1
         if remaining:
             self._per_inode[opened.inode] = remaining
+        return opened
+
+    def count(self) -> int:
+        """How many handles are open."""
+        return len(self._handles)
 
     def is_open(self, inode: int) -> bool:
         """Whether a file is open (through any handle)."""

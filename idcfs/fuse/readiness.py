@@ -67,7 +67,7 @@ def status_line(statistics: Mapping[str, Any]) -> str:
     """The request counts of a statistics snapshot (the statistics file's content), in
     one line: reads answered, frames fetched, requests sent to the server."""
     source = statistics.get("source") or {}
-    requests = source.get("requests_sent")
+    requests = statistics.get("requests_sent")
     if requests is None:  # a bucket or folder source counts requests by kind
         requests = sum((source.get("requests") or {}).values())
     reads = (statistics.get("fuse") or {}).get("reads_served", 0)

@@ -22,6 +22,10 @@ Other credentials (`--header`, `--bearer-token-file`, `--auth google`) come from
 403 is not retried (it would only be refused again): it fails the request (EIO) with
 the reason, logged once per run of refusals, except that an attempt whose credentials
 changed while it was sent (a token file rotated) is sent once more with the new ones.
+
+Counted (`HttpCounts`, docs/SEMANTICS.md "Statistics"): `requests_sent` is every GET
+sent, retries included, so it is what the server received; `http.requests` splits the
+first attempts by kind (frames, metadata, search, probe), `http.retries` the rest.
 """
 
 from __future__ import annotations
@@ -110,7 +114,32 @@ class Answer:
 
 
 class TransientError(Exception):
-    """One attempt failed in a way worth retrying (connection lost, answer cut short)."""
+    """One attempt failed in a way worth retrying (connection lost, answer cut short);
+    `label` is its kind in the statistics."""
+
+    def __init__(self, message: str, label: str = "connection") -> None:
+        super().__init__(message)
+        self.label = label
+
+
+class HttpCounts:
+    """What the client sent and how it ended (`requests_sent`, `http.*`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.sent = metrics.counter("requests_sent")
+        self.by_kind = metrics.histogram("http.requests")
+        self.retries = metrics.counter("http.retries")
+        self.failed = metrics.histogram("http.failed")
+        self.not_sent = metrics.histogram("http.not_sent")
+        self.in_flight = metrics.counter("http.in_flight")
+        self.bytes_received = metrics.counter("http.bytes_received")
+
+    def attempt(self, kind: str, attempt: int) -> None:
+        self.sent.add()
+        if attempt == 0:
+            self.by_kind.add(kind)
+        else:
+            self.retries.add()
 
 
 class DicomWebClient:
@@ -142,7 +171,7 @@ class DicomWebClient:
         self._quota_lock = threading.Lock()
         self._blocked_until: float = 0.0
         metrics = metrics or Metrics()
-        self._requests_sent = metrics.counter("requests_sent")
+        self._counts = HttpCounts(metrics)
         self._auth = auth
         self._refused = metrics.counter("auth.refused")
         self._refusing = False  # the last answer was a 401/403: its log line is written
@@ -153,17 +182,25 @@ class DicomWebClient:
 
     @property
     def requests_sent(self) -> int:
-        return self._requests_sent.value
+        return self._counts.sent.value
 
     def statistics(self) -> dict[str, Any]:
-        shown = {"requests_sent": self.requests_sent}
+        """The server (no credentials), while the quota pause lasts its end, and which
+        credentials are sent (their kind, never their value)."""
+        blocked_until = self._blocked_until
+        paused = None
+        if blocked_until > time.time():
+            paused = dt.datetime.fromtimestamp(blocked_until, dt.UTC).isoformat(
+                timespec="seconds")
+        shown = {"server": self.base_url, "quota_exhausted_until": paused}
         return {**shown, "auth": self._auth.description} if self._auth else shown
 
     # -- public calls -------------------------------------------------------------
 
     def check_reachable(self) -> None:
         """Raise FetchError unless the server answers a minimal QIDO search."""
-        self._get("/studies?" + urlencode({"limit": 1}), JSON_ACCEPT, ok=(200, 204))
+        self._get("/studies?" + urlencode({"limit": 1}), JSON_ACCEPT, ok=(200, 204),
+                  kind="probe")
 
     def search_wsi_series(self) -> list[SeriesEntry]:
         """Every series holding WSI instances, with the time the instances' dates give
@@ -184,7 +221,7 @@ class DicomWebClient:
     def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceMetadata]:
         """Every instance of a series (one request), located by its WADO-RS path."""
         series_path = f"/studies/{study_uid}/series/{series_uid}"
-        body = self._get(f"{series_path}/metadata", JSON_ACCEPT)
+        body = self._get(f"{series_path}/metadata", JSON_ACCEPT, kind="metadata")
         return [
             InstanceMetadata(f"{series_path}/instances/{first_value(meta, '00080018')}", meta)
             for meta in parse_json_list(body, "series metadata")
@@ -193,9 +230,10 @@ class DicomWebClient:
     def frames(self, instance: InstanceInfo, numbers: Sequence[int]) -> list[Frame]:
         """Frames `numbers` (1-based) of one instance, as stored, in the order asked."""
         if not instance.location:
+            self._counts.not_sent.add("frames")
             raise FetchError(f"instance {instance.uid}: no WADO-RS location")
         path = f"{instance.location}/frames/{','.join(str(number) for number in numbers)}"
-        answer = self._request(path, FRAMES_ACCEPT)
+        answer = self._request(path, FRAMES_ACCEPT, kind="frames")
         try:
             frames = _frames_from_response(answer)
         except FetchError as error:
@@ -217,7 +255,8 @@ class DicomWebClient:
         while True:
             params = {**query, "limit": QIDO_PAGE, "offset": offset}
             page = parse_json_list(
-                self._get(f"{path}?{urlencode(params)}", JSON_ACCEPT, ok=(200, 204)), "search"
+                self._get(f"{path}?{urlencode(params)}", JSON_ACCEPT, ok=(200, 204),
+                          kind="search"), "search"
             )
             first = json.dumps(page[:1], sort_keys=True)
             if not page or first == previous_first:
@@ -226,19 +265,32 @@ class DicomWebClient:
             yield from page
             offset += len(page)
 
-    def _get(self, path: str, accept: str, ok: tuple[int, ...] = (200,)) -> bytes:
-        return self._request(path, accept, ok).body
+    def _get(self, path: str, accept: str, ok: tuple[int, ...] = (200,), *,
+             kind: str) -> bytes:
+        return self._request(path, accept, ok, kind).body
 
-    def _request(self, path: str, accept: str, ok: tuple[int, ...] = (200,)) -> Answer:
-        """One request's complete answer, within its deadline; FetchError otherwise."""
-        self._refuse_while_over_quota(path)
+    def _request(self, path: str, accept: str, ok: tuple[int, ...] = (200,),
+                 kind: str = "frames") -> Answer:
+        """One request's complete answer, within its deadline; FetchError otherwise.
+        `kind` names it in the statistics."""
+        counts = self._counts
+        try:
+            self._refuse_while_over_quota(path)
+        except QuotaExhaustedError:
+            counts.not_sent.add(kind)
+            raise
         deadline = Deadline(self.settings.timeout)
         if not self._slots.acquire(timeout=deadline.left()):
+            counts.not_sent.add(kind)
             raise FetchError(f"{path}: no free connection within {deadline.spent()}")
+        counts.in_flight.add()
         try:
-            answer = self._attempts(path, accept, deadline)
+            answer = self._attempts(path, accept, deadline, kind)
         finally:
+            counts.in_flight.add(-1)
             self._slots.release()
+        if answer.status not in ok:
+            counts.failed.add(f"HTTP {answer.status}")
         if answer.status == 429:
             self._enter_quota_pause(path)
         if answer.status in REFUSED_STATUSES:
@@ -248,16 +300,16 @@ class DicomWebClient:
             raise FetchError(f"{path}: HTTP {answer.status} {_short(answer.body)}")
         return answer
 
-    def _attempts(self, path: str, accept: str, deadline: Deadline) -> Answer:
+    def _attempts(self, path: str, accept: str, deadline: Deadline, kind: str) -> Answer:
         """Send until an answer worth keeping, retrying while retries and time are left."""
         attempt = 0
         renewed = False
         while True:
             credentials = self._credentials(deadline)
             try:
-                answer = self._attempt(path, accept, credentials, deadline)
+                answer = self._attempt(path, accept, credentials, deadline, kind, attempt)
             except TransientError as error:
-                reason, pause = str(error), self._backoff(attempt)
+                reason, label, pause = str(error), error.label, self._backoff(attempt)
             else:
                 if (answer.status in REFUSED_STATUSES and not renewed
                         and self._credentials(deadline) != credentials):
@@ -267,8 +319,10 @@ class DicomWebClient:
                 if pause is None:
                     return answer
                 reason = f"HTTP {answer.status} {_short(answer.body)}".rstrip()
+                label = f"HTTP {answer.status}"
             attempt += 1
             if attempt > self.settings.retries or not deadline.allows(pause):
+                self._counts.failed.add(label)
                 raise FetchError(f"{path}: {reason}; gave up after {attempt} attempt(s), "
                                  f"{deadline.spent()}")
             time.sleep(pause)
@@ -278,12 +332,12 @@ class DicomWebClient:
         return self._auth.headers(deadline.left()) if self._auth else {}
 
     def _attempt(self, path: str, accept: str, credentials: dict[str, str],
-                 deadline: Deadline) -> Answer:
+                 deadline: Deadline, kind: str, attempt: int) -> Answer:
         """One GET whose connect, answer and body each wait at most the time left."""
         left = deadline.left()
         if left <= 0:
-            raise TransientError("no time left")
-        self._requests_sent.add()
+            raise TransientError("no time left", "deadline")
+        self._counts.attempt(kind, attempt)
         timeout = urllib3.Timeout(connect=min(self.settings.connect_timeout, left),
                                   read=min(self.settings.read_timeout, left))
         try:
@@ -293,6 +347,7 @@ class DicomWebClient:
                 timeout=timeout, preload_content=False,
             )
         except HostChangedError as error:
+            self._counts.failed.add("redirect")
             raise FetchError(f"{path}: redirected to another server "
                              f"({without_credentials(str(error.url))}), not followed") from None
         except Urllib3Error as error:
@@ -304,6 +359,7 @@ class DicomWebClient:
             raise
         finally:
             response.release_conn()
+        self._counts.bytes_received.add(len(body))
         return Answer(response.status, response.headers, body)
 
     def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: Deadline) -> bytes:
@@ -314,7 +370,8 @@ class DicomWebClient:
         while True:
             left = deadline.left()
             if left <= 0:
-                raise TransientError(f"answer not complete in time ({received} bytes received)")
+                raise TransientError(f"answer not complete in time ({received} bytes "
+                                     "received)", "deadline")
             _limit_socket_wait(response, min(self.settings.read_timeout, left))
             try:
                 chunk = response.read1(CHUNK_BYTES)

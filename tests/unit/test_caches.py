@@ -15,7 +15,7 @@ import pytest
 from idcfs.cache.disk import DiskCache, seal, unseal
 from idcfs.cache.memory import ByteLRU
 from idcfs.cache.sizes import TileSizes
-from idcfs.cache.tiles import TileCache, tile_key
+from idcfs.cache.tiles import Found, TileCache, tile_key
 from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.slides import SlideStore
 from idcfs.metrics import Metrics
@@ -205,7 +205,7 @@ def test_tiles_from_disk_go_to_the_tier_asked_for_and_count_as_hits(tmp_path: Pa
     tiles = TileCache(ByteLRU(1 << 20), ByteLRU(1 << 20), disk, QUALITY, metrics)
     assert tiles.from_disk(slide, frames, staged=True) == {frames[0]: b"one", frames[1]: b"two"}
     assert tiles.is_staged(slide, frames[0]) and tiles.is_staged(slide, frames[1])
-    assert metrics.value("disk_cache_hits") == 2
+    assert metrics.value("disk_cache.hits") == 2
     assert tiles.from_disk(slide, frames[2:], staged=False) == {}
 
 
@@ -217,16 +217,28 @@ def test_a_tile_stored_at_another_quality_is_not_served(tmp_path: Path) -> None:
     assert tile_cache(disk, quality=97).known_size(slide, frame) is None
 
 
-def test_tile_cache_shows_memory_figures_in_the_metrics() -> None:
+def test_a_lookup_says_which_tier_held_the_tile() -> None:
     metrics = Metrics()
     tiles = TileCache(ByteLRU(100), ByteLRU(50), None, QUALITY, metrics)
     slide = bare_slide()
     tiles.keep(slide, FrameRef("i", 1), b"1234", staged=False)
     tiles.keep(slide, FrameRef("i", 2), b"56", staged=True)
-    tiles.for_reading(slide, FrameRef("i", 1))
-    assert metrics.snapshot()["memory_cache"] == {
-        "hits": 1, "misses": 0, "bytes": 4, "max_bytes": 100}
     assert metrics.value("readahead_staged_bytes") == 2
+    assert tiles.lookup(slide, FrameRef("i", 1)) == Found(b"1234", "memory")
+    assert tiles.lookup(slide, FrameRef("i", 2)) == Found(b"56", "staged")
+    assert tiles.lookup(slide, FrameRef("i", 2)) == Found(b"56", "memory")  # moved on read
+    assert tiles.lookup(slide, FrameRef("i", 3)) is None
+    assert metrics.value("readahead_staged_bytes") == 0
+
+
+def test_disk_lookups_are_counted_per_tile(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path / "c", 1 << 20)
+    metrics = Metrics()
+    tiles = TileCache(ByteLRU(1 << 20), ByteLRU(1 << 20), disk, QUALITY, metrics)
+    slide, frames = bare_slide(), [FrameRef("instance", n) for n in (1, 2, 3)]
+    tiles.keep(slide, frames[0], b"one", staged=False)
+    tiles.from_disk(slide, frames, staged=False)
+    assert metrics.snapshot()["disk_cache"] == {"lookups": 3, "hits": 1, "misses": 2}
 
 
 @pytest.fixture

@@ -149,10 +149,10 @@ def test_a_second_read_is_a_memory_hit(jpeg_ybr: GeneratedSlide) -> None:
     rig = loader_for(jpeg_ybr)
     frame = rig.level0[0].frame
     first = rig.loader.tile(rig.slide, frame)
-    hits_before = rig.tiles.memory.hits
     assert rig.loader.tile(rig.slide, frame) == first
     assert len(rig.source.requests) == 1
-    assert rig.tiles.memory.hits == hits_before + 1
+    assert rig.metrics.snapshot()["memory_cache"] | {"bytes": 0} == {
+        "lookups": 2, "hits": 1, "misses": 1, "bytes": 0, "max_bytes": 32 << 20}
     rig.loader.close()
 
 
@@ -255,7 +255,7 @@ def test_a_new_loader_over_the_same_disk_serves_tiles_without_requests(
     assert [again.loader.known_size(again.slide, f) for f in frames] == [len(d) for d in served]
     assert [again.loader.tile(again.slide, frame) for frame in frames] == served
     assert again.source.requests == []
-    assert again.metrics.value("disk_cache_hits") == 12
+    assert again.metrics.value("disk_cache.hits") == 12
     again.loader.close()
 
 
@@ -318,7 +318,44 @@ def test_metrics_count_frames_and_requests_by_size(jpeg_ybr: GeneratedSlide) -> 
     rig.loader.fetch_claimed(rig.slide, rig.loader.claim_for_prefetch(rig.slide, frames))
     assert rig.metrics.value("frames_fetched") == 12
     assert rig.metrics.value("frames_per_request") == {1: 3, 9: 1}
-    assert rig.metrics.value("disk_cache_hits") == 0
+    assert rig.metrics.value("disk_cache.hits") == 0
+    requests = rig.metrics.snapshot()["frame_requests"]
+    assert (requests["sent"], requests["failed"], requests["in_flight"]) == (4, 0, 0)
+    assert requests["latency"]["count"] == 4
+    assert requests["latency"]["p50_ms"] <= requests["latency"]["p99_ms"]
+    assert rig.metrics.snapshot()["readahead"] == {
+        "landed_from_disk": 0, "landed_from_source": 9, "failed": 0, "abandoned": 0}
+    rig.loader.close()
+
+
+def test_each_tile_read_is_counted_once_by_where_it_came_from(
+        jpeg_ybr: GeneratedSlide) -> None:
+    """A read looks into memory up to three times (peek, tile, after its claim); each
+    finished read counts once, so lookups are reads, not looks into the LRU."""
+    rig = loader_for(jpeg_ybr)
+    frames = [tile.frame for tile in rig.level0]
+    assert rig.loader.cached(rig.slide, frames[0]) is None  # a miss alone is no read
+    rig.loader.tile(rig.slide, frames[0])  # source
+    rig.loader.cached(rig.slide, frames[0])  # memory
+    rig.loader.tile(rig.slide, frames[0])  # memory
+    rig.loader.fetch_claimed(rig.slide, rig.loader.claim_for_prefetch(rig.slide, frames[1:3]))
+    rig.loader.tile(rig.slide, frames[1])  # staged
+    rig.source.fail_next = [FetchError("HTTP 503")]
+    with pytest.raises(FetchError):
+        rig.loader.tile(rig.slide, frames[3])  # failed
+    owned = rig.loader.claim_for_prefetch(rig.slide, frames[4:5])
+    future = rig.loader.in_flight(rig.slide, frames[4])
+    assert future is not None
+    rig.loader.fetch_claimed(rig.slide, owned)
+    rig.loader.waited(rig.slide, frames[4], future)  # waited
+    statistics = rig.metrics.snapshot()
+    assert statistics["tile_reads"] == {
+        "memory": 2, "staged": 1, "waited": 1, "disk": 0, "source": 1, "failed": 1}
+    memory = statistics["memory_cache"]
+    assert (memory["lookups"], memory["hits"], memory["misses"]) == (6, 2, 4)
+    requests = statistics["frame_requests"]
+    assert (requests["sent"], requests["failed"]) == (4, 1)
+    assert sum(statistics["frames_per_request"].values()) == requests["sent"] - 1
     rig.loader.close()
 
 

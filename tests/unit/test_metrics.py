@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 
@@ -83,3 +84,25 @@ def test_a_name_is_one_kind_of_metric() -> None:
     assert metrics.counter("hits") is metrics.counter("hits")
     with pytest.raises(TypeError, match="hits is a Counter"):
         metrics.histogram("hits")
+
+
+def test_latency_percentiles_are_within_one_percent_in_bounded_memory() -> None:
+    latency = Metrics().latency("frame_requests.latency")
+    rng = random.Random(14)
+    durations = sorted(rng.lognormvariate(-4, 1.5) for _ in range(20_000))
+    for seconds in durations:
+        latency.add(seconds)
+    shown = latency.snapshot()
+    assert shown["count"] == len(durations)
+    for name, quantile in (("p50_ms", 0.50), ("p90_ms", 0.90), ("p99_ms", 0.99)):
+        exact = 1000 * durations[int(quantile * (len(durations) - 1))]
+        assert abs(shown[name] - exact) <= 0.011 * exact, (name, shown[name], exact)
+    assert shown["max_ms"] == round(1000 * durations[-1], 3)
+    assert len(latency._sketch._store.bins) <= 2048  # the bound, whatever the count
+
+
+def test_latency_counts_are_exact_under_concurrent_adds() -> None:
+    latency = Metrics().latency("frame_requests.latency")
+    run_in_threads(lambda: [latency.add(0.001) for _ in range(5_000)])
+    assert latency.snapshot()["count"] == THREADS * 5_000
+    assert Metrics().latency("empty").snapshot() == {"count": 0}

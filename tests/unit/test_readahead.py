@@ -89,7 +89,7 @@ class RecordingLoader(TileLoader):
 
 
 def scheduled(loader: RecordingLoader) -> int:
-    return int(loader.metrics.value("readahead_scheduled_tiles"))
+    return int(loader.metrics.value("readahead.scheduled_tiles"))
 
 
 def finish_queued(readahead: ReadAhead) -> None:
