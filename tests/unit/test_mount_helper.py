@@ -89,8 +89,8 @@ def test_commands_are_left_as_they_are() -> None:
 
 
 def test_status_line_counts_requests_of_either_kind_of_source() -> None:
-    dicomweb = {"fuse": {"reads_served": 12}, "frames_fetched": 40,
-                "source": {"description": URL, "requests_sent": 3}}
+    dicomweb = {"fuse": {"reads_served": 12}, "frames_fetched": 40, "requests_sent": 3,
+                "source": {"description": URL}}
     assert status_line(dicomweb) == ("serving: 12 reads answered, 40 frames fetched, "
                                      "3 requests sent")
     bucket = {"source": {"requests": {"GET": 5, "LIST": 2}}}
