@@ -143,9 +143,33 @@ def test_every_file_layout_serves_its_frames(folders: Path, layouts: dict[str, L
         tiles = _tile_files(folder)
         assert len(tiles) == len(layout.frames), name
         header = _header(layout.path)
+        shown = [path.stat().st_size for path in tiles]  # before any tile is read
+        served = []
         for number, (path, frame) in enumerate(zip(tiles, _frames_in_tile_order(layout),
                                                     strict=True), start=1):
-            _check_tile(path.read_bytes(), frame, header, f"{name} frame {number}")
+            served.append(path.read_bytes())
+            _check_tile(served[-1], frame, header, f"{name} frame {number}")
+        _check_foretold_sizes(layout, shown, [len(data) for data in served])
+
+
+FORETOLD_EXACTLY = {"eot", "tiff", "tiff_classic"}  # lengths without pad: exact sizes
+FORETOLD_WITH_PAD = {"bot", "odd_frames", "multi_fragment"}  # a BOT: pad and item headers
+
+
+def _check_foretold_sizes(layout: LayoutFile, shown: list[int], served: list[int]) -> None:
+    """Sizes shown before any read: foretold from the frame index where it needs no
+    scan (exact from EOT lengths or TIFF byte counts, at most the pad byte and item
+    headers more from a Basic Offset Table), else the placeholder."""
+    placeholder = layout.spec.tile_width * layout.spec.tile_height * 3
+    if layout.name in FORETOLD_EXACTLY:
+        assert shown == served, layout.name
+    elif layout.name in FORETOLD_WITH_PAD:
+        pairs = list(zip(served, shown, strict=True))
+        assert all(size <= bound < placeholder for size, bound in pairs), layout.name
+        if layout.name == "bot":
+            assert sum(bound - size for size, bound in pairs) <= len(served)
+    else:
+        assert set(shown) == {placeholder}, layout.name
 
 
 def _tile_files(folder: Path) -> list[Path]:
@@ -200,9 +224,11 @@ def test_the_converter_made_slide_from_s3(s3: RcloneS3Server, mount_idcfs: Mount
     level = series / "level-0"
     tiles = sorted(level.iterdir())
     assert len(tiles) == 117
+    shown = {path: path.stat().st_size for path in tiles}  # foretold from its TIFF tags
     for path in tiles[:: 7]:
         data = path.read_bytes()
         assert data.startswith(b"\xff\xd8") and data.endswith(b"\xff\xd9")
+        assert len(data) == shown[path]  # RGB with its own APP14: served as stored
         Image.open(path).load()
     assert (series / "label.jpg").read_bytes().startswith(b"\xff\xd8")
 

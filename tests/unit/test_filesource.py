@@ -237,3 +237,32 @@ def test_a_scan_block_that_fails_fails_the_read_that_needs_it() -> None:
         with pytest.raises(FetchError, match="injected failure at 2000"):
             reads(1500, 1000)
         reads.close()
+
+
+@pytest.mark.parametrize("name", ["eot", "tiff", "bot", "scan", "multi_fragment_scan"])
+def test_frame_sizes_are_told_before_any_frame_is_read(layouts: dict[str, LayoutFile],
+                                                       name: str) -> None:
+    """What a listing shows: every frame's stored length from a frame index that needs
+    no scan (exact without pad from EOT lengths and TIFF byte counts; with the pad from a
+    Basic Offset Table), with the first frame's header; nothing where only a scan tells,
+    and no scan made for it."""
+    layout = layouts[name]
+    source, _, store = folder_source(layout.path.parent)
+    instance = _only_instance(source, layout)
+    before = reads(store)
+    hints = source.frame_size_hints(instance)
+    lengths = [len(frame) for frame in layout.frames]
+    if name in ("eot", "tiff"):
+        assert hints is not None and list(hints.lengths) == lengths
+    elif name == "bot":
+        assert hints is not None
+        assert [bound - size for bound, size in zip(hints.lengths, lengths, strict=True)] == [
+            size % 2 for size in lengths]
+    else:
+        assert hints is None
+        assert reads(store) - before <= 3  # the offset table's item, no scan
+        return
+    assert layout.frames[0].startswith(hints.first_head[:64]) and hints.first_head
+    assert reads(store) - before <= 3
+    source.frames(instance, [1])  # the index is kept: the frame is one read
+    assert reads(store) - before <= 4

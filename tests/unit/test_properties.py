@@ -36,7 +36,7 @@ from idcfs.errors import FetchError, MetadataError
 from idcfs.slide.model import Slide
 from idcfs.slide.parse import parse_slide
 from idcfs.source.multipart import Part, parse_content_type, split_multipart
-from idcfs.tiles.convert import decode_frame, served_jpeg, to_8bit
+from idcfs.tiles.convert import decode_frame, served_growth, served_jpeg, to_8bit
 from idcfs.tiles.errors import TileDecodeError
 from idcfs.tiles.jpeg_markers import (
     SOI,
@@ -564,6 +564,30 @@ def test_stored_jpeg_keeps_its_bytes(frame: bytes, syntax_photometric: str | Non
     if not grey:
         rgb = PixelFormat(info.height, info.width, 3, 8, 8, 0, "RGB")
         assert served_jpeg(frame, rgb, BASELINE) == with_rgb_app14(frame)
+
+
+@limits(150)
+@given(baseline_jpegs(), st.sampled_from(["RGB", "YBR_FULL_422"]), st.booleans(),
+       st.integers(0, 4096))
+def test_served_size_is_foretold_from_the_header(frame: bytes, photometric: str,
+                                                 with_app14: bool, cut: int) -> None:
+    """The size a listing shows for a frame not fetched yet (its stored length plus
+    `served_growth` of its first bytes) is the size `served_jpeg` serves, whatever the
+    frame's APP segments; when the bytes held end before SOS it is not guessed."""
+    info = jpeg_info(frame)
+    assert info is not None
+    if info.components == 1:
+        photometric = "MONOCHROME2"
+    if with_app14:
+        frame = with_rgb_app14(frame)
+    pixels = PixelFormat(info.height, info.width, info.components, 8, 8, 0, photometric)
+    head = frame[:cut]
+    growth = served_growth(head, pixels, BASELINE)
+    scan = list(header_segments(frame))[-1].end
+    if cut >= scan:
+        assert growth is not None
+    if growth is not None:
+        assert len(frame) + growth == len(served_jpeg(frame, pixels, BASELINE))
 
 
 @limits(60, deadline_ms=5000)
