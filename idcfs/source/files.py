@@ -8,8 +8,8 @@ JSON (`idcfs.source.dicomfile`), so the slide model comes out as it does from DI
 An instance's frame index (offset tables, TIFF tags or a scan) is built when a level of
 it is listed if that takes no scan (`frame_size_hints`: the sizes its tiles show), else
 on its first frame read, and kept (in memory and, with `--cache-dir`, on disk), so it is
-built once; a scan is never made for a listing. A batch of frames is one ranged GET per run of consecutive frames
-(bounded in bytes), the runs of a batch in flight together.
+built once; a scan is never made for a listing. A batch of frames is one ranged GET per
+run of consecutive frames (bounded in bytes), the runs of a batch in flight together.
 
 An instance's location is `<key>#<size>`: the object and its size at listing time, so a
 remount served from the disk cache needs no listing, and a file that changed size is not
