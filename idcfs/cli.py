@@ -97,9 +97,10 @@ def http_url(text: str) -> str:
     """A DICOMweb base URL: http:// or https:// and a host (a bare host:port is refused
     here, in one line, rather than failing later as a server that cannot be reached)."""
     if not re.match(r"https?://[^/\s]", text.strip(), re.IGNORECASE):
-        example = f" (e.g. http://{text})" if "://" not in text else ""
+        shown = without_credentials(text)
+        example = f" (e.g. http://{shown})" if "://" not in text else ""
         raise argparse.ArgumentTypeError(
-            f"bad URL {text!r}: a DICOMweb URL starts with http:// or https://{example}")
+            f"bad URL {shown!r}: a DICOMweb URL starts with http:// or https://{example}")
     return text
 
 
