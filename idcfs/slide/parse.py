@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 from idcfs.dicom.dicom_json import (
     WSI_SOP_CLASS,
@@ -76,8 +76,7 @@ slide's one known Z if there is exactly one, else plane (1, 0.0), the first of t
 instances whose planes are known only by their TILED_FULL order (keys (1, index))."""
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):
     """Where one frame sits: plane key, optical path, tile column and row."""
 
     plane_key: PlaneKey
@@ -256,18 +255,22 @@ def _full_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]
     if usable < info.frame_count:
         log.warning("instance %s: %d of its %d frames lie beyond its %dx%d grid; ignored",
                     info.uid, info.frame_count - usable, info.frame_count, columns, rows)
-    for local in range(usable):
+    plane_keys = [_plane_key(plane, planes, z, spacing_um) for plane in range(planes)]
+    uid = info.uid
+    for local in range(usable):  # one pass per frame: kept lean (hundreds of thousands)
         index = offset + local
-        plane = (index // cells) % planes
-        path = paths[index // (cells * planes)]
-        if spacing_um is not None:
-            plane_key: PlaneKey = (0, _rounded_z((z or 0.0) + plane * spacing_um))
-        elif planes > 1:
-            plane_key = (1, float(plane))
-        else:
-            plane_key = (0, z) if z is not None else UNKNOWN_PLANE
-        frame = FrameRef(info.uid, local + 1)
-        yield Placement(plane_key, path, index % columns, (index // columns) % rows, frame)
+        cell, layer = index % cells, index // cells  # layer: plane + planes * path
+        yield Placement(plane_keys[layer % planes], paths[layer // planes], cell % columns,
+                        cell // columns, FrameRef(uid, local + 1))
+
+
+def _plane_key(plane: int, planes: int, z: float | None, spacing_um: float | None) -> PlaneKey:
+    """The key of focal plane `plane` of a TILED_FULL instance: its Z when known."""
+    if spacing_um is not None:
+        return (0, _rounded_z((z or 0.0) + plane * spacing_um))
+    if planes > 1:
+        return (1, float(plane))
+    return (0, z) if z is not None else UNKNOWN_PLANE
 
 
 def _frame_offset(meta: DicomJson, info: InstanceInfo, grid_frames: int) -> int:
@@ -386,10 +389,12 @@ def _grids(
 ) -> list[TileGrid]:
     grids: dict[tuple[int, str], dict[tuple[int, int], TilePosition]] = defaultdict(dict)
     for info in members:
-        for placement in placements[info.uid]:
-            cell = grids[(plane_index[placement.plane_key], placement.optical_path)]
-            tile = TilePosition(placement.column, placement.row, placement.frame)
-            cell.setdefault((placement.row, placement.column), tile)
+        cells: dict[tuple[PlaneKey, str], dict[tuple[int, int], TilePosition]] = {}
+        for plane_key, path, column, row, frame in placements[info.uid]:
+            cell = cells.get((plane_key, path))
+            if cell is None:
+                cell = cells[(plane_key, path)] = grids[(plane_index[plane_key], path)]
+            cell.setdefault((row, column), TilePosition(column, row, frame))
     ordered_keys = sorted(grids, key=lambda key: (key[0], _natural(key[1])))
     return [
         TileGrid(plane, path, [grids[(plane, path)][cell] for cell in sorted(grids[(plane, path)])])

@@ -155,6 +155,7 @@ class FileFrameSource:
     def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceMetadata]:
         """List the series' files and read every header, in parallel."""
         deadline = self._deadline()
+        self.store.preconnect(self.settings.parallel_reads)  # for the header reads
         objects = self.series_files.series_objects(study_uid, series_uid, deadline)
         headers = self._map(lambda info: self.headers.header(info, deadline), objects)
         found = [

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import queue
 import random
 import threading
 import time
@@ -76,6 +77,11 @@ class ObjectStore(Protocol):
 
     def size(self, key: str) -> int:
         """The size of object `key` in bytes."""
+        ...
+
+    def preconnect(self, count: int) -> None:
+        """Get up to `count` connections ready, without waiting, for requests about to
+        be sent together; best effort, never an error."""
         ...
 
     def close(self) -> None:
@@ -135,6 +141,9 @@ class LocalFolderStore:
     For DICOM files already on disk (a download by s5cmd, a mounted bucket) and for tests;
     reads use `os.pread`, so one file is shared by threads without a lock.
     """
+
+    def preconnect(self, count: int) -> None:
+        """Nothing to connect: reads are `pread`s."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -301,6 +310,41 @@ class HttpBucketStore:
 
     def statistics(self) -> dict[str, Any]:
         return self._counters.snapshot()
+
+    def preconnect(self, count: int) -> None:
+        """Open connections now, each on a thread of its own, so that up to `count`
+        requests sent together soon (the header reads after a series' listing) find one
+        open: their TCP (and TLS) set-up, a round trip each, overlaps the request before
+        them. urllib3 has no public call for this: the pool's queue of idle connections
+        (None for a slot not connected yet) is used as urllib3 itself uses it, and any
+        surprise there leaves the slots to connect when used."""
+        slots = getattr(self._pool, "pool", None)
+        if not isinstance(slots, queue.Queue):
+            return
+        idle, empty = [], []
+        try:
+            while len(idle) + len(empty) < count:
+                found = slots.get(block=False)
+                (empty if found is None else idle).append(found)
+        except queue.Empty:
+            pass
+        for connection in idle:
+            slots.put(connection, block=False)
+        for _ in empty:
+            threading.Thread(target=self._connect_slot, args=(slots,), daemon=True,
+                             name="idcfs-preconnect").start()
+
+    def _connect_slot(self, slots: queue.Queue[Any]) -> None:
+        connection = None
+        try:
+            connection = self._pool._new_conn()
+            connection.timeout = self.settings.connect_timeout  # never a slot held for long
+            connection.connect()
+        except Exception:  # best effort: the request given this slot connects itself
+            if connection is not None:
+                connection.close()
+            connection = None
+        _put_under(slots, connection)
 
     # -- reading ------------------------------------------------------------------
 
@@ -571,3 +615,18 @@ def _child_text(element: ElementTree.Element, name: str, default: str) -> str:
     found = _children(element, name)
     return (found[0].text or "").strip() if found else default
 
+
+def _put_under(slots: queue.Queue[Any], connection: Any) -> None:
+    """Put a slot back under the idle connections but over the empty slots (urllib3's
+    queue is last in, first out): a request takes a connection that has served one
+    before a new one, which may still be setting up its way to the server (through a
+    proxy), and a new one before an empty slot it would have to connect itself."""
+    with slots.mutex:
+        items = slots.queue
+        position = len(items)
+        if isinstance(slots, queue.LifoQueue):
+            while position and items[position - 1] is not None:
+                position -= 1
+        items.insert(position, connection)
+        slots.unfinished_tasks += 1
+        slots.not_empty.notify()

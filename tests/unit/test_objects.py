@@ -480,3 +480,48 @@ def test_folder_read_after_its_deadline_fails(folder: LocalFolderStore) -> None:
 def test_both_stores_are_object_stores(folder: LocalFolderStore, store: HttpBucketStore) -> None:
     stores: list[ObjectStore] = [folder, store]
     assert all(isinstance(one.description, str) for one in stores)
+
+
+def _until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    end = time.monotonic() + seconds
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_preconnect_opens_the_connections_parallel_reads_then_use(
+        fake: FakeS3, store: HttpBucketStore) -> None:
+    """Connections opened ahead (while a listing is under way) are the ones the header
+    reads sent together right after it use: no read opens one of its own."""
+    keys = sorted(fake.objects)
+    store.read(keys[0], 0, 10, soon())  # one connection, idle now
+    store.preconnect(4)
+    assert _until(lambda: fake.open_connections == 4)
+    with ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(lambda key: store.read(key, 0, 100, soon()), keys[:4]))
+    assert bodies == [fake.objects[key][:100] for key in keys[:4]]
+    assert fake.most_connections == 4
+    store.preconnect(4)  # all open already: nothing more
+    time.sleep(0.2)
+    assert fake.open_connections == 4
+
+
+def test_preconnect_is_bounded_by_the_pool_and_never_fails() -> None:
+    server = FakeS3()
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        store = HttpBucketStore(server.endpoint, BUCKET, BucketSettings(max_connections=3))
+        store.preconnect(50)
+        assert _until(lambda: server.open_connections == 3)
+        time.sleep(0.2)
+        assert server.most_connections == 3
+        store.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    dead = HttpBucketStore("http://127.0.0.1:9", BUCKET, FAST)  # nothing listens
+    dead.preconnect(4)  # no error; the slots come back
+    with pytest.raises(FetchError):
+        dead.read("series/0.dcm", 0, 10, soon(2))
+    dead.close()
