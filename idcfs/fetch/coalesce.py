@@ -62,8 +62,12 @@ class CoalesceSettings:
         """For sources that read frames by byte ranges (DICOM files in a bucket): a
         request costs the server its bytes only, not a parse of the instance, so demand
         reads of one instance go out at once, up to the connections, instead of waiting
-        for one of two shared requests."""
-        return cls(per_instance=connections, workers=connections)
+        for one of two shared requests; nor do they wait to gather others (frames that
+        are not adjacent would be separate ranged GETs anyway, in parallel), or wait
+        after a request for its readers' next asks: that would add to every random
+        read what a shared request saves only on a server that parses per request."""
+        return cls(per_instance=connections, workers=connections, gather_s=0.0,
+                   anticipate_fraction=0.0)
 
 
 class RequestCoalescer:
