@@ -1,4 +1,4 @@
-"""Load with an oracle (issue 12, 3): 64 readers through one mount for a minute while the
+"""Load with an oracle (issue 12, 3): 64 readers through one mount for 30 seconds while the
 relay injects faults on 10 % of the frame requests.
 
 Half the readers walk whole levels in order (read-ahead's case), half read random tiles
@@ -32,7 +32,7 @@ from tests.support.stress import (
     write_stress_slides,
 )
 
-SETTINGS = StressSettings(readers=64, walkers=32, seconds=60.0, fault_rate=0.1,
+SETTINGS = StressSettings(readers=64, walkers=32, seconds=30.0, fault_rate=0.1,
                           timeout_s=3.0, margin_s=2.0)
 
 
