@@ -26,6 +26,7 @@ or a running systemd; what they do is tested elsewhere where it can be.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -40,8 +41,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_mount_fstab import helper_bin  # noqa: F401  (fixture)
 from tests.e2e.test_mount_files import IDC_BUCKET, idc_series  # noqa: F401  (fixture)
+from tests.e2e.test_mount_fstab import helper_bin  # noqa: F401  (fixture)
 from tests.support.mounting import named
 from tests.support.orthanc import OrthancServer
 from tests.support.relay import HttpRelay
@@ -57,7 +58,8 @@ QUOTA_ANSWER = {"ip": "127.0.0.1", "bytes_used": 987654321, "fraction_used": 1.0
                 "date": "2025-01-02"}
 UNTESTED = {  # the first line of each sh block the tests do not run, and why
     "./scripts/install.sh": "apt-get and /opt: tests/e2e/test_install_script.py",
-    "idcfs mount ~/idc": "IDC itself is on the network; the tested blocks use a mirror",
+    "mkdir -p ~/idc && idcfs mount ~/idc": "IDC itself is on the network; the tested "
+                                           "blocks use a mirror",
     "idcfs mount --auth google": "needs Google's credentials and store; the flow is "
                                  "tested against a loopback token server in test_mount_auth.py",
     "systemctl enable --now": "needs a running systemd; test_systemd_unit.py runs the "
@@ -200,8 +202,9 @@ def environment(tmp_path: Path, helper_bin: Path, s3: RcloneS3Server,  # noqa: F
                if not name.startswith(("XDG_", "PYTHON"))}
     environ.update({
         "HOME": str(home), "PATH": f"{helper_bin}:{os.environ['PATH']}", RUN_MARK: mark,
-        "S3_ENDPOINT": s3.endpoint, "S3_PORT": str(s3.port), "STUDY": idc_study, "SERIES": idc_series_uid,
-        "DICOMWEB_URL": orthanc.dicomweb_url, "MY_STUDY": slide.study_uid, "MY_SERIES": slide.series_uid,
+        "S3_ENDPOINT": s3.endpoint, "S3_PORT": str(s3.port),
+        "STUDY": idc_study, "SERIES": idc_series_uid, "DICOMWEB_URL": orthanc.dicomweb_url,
+        "MY_STUDY": slide.study_uid, "MY_SERIES": slide.series_uid,
         "PRIVATE_URL": relays["private"].url + "/dicom-web", "API_KEY": API_KEY,
         "BEARER_URL": relays["bearer"].url + "/dicom-web", "TOKEN": TOKEN,
         "PROXY_URL": relays["proxy"].url + "/dicom-web",
@@ -244,10 +247,8 @@ def _marked_processes(mark: str) -> list[int]:
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 # --------------------------------------------------------------------------- running
