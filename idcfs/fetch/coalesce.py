@@ -56,6 +56,7 @@ class CoalesceSettings:
     workers: int = 8
     anticipate_fraction: float = 0.1
     anticipate_max_s: float = 0.05
+    inline: bool = False  # the reader whose frame opens a slot sends its request itself
 
     @classmethod
     def for_byte_ranges(cls, connections: int) -> CoalesceSettings:
@@ -65,9 +66,11 @@ class CoalesceSettings:
         for one of two shared requests; nor do they wait to gather others (frames that
         are not adjacent would be separate ranged GETs anyway, in parallel), or wait
         after a request for its readers' next asks: that would add to every random
-        read what a shared request saves only on a server that parses per request."""
+        read what a shared request saves only on a server that parses per request. The
+        reader that opens a slot sends from its own thread (`inline`): a hand-off to a
+        pool thread and back cost a random read two thread switches for nothing."""
         return cls(per_instance=connections, workers=connections, gather_s=0.0,
-                   anticipate_fraction=0.0)
+                   anticipate_fraction=0.0, inline=True)
 
 
 class RequestCoalescer:
@@ -85,7 +88,9 @@ class RequestCoalescer:
         self._executor = ThreadPoolExecutor(self.settings.workers, "idcfs-fetch")
 
     def submit(self, slide: Slide, owned: Batch) -> None:
-        """Queue claimed frames; never blocks. Their futures resolve when fetched."""
+        """Queue claimed frames. Their futures resolve when fetched. Never blocks, unless
+        `inline`: then the caller sends the request its frames open a slot for (and what
+        queues meanwhile) before it returns."""
         starts: list[Hashable] = []
         with self._lock:
             for frame, future in owned.items():
@@ -97,6 +102,11 @@ class RequestCoalescer:
                     queue.in_flight += 1
                     starts.append(key)
             self._arrived.notify_all()
+        if starts and self.settings.inline:
+            for key in starts[1:]:
+                self._start(key)
+            self._drain(starts[0])  # in the caller's thread, which waits for it anyway
+            return
         for key in starts:
             self._start(key)
 

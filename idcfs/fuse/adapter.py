@@ -190,8 +190,26 @@ class IdcfsOperations(pyfuse3.Operations):
         data = await self._content_at_open(node)
         if data is not None and len(data) != shown_size:
             _forget_cached_attributes(inode)
+        elif data is not None and not node.direct_io:
+            self._store_with_open(inode, data)
         return self._opened(OpenFile(inode, shown_size, data, page_cached=not node.direct_io),
                             direct_io=node.direct_io)
+
+    def _store_with_open(self, inode: int, data: bytes) -> None:
+        """Give the kernel's page cache the content of a file being opened, before the
+        open is answered, so the reads that follow are served there instead of by one
+        more request each. Only when the kernel holds exactly this size (the caller
+        checked) and no handle of the file is open: a store waits for a page a read has
+        locked, and such a read waits for this event loop; without an open handle no
+        read of the file can be under way."""
+        if self._open.is_open(inode):
+            return
+        try:
+            pyfuse3.notify_store(inode, 0, data)
+        except OSError as error:  # not known to the kernel (yet), or no stores at all
+            log.debug("no page-cache store for inode %d at open: %s", inode, error)
+            return
+        self._counts.stored_with_open.add()
 
     def _opened(self, opened: OpenFile, direct_io: bool = False) -> pyfuse3.FileInfo:
         handle = self._open.add(opened)

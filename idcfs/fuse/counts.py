@@ -33,6 +33,7 @@ class FuseCounts:
         self.page_cache_hits = metrics.counter("page_cache.hits")
         self.page_cache_misses = metrics.counter("page_cache.misses")
         self.page_cache_bypassed = metrics.counter("page_cache.bypassed")
+        self.stored_with_open = metrics.counter("page_cache.stored_with_open")
         self.errors = metrics.histogram("errors")
 
     def error(self, code: int, cause: str = "") -> pyfuse3.FUSEError:

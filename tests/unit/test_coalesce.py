@@ -164,15 +164,25 @@ def test_a_slot_waits_for_its_readers_to_ask_again(anticipate: bool) -> None:
 
 
 def test_byte_range_sources_send_each_demand_read_at_once() -> None:
-    """With `for_byte_ranges(8)`, 8 readers arriving one after another while the first
-    requests are out each get a request of their own, all 8 in flight together."""
+    """With `for_byte_ranges(8)`, 8 readers (each in its own thread, as FUSE requests
+    are) arriving one after another while the first requests are out each get a request
+    of their own, all 8 in flight together, each sent from the reader's own thread."""
     server = CountingServer(delay=0.5)
     coalescer = RequestCoalescer(server.run, server.abandon, CoalesceSettings.for_byte_ranges(8))
     futures = {number: Future() for number in range(1, 9)}
-    for number, future in futures.items():
-        coalescer.submit(FakeSlide(), {FrameRef("instance", number): future})  # type: ignore[arg-type]
+    senders: list[str] = []
+
+    def read(number: int) -> None:
+        coalescer.submit(FakeSlide(), {FrameRef("instance", number): futures[number]})  # type: ignore[arg-type]
+        assert futures[number].done()  # inline: sent, and landed, before submit returned
+        senders.append(threading.current_thread().name)
+
+    readers = [threading.Thread(target=read, args=(n,), name=f"reader-{n}") for n in futures]
+    for reader in readers:
+        reader.start()
         time.sleep(0.01)
-    for future in futures.values():
-        future.result(timeout=10)
+    for reader in readers:
+        reader.join(timeout=10)
     assert server.most == 8 and len(server.batches) == 8, server.batches
+    assert sorted(senders) == sorted(reader.name for reader in readers)
     coalescer.close()
