@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.expected import frames_by_path
-from tests.support.fixtures import NO_ORTHANC
-from tests.support.orthanc import OrthancServer, orthanc_available
-from tests.support.slides import GeneratedSlide, generate_test_slides
+from tests.support import one_slide
+from tests.support.orthanc import OrthancServer
+from tests.support.slides import GeneratedSlide
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 TILE = "level-0/0_0.jpg"
@@ -32,19 +31,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def slide(tmp_path_factory: pytest.TempPathFactory) -> GeneratedSlide:
-    (generated,) = generate_test_slides(tmp_path_factory.mktemp("install-slides"), ["jpeg_ybr"])
-    return generated
-
-
-@pytest.fixture(scope="module")
-def server(slide: GeneratedSlide) -> Iterator[OrthancServer]:
-    if not orthanc_available():
-        pytest.skip(NO_ORTHANC)
-    with OrthancServer() as orthanc:
-        orthanc.upload(slide.files)
-        yield orthanc
+slide = one_slide.slide  # the module's fixtures
+server = one_slide.server
 
 
 @pytest.fixture
@@ -82,4 +70,4 @@ umount "{mountpoint}"
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"python: {os.path.realpath('/usr/bin/python3')}" in result.stdout
     assert "nobody: idcfs " in result.stdout
-    assert copy.read_bytes() == frames_by_path(server.dicomweb_url, slide, nested=False)[TILE]
+    assert copy.read_bytes() == one_slide.stored_tile(server, slide, TILE)

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.expected import frames_by_path
-from tests.support.fixtures import NO_ORTHANC
+from tests.support import one_slide
 from tests.support.mounting import run_idcfs
-from tests.support.orthanc import OrthancServer, orthanc_available
-from tests.support.slides import GeneratedSlide, generate_test_slides
+from tests.support.orthanc import OrthancServer
+from tests.support.slides import GeneratedSlide
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -39,25 +38,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def slide(tmp_path_factory: pytest.TempPathFactory) -> GeneratedSlide:
-    (generated,) = generate_test_slides(tmp_path_factory.mktemp("fstab-slides"), ["jpeg_ybr"])
-    return generated
-
-
-@pytest.fixture(scope="module")
-def server(slide: GeneratedSlide) -> Iterator[OrthancServer]:
-    if not orthanc_available():
-        pytest.skip(NO_ORTHANC)
-    with OrthancServer() as orthanc:
-        orthanc.upload(slide.files)
-        yield orthanc
+slide = one_slide.slide  # the module's fixtures
+server = one_slide.server
 
 
 @pytest.fixture(scope="module")
 def expected(server: OrthancServer, slide: GeneratedSlide) -> bytes:
     """The tile as stored, fetched straight from Orthanc."""
-    return frames_by_path(server.dicomweb_url, slide, nested=False)[TILE]
+    return one_slide.stored_tile(server, slide, TILE)
 
 
 @pytest.fixture

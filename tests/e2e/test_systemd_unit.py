@@ -19,35 +19,23 @@ from pathlib import Path
 import pytest
 
 from idcfs.cli import is_mounted
-from tests.support.expected import frames_by_path
-from tests.support.fixtures import NO_ORTHANC
+from tests.support import one_slide
 from tests.support.mounting import Mount, run_idcfs, series_dir
-from tests.support.orthanc import OrthancServer, orthanc_available
-from tests.support.slides import GeneratedSlide, generate_test_slides
+from tests.support.orthanc import OrthancServer
+from tests.support.slides import GeneratedSlide
 from tests.support.units import REPOSITORY, UnitRunner, read_unit
 
 WAIT_S = 60.0
 TILE = "level-0/0_0.jpg"
 
 
-@pytest.fixture(scope="module")
-def slide(tmp_path_factory: pytest.TempPathFactory) -> GeneratedSlide:
-    (generated,) = generate_test_slides(tmp_path_factory.mktemp("unit-slides"), ["jpeg_ybr"])
-    return generated
-
-
-@pytest.fixture(scope="module")
-def server(slide: GeneratedSlide) -> Iterator[OrthancServer]:
-    if not orthanc_available():
-        pytest.skip(NO_ORTHANC)
-    with OrthancServer() as orthanc:
-        orthanc.upload(slide.files)
-        yield orthanc
+slide = one_slide.slide  # the module's fixtures
+server = one_slide.server
 
 
 @pytest.fixture(scope="module")
 def expected(server: OrthancServer, slide: GeneratedSlide) -> bytes:
-    return frames_by_path(server.dicomweb_url, slide, nested=False)[TILE]
+    return one_slide.stored_tile(server, slide, TILE)
 
 
 class NotifyListener:
