@@ -29,9 +29,9 @@ import pytest
 
 from idcfs.cli import is_mounted
 from tests.support.expected import frames_by_path
-from tests.support.fixtures import NO_ORTHANC
+from tests.support.fixtures import orthanc_holding
 from tests.support.mounting import Mount, idcfs_command, run_idcfs, series_dir
-from tests.support.orthanc import OrthancServer, orthanc_available
+from tests.support.orthanc import OrthancServer
 from tests.support.relay import HttpRelay
 from tests.support.slides import (
     GeneratedSlide,
@@ -63,10 +63,8 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> Slides:
 
 @pytest.fixture(scope="module")
 def server(slides: Slides) -> Iterator[OrthancServer]:
-    if not orthanc_available():
-        pytest.skip(NO_ORTHANC)
-    with OrthancServer() as orthanc:
-        orthanc.upload([*slides.ybr.files, *slides.walk.files, *slides.broken.files])
+    with orthanc_holding([*slides.ybr.files, *slides.walk.files,
+                          *slides.broken.files]) as orthanc:
         yield orthanc
 
 

@@ -25,9 +25,9 @@ from pydicom.encaps import generate_frames
 
 from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.tiles.convert import psnr
-from tests.support.fixtures import NO_ORTHANC
+from tests.support.fixtures import orthanc_holding
 from tests.support.mounting import series_dir
-from tests.support.orthanc import OrthancServer, orthanc_available
+from tests.support.orthanc import OrthancServer
 from tests.support.slides import GeneratedSlide, converter_quirks
 
 
@@ -38,10 +38,7 @@ def quirks_slide(tmp_path_factory: pytest.TempPathFactory) -> GeneratedSlide:
 
 @pytest.fixture(scope="module")
 def quirks_server(quirks_slide: GeneratedSlide) -> Iterator[OrthancServer]:
-    if not orthanc_available():
-        pytest.skip(NO_ORTHANC)
-    with OrthancServer() as server:
-        server.upload(quirks_slide.files)
+    with orthanc_holding(quirks_slide.files) as server:
         yield server
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.expected import frames_by_path
-from tests.support.fixtures import NO_ORTHANC
+from tests.support.fixtures import orthanc_holding
 from tests.support.mounting import idcfs_command, run_idcfs, series_dir, stop_mount
-from tests.support.orthanc import OrthancServer, orthanc_available
+from tests.support.orthanc import OrthancServer
 from tests.support.relay import HttpRelay
 from tests.support.slides import GeneratedSlide, generate_test_slides, write_pyramid
 
@@ -52,10 +52,7 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> Slides:
 
 @pytest.fixture(scope="module")
 def server(slides: Slides) -> Iterator[OrthancServer]:
-    if not orthanc_available():
-        pytest.skip(NO_ORTHANC)
-    with OrthancServer() as orthanc:
-        orthanc.upload([*slides.ybr.files, *slides.walk.files])
+    with orthanc_holding([*slides.ybr.files, *slides.walk.files]) as orthanc:
         yield orthanc
 
 

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.fixtures import NO_ORTHANC
-from tests.support.orthanc import OrthancServer, orthanc_available
+from tests.support.fixtures import orthanc_holding
+from tests.support.orthanc import OrthancServer
 from tests.support.relay import HttpRelay
 from tests.support.slides import GeneratedSlide
 from tests.support.stress import (
@@ -43,10 +43,7 @@ def stress_slides(tmp_path_factory: pytest.TempPathFactory) -> list[GeneratedSli
 
 @pytest.fixture(scope="module")
 def stress_server(stress_slides: list[GeneratedSlide]) -> Iterator[OrthancServer]:
-    if not orthanc_available():
-        pytest.skip(NO_ORTHANC)
-    with OrthancServer() as server:
-        server.upload(path for slide in stress_slides for path in slide.files)
+    with orthanc_holding(path for slide in stress_slides for path in slide.files) as server:
         yield server
 
 

@@ -6,7 +6,8 @@ skipped (with the reason) only when the Orthanc binary or its DICOMweb plugin is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,14 +31,22 @@ def test_slides(tmp_path_factory: pytest.TempPathFactory) -> list[GeneratedSlide
     return generate_test_slides(tmp_path_factory.mktemp("slides"))
 
 
-@pytest.fixture(scope="session")
-def orthanc(test_slides: list[GeneratedSlide]) -> Iterator[OrthancServer]:
-    """A running Orthanc holding every generated slide and every real test file."""
+@contextmanager
+def orthanc_holding(files: Iterable[Path]) -> Iterator[OrthancServer]:
+    """A running Orthanc of its own holding `files` (the test is skipped, saying why,
+    when Orthanc is not installed); stopped on leaving."""
     if not orthanc_available():
         pytest.skip(NO_ORTHANC)
     with OrthancServer() as server:
-        server.upload([path for slide in test_slides for path in slide.files])
-        server.upload(real_files())
+        server.upload(list(files))
+        yield server
+
+
+@pytest.fixture(scope="session")
+def orthanc(test_slides: list[GeneratedSlide]) -> Iterator[OrthancServer]:
+    """A running Orthanc holding every generated slide and every real test file."""
+    with orthanc_holding([*(path for slide in test_slides for path in slide.files),
+                          *real_files()]) as server:
         yield server
 
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.expected import frames_by_path
-from tests.support.fixtures import NO_ORTHANC
-from tests.support.orthanc import OrthancServer, orthanc_available
+from tests.support.fixtures import orthanc_holding
+from tests.support.orthanc import OrthancServer
 from tests.support.slides import GeneratedSlide, generate_test_slides
 
 
@@ -22,10 +22,7 @@ def slide(tmp_path_factory: pytest.TempPathFactory) -> GeneratedSlide:
 
 @pytest.fixture(scope="module")
 def server(slide: GeneratedSlide) -> Iterator[OrthancServer]:
-    if not orthanc_available():
-        pytest.skip(NO_ORTHANC)
-    with OrthancServer() as orthanc:
-        orthanc.upload(slide.files)
+    with orthanc_holding(slide.files) as orthanc:
         yield orthanc
 
 
