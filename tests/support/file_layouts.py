@@ -179,14 +179,31 @@ def tiff_header(big: bool, ifd_offset: int) -> bytes:
     return b"II*\0" + struct.pack("<L", ifd_offset)
 
 
-def _image_entries(spec: InstanceSpec, offsets: Sequence[int], counts: Sequence[int],
+@dataclass(frozen=True)
+class TiledImage:
+    """What a TIFF directory says of a tiled image besides where its tiles are."""
+
+    width: int
+    height: int
+    samples: int
+    transfer_syntax: str
+    tile_width: int
+    tile_height: int
+
+    @classmethod
+    def of_spec(cls, spec: InstanceSpec) -> TiledImage:
+        return cls(spec.width, spec.height, spec.codec.samples, spec.codec.transfer_syntax,
+                   spec.tile_width, spec.tile_height)
+
+
+def _image_entries(image: TiledImage, offsets: Sequence[int], counts: Sequence[int],
                    big: bool) -> list[tuple[int, int, Sequence[int]]]:
     long_kind = 16 if big else 4
     return [
-        (256, 4, [spec.width]), (257, 4, [spec.height]), (258, 3, [8] * spec.codec.samples),
-        (259, 3, [TIFF_COMPRESSION.get(spec.codec.transfer_syntax, 1)]), (262, 3, [2]),
-        (277, 3, [spec.codec.samples]), (284, 3, [1]), (322, 3, [spec.tile_width]),
-        (323, 3, [spec.tile_height]), (324, long_kind, offsets), (325, long_kind, counts),
+        (256, 4, [image.width]), (257, 4, [image.height]), (258, 3, [8] * image.samples),
+        (259, 3, [TIFF_COMPRESSION.get(image.transfer_syntax, 1)]), (262, 3, [2]),
+        (277, 3, [image.samples]), (284, 3, [1]), (322, 3, [image.tile_width]),
+        (323, 3, [image.tile_height]), (324, long_kind, offsets), (325, long_kind, counts),
     ]
 
 
@@ -235,10 +252,11 @@ def write_dual_personality(path: Path, spec: InstanceSpec, *, big: bool = True,
     """A DICOM-TIFF file: no offset table, a TIFF header in the preamble and the IFD(s)
     in a trailing padding element; `offset_shift` moves every TileOffsets value."""
     pixels = encapsulate(spec.frames, bot=False)
+    image = TiledImage.of_spec(spec)
     counts = pixels.frame_lengths
-    directories = [_image_entries(spec, [0] * len(counts), counts, big)]
+    directories = [_image_entries(image, [0] * len(counts), counts, big)]
     if decoy:  # a one-tile image first, as a thumbnail IFD would be
-        directories.insert(0, _image_entries(spec, [0], [counts[0]], big))
+        directories.insert(0, _image_entries(image, [0], [counts[0]], big))
     size = len(tiff_directories(big, 0, directories))
     ds = build_dataset(spec)
     _set_pixels(ds, pixels.value)
@@ -248,9 +266,9 @@ def write_dual_personality(path: Path, spec: InstanceSpec, *, big: bool = True,
     value_at = ifd_at - 12 - 8 - len(pixels.value)
     assert data[value_at - 12 : value_at - 8] == b"\xe0\x7f\x10\x00", "Pixel Data not found"
     offsets = [value_at + starts[0] + offset_shift for starts in pixels.fragment_offsets]
-    directories[-1] = _image_entries(spec, offsets, counts, big)
+    directories[-1] = _image_entries(image, offsets, counts, big)
     if decoy:
-        directories[0] = _image_entries(spec, [offsets[0]], [counts[0]], big)
+        directories[0] = _image_entries(image, [offsets[0]], [counts[0]], big)
     ifds = tiff_directories(big, ifd_at, directories)
     data[ifd_at : ifd_at + len(ifds)] = ifds
     data[: 16 if big else 8] = tiff_header(big, ifd_at)
@@ -394,17 +412,11 @@ def add_tiff_personality(path: Path, big: bool = True) -> Path:
 
     ds = pydicom.dcmread(path)
     frames = int(ds.NumberOfFrames)
-    columns, rows = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
-    long_kind = 16 if big else 4
-
-    def entries(offsets: Sequence[int], counts: Sequence[int]) -> list:
-        return [(256, 4, [columns]), (257, 4, [rows]), (258, 3, [8] * int(ds.SamplesPerPixel)),
-                (259, 3, [TIFF_COMPRESSION.get(ds.file_meta.TransferSyntaxUID, 1)]),
-                (262, 3, [2]), (277, 3, [int(ds.SamplesPerPixel)]), (284, 3, [1]),
-                (322, 3, [int(ds.Columns)]), (323, 3, [int(ds.Rows)]),
-                (324, long_kind, offsets), (325, long_kind, counts)]
-
-    size = len(tiff_directories(big, 0, [entries([0] * frames, [0] * frames)]))
+    image = TiledImage(int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows),
+                       int(ds.SamplesPerPixel), str(ds.file_meta.TransferSyntaxUID),
+                       int(ds.Columns), int(ds.Rows))
+    size = len(tiff_directories(big, 0, [_image_entries(image, [0] * frames, [0] * frames,
+                                                        big)]))
     ds.DataSetTrailingPadding = b"\0" * (size + size % 2)
     ds.save_as(path)
     data = bytearray(path.read_bytes())
@@ -416,7 +428,7 @@ def add_tiff_personality(path: Path, big: bool = True) -> Path:
     offsets = [position.content_start for position in index]
     counts = [position.content_bound - (data[position.end - 1] == 0) for position in index]
     ifd_at = len(data) - len(ds.DataSetTrailingPadding)
-    ifds = tiff_directories(big, ifd_at, [entries(offsets, counts)])
+    ifds = tiff_directories(big, ifd_at, [_image_entries(image, offsets, counts, big)])
     data[ifd_at : ifd_at + len(ifds)] = ifds
     data[: 16 if big else 8] = tiff_header(big, ifd_at)
     path.write_bytes(bytes(data))
