@@ -149,18 +149,16 @@ def with_rgb_app14(frame: bytes) -> bytes:
 
 def rgb_app14_growth(header: bytes) -> int | None:
     """How many bytes `with_rgb_app14` adds to (or, dropping JFIF, takes from) a frame
-    whose header is this, from the header alone (SOI up to SOS); None when `header`
-    ends before its SOS."""
+    whose header is this: what it does to the header alone (SOI up to SOS), since it
+    edits nothing after; None when `header` ends before its SOS."""
     segments = list(header_segments(header))
     if not segments or segments[-1].marker != SOS:
         return None
-    info = jpeg_info(header)
-    if info is None:
+    head = header[: segments[-1].end]
+    try:
+        return len(with_rgb_app14(head)) - len(head)
+    except TileDecodeError:
         return None
-    if info.has_app14 and not info.has_jfif:
-        return 0
-    dropped = sum(s.end - s.start for s in segments if _is_jfif(header, s))
-    return (0 if info.has_app14 else len(ADOBE_RGB_SEGMENT)) - dropped
 
 
 def _is_jfif(data: bytes, segment: Segment) -> bool:
