@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.encaps import parse_basic_offsets
 from pydicom.uid import UID
 
@@ -421,9 +422,9 @@ def _dicom_json(dataset: Any, syntax: UID) -> dict[str, Any]:
     meta's TransferSyntaxUID, which DICOMweb metadata may lack. pydicom's conversion
     costs about 1 ms per 50 elements; the specimen, equipment and coding-scheme
     sequences of a converter's file were half of it, for nothing served."""
-    for element in list(dataset):
-        if element.VR == "SQ" and int(element.tag) not in KEPT_SEQUENCES:
-            del dataset[element.tag]
+    for tag in list(dataset.keys()):
+        if int(tag) not in KEPT_SEQUENCES and _raw_vr(dataset, tag) == "SQ":
+            del dataset[tag]
     try:
         tree = dataset.to_json_dict(bulk_data_threshold=BULK_THRESHOLD,
                                     bulk_data_element_handler=lambda _element: _DROPPED)
@@ -433,6 +434,18 @@ def _dicom_json(dataset: Any, syntax: UID) -> dict[str, Any]:
     _drop_bulk(tree)
     tree["00020010"] = {"vr": "UI", "Value": [str(syntax)]}
     return tree
+
+
+def _raw_vr(dataset: Any, tag: Any) -> str | None:
+    """The element's VR without converting its value (`get_item` leaves it raw): a
+    sequence dropped unread costs nothing, where `dataset[tag]` would parse it first."""
+    vr = dataset.get_item(tag).VR
+    if vr is not None:
+        return str(vr)
+    try:  # implicit VR: the dictionary's (a private tag has none)
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
 
 
 def _drop_bulk(tree: dict[str, Any]) -> None:
