@@ -131,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     unmount.add_argument("-z", "--lazy", action="store_true",
                          help="detach now even while a process still uses the mount (a "
                          "shell sitting in it); it goes once the last one lets go")
-    from idcfs.commands import prefetch  # here: it uses this module's helpers
+    from idcfs.commands import prefetch, view  # here: they use this module's helpers
 
     prefetch.add_parser(commands)
+    view.add_parser(commands)
     stats_command.add_parser(commands)
     return parser
 
@@ -244,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from idcfs.commands import prefetch
 
         raise SystemExit(prefetch.run(args))
+    elif args.command == "view":
+        from idcfs.commands import view
+
+        view.run(args)
     elif args.command == "stats":
         try:
             stats_command.run(args.mountpoint, args.json, args.watch)
