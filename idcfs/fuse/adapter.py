@@ -310,7 +310,9 @@ class IdcfsOperations(pyfuse3.Operations):
     # kernel then stops sending them, saving a round trip per close() and per `ls -l` entry.
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
-        return None
+        """Nodes answered on lookup (not listed) are dropped once the kernel forgets
+        them; listed ones stay (`Tree.forget`)."""
+        self.tree.forget(inode_list)
 
 
 async def _until_done(future: Future[bytes]) -> None:
