@@ -140,10 +140,8 @@ class RegionFile(FetchedFile):
                  size: tuple[int, int]) -> None:
         super().__init__(IMAGE_FILE, default_placeholder(size[0], size[1], 3))
         self.reader = reader
-        plane, path = grid_key
-        key = (f"iiif/{slide.series_uid}/{plane}/{path}/{region.x},{region.y},"
-               f"{region.width},{region.height}/{size[0]},{size[1]}")
-        self._request = (slide, grid_key, region, size[0], size[1], key)
+        # the reader's cache key holds series, grid, region, size and quality already
+        self._request = (slide, grid_key, region, size[0], size[1], "iiif")
 
     def fetch(self) -> bytes:
         return self.reader.jpeg(*self._request)
