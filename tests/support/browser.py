@@ -31,9 +31,11 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 VIEW_SIZE = (320, 240)  # the viewer element, CSS pixels (device scale factor 1)
 LOAD_TIMEOUT_MS = 60_000
 BACKGROUND = (0, 0, 0)  # the page's background, seen around a slide that does not fill it
-MIN_PSNR_DB = 30.0
-"""A view scores at least this against wsidicom's (measured in test_browser_harness.py,
-which also checks that wrong views score below it)."""
+MIN_PSNR_DB = 33.0
+"""A view scores at least this against wsidicom's. Measured: correct views 34.1-43.9 dB
+(a static pyramid, test_browser_harness.py) and 37.4-57.6 (the mount's views,
+test_browser.py); wrong ones at most 29.7 (the other focal plane), 27.5 (a level 8x too
+coarse), 22.9 (colours swapped), 19.7 (2 screen pixels off)."""
 
 
 def missing() -> str | None:
