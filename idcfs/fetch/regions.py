@@ -126,7 +126,9 @@ class RegionReader:
     def pixels(self, slide: Slide, grid_key: GridKey, region: Region, out_width: int,
                out_height: int) -> np.ndarray:
         """The region as 8-bit pixels, `out_height` x `out_width` (x 3 for colour, RGB),
-        from the fewest stored tiles of `level_for` (see the module docstring).
+        from the fewest stored tiles of `level_for` (see the module docstring). Callers
+        clip regions to the image; a part outside it (a DeepZoom edge tile of an
+        odd-sized level) repeats the image's edge pixels.
         RegionTooLarge above the bound, ValueError for an empty region or size,
         FetchError / DecodeError from the frames."""
         area = self.source_area(slide, grid_key, region, out_width, out_height)
@@ -186,7 +188,7 @@ class RegionReader:
         RegionTooLarge above the bound (logged and counted: `regions.refused`)."""
         if out_width < 1 or out_height < 1:
             raise ValueError(f"output size {out_width}x{out_height} is empty")
-        region = _clipped(region, slide.levels[0])
+        _check_inside(region, slide.levels[0])
         scale = min(region.width / out_width, region.height / out_height)
         level = self.level_for(slide, grid_key, scale)
         area = _area(level, slide.levels[0], region)
@@ -284,24 +286,23 @@ def _grid(level: Level, grid_key: GridKey) -> TileGrid | None:
                  if (grid.plane_index, grid.optical_path) == grid_key), None)
 
 
-def _clipped(region: Region, base: Level) -> Region:
-    """The region within the image (callers clip already; this keeps the reader safe);
-    ValueError when nothing of it is inside."""
-    left, top = max(0, region.x), max(0, region.y)
-    right = min(base.width, region.x + region.width)
-    bottom = min(base.height, region.y + region.height)
-    if right <= left or bottom <= top:
-        raise ValueError(f"region {tuple(region)} is outside the {base.width}x{base.height} "
-                         "image or empty")
-    return Region(left, top, right - left, bottom - top)
+def _check_inside(region: Region, base: Level) -> None:
+    """ValueError for a region with no pixel inside the image."""
+    if (region.width < 1 or region.height < 1 or region.x >= base.width
+            or region.y >= base.height or region.x + region.width <= 0
+            or region.y + region.height <= 0):
+        raise ValueError(f"region {tuple(region)} is empty or outside the "
+                         f"{base.width}x{base.height} image")
 
 
 def _area(level: Level, base: Level, region: Region) -> SourceArea:
-    """The level pixels under `region` and the tiles holding them."""
+    """The level pixels under `region` (its part inside the image) and the tiles
+    holding them."""
     scale_x, scale_y = level.width / base.width, level.height / base.height
     box = (region.x * scale_x, region.y * scale_y, (region.x + region.width) * scale_x,
            (region.y + region.height) * scale_y)
-    left, top = math.floor(box[0]), math.floor(box[1])
+    left = min(level.width - 1, max(0, math.floor(box[0])))
+    top = min(level.height - 1, max(0, math.floor(box[1])))
     right = max(left + 1, min(level.width, math.ceil(box[2] - 1e-9)))
     bottom = max(top + 1, min(level.height, math.ceil(box[3] - 1e-9)))
     columns = range(left // level.tile_width, (right - 1) // level.tile_width + 1)
@@ -323,13 +324,22 @@ def _blank(pixels: PixelFormat, width: int, height: int) -> np.ndarray:
 
 def _resized(canvas: np.ndarray, area: SourceArea, out_width: int, out_height: int) -> np.ndarray:
     """The area's box of the canvas at the output size: cut when it is whole pixels of
-    that size, else resized (Lanczos over exactly the box)."""
-    box = (area.box[0] - area.left, area.box[1] - area.top,
-           min(area.width, area.box[2] - area.left), min(area.height, area.box[3] - area.top))
+    that size, else resized (Lanczos over exactly the box). A box past the image's edge
+    takes the edge pixels repeated, as `vips dzsave` extends an odd-sized level."""
+    box = [area.box[0] - area.left, area.box[1] - area.top,
+           area.box[2] - area.left, area.box[3] - area.top]
+    before = (max(0, math.ceil(-box[1])), max(0, math.ceil(-box[0])))
+    after = (max(0, math.ceil(box[3] - 1e-9) - area.height),
+             max(0, math.ceil(box[2] - 1e-9) - area.width))
+    if any(before) or any(after):
+        widths = [(before[0], after[0]), (before[1], after[1])] + [(0, 0)] * (canvas.ndim - 2)
+        canvas = np.pad(canvas, widths, mode="edge")
+        box = [box[0] + before[1], box[1] + before[0], box[2] + before[1], box[3] + before[0]]
     whole = [round(value) for value in box]
     if (all(abs(value - rounded) < 1e-6 for value, rounded in zip(box, whole, strict=True))
             and (whole[2] - whole[0], whole[3] - whole[1]) == (out_width, out_height)):
         return np.ascontiguousarray(canvas[whole[1]:whole[3], whole[0]:whole[2]])
     image = Image.fromarray(canvas)
-    resized = image.resize((out_width, out_height), Image.Resampling.LANCZOS, box=box)
+    resized = image.resize((out_width, out_height), Image.Resampling.LANCZOS,
+                           box=(box[0], box[1], box[2], box[3]))
     return np.asarray(resized)

@@ -192,6 +192,16 @@ def test_a_region_of_only_missing_tiles_sends_nothing(test_slides: list[Generate
     assert setup.source.requests == []
 
 
+def test_a_region_past_the_edge_repeats_the_edge_pixels(jpeg_ybr: GeneratedSlide) -> None:
+    setup = reader_for(jpeg_ybr)  # 1000 x 700
+    shown = setup.reader.pixels(setup.slide, BRIGHTFIELD, Region(992, 696, 16, 8), 16, 8)
+    inside = setup.reader.pixels(setup.slide, BRIGHTFIELD, Region(992, 696, 8, 4), 8, 4)
+    assert np.array_equal(shown[:4, :8], inside)
+    assert (shown[:4, 8:] == inside[:, 7:8]).all() and (shown[4:] == shown[3:4]).all()
+    with pytest.raises(ValueError, match="outside"):
+        setup.reader.pixels(setup.slide, BRIGHTFIELD, Region(1000, 0, 8, 8), 8, 8)
+
+
 # -- the bound ------------------------------------------------------------------------
 
 
