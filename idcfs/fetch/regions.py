@@ -4,7 +4,9 @@ the views that show more than stored tiles (DeepZoom, IIIF, tissue masks).
 A region is given in full-resolution (level-0) pixels and an output size; its scale is
 how many level-0 pixels one output pixel covers. It is read from the smallest stored
 level that is fine enough (`level_for`: downsample <= scale, 1 % tolerance), only the
-stored tiles the region touches on that level, fetched through the `TileLoader` in one
+stored tiles the region touches on that level: those the tile caches hold when their
+served bytes are the stored frames (8-bit baseline JPEG: a render after reading or
+prefetching a level sends nothing), the others fetched through the `TileLoader` in one
 counted request per batch of frames of an instance (`TileLoader.stored_frames`), decoded
 and pasted on a canvas (`idcfs.tiles.compose`), scaled to 8 bits, cut to the region and
 resized with Lanczos (Pillow's resize with a box: sub-pixel exact, each output pixel
@@ -37,6 +39,7 @@ import cachetools
 import numpy as np
 from PIL import Image
 
+from idcfs.cache.tiles import tile_key
 from idcfs.dicom.pixels import PixelFormat
 from idcfs.errors import DecodeError, NotFoundError, RegionTooLarge
 from idcfs.fetch.claims import DEFAULT_WAIT_S, Claims, wait
@@ -44,7 +47,7 @@ from idcfs.fetch.loader import TileLoader
 from idcfs.metrics import Metrics
 from idcfs.slide.model import FrameRef, Level, Slide, TileGrid
 from idcfs.tiles.compose import Piece, background_value, compose
-from idcfs.tiles.convert import TileDecodeError, encode_jpeg, to_8bit
+from idcfs.tiles.convert import TileDecodeError, encode_jpeg, serves_stored_frames, to_8bit
 
 log = logging.getLogger(__name__)
 
@@ -246,20 +249,42 @@ class RegionReader:
         pixels = slide.instances[_first_instance(level, wanted)].pixels
         if not wanted:
             return _blank(pixels, area.width, area.height)
-        stored = self.loader.stored_frames(slide, [frame for _, _, frame in wanted])
+        frames = [frame for _, _, frame in wanted]
+        held = self._cached_tiles(slide, frames)
+        fetched = self.loader.stored_frames(slide, [frame for frame in frames
+                                                    if frame not in held])
         self._tiles_decoded.add(len(wanted))
-        pieces = [
-            Piece(row * level.tile_height - area.top, column * level.tile_width - area.left,
-                  stored[frame].data,
-                  stored[frame].transfer_syntax or slide.instances[frame.instance_uid]
-                  .transfer_syntax)
-            for column, row, frame in wanted
-        ]
+        pieces = []
+        for column, row, frame in wanted:
+            syntax = slide.instances[frame.instance_uid].transfer_syntax
+            data = held.get(frame)
+            if data is None:
+                data, syntax = fetched[frame].data, fetched[frame].transfer_syntax or syntax
+            pieces.append(Piece(row * level.tile_height - area.top,
+                                column * level.tile_width - area.left, data, syntax))
         try:
             canvas = compose(pieces, pixels, area.width, area.height, background=True)
             return to_8bit(canvas, pixels)
         except TileDecodeError as error:
             raise DecodeError(f"{slide.series_uid} {level.directory_name}: {error}") from error
+
+    def _cached_tiles(self, slide: Slide, frames: list[FrameRef]) -> dict[FrameRef, bytes]:
+        """The tiles among `frames` the tile caches hold (memory, staging, disk) whose
+        served bytes are the stored frames (`serves_stored_frames`): a render after
+        reading or prefetching a level sends no request. Looked at without claims or
+        counts: these are not tile reads."""
+        tiles = self.loader.tiles
+        usable = [frame for frame in frames
+                  if serves_stored_frames(slide.instances[frame.instance_uid].pixels,
+                                          slide.instances[frame.instance_uid].transfer_syntax)]
+        held: dict[FrameRef, bytes] = {}
+        for frame in usable:
+            data = tiles.memory.get(tile_key(slide, frame)) or tiles.staged.get(
+                tile_key(slide, frame))
+            if data is not None:
+                held[frame] = data
+        missing = [frame for frame in usable if frame not in held]
+        return held | tiles.read_disk(slide, missing)
 
     def _grid_positions(self, slide: Slide, level: Level,
                         grid_key: GridKey) -> dict[tuple[int, int], FrameRef]:
