@@ -29,12 +29,14 @@ from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.regions import RegionReader
 from idcfs.fetch.prefetch import Prefetcher
 from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
+from idcfs.fetch.regions import RegionReader
 from idcfs.fetch.slides import SlideStore
 from idcfs.fs.nodes import TileFileIndex
 from idcfs.fs.statistics import MountStatistics
 from idcfs.fs.tree import Tree
 from idcfs.fs.views import SeriesView
 from idcfs.fs.views.catalog import CatalogView
+from idcfs.fs.views.deepzoom import DeepZoomView
 from idcfs.fs.views.dicom_files import DicomFilesView
 from idcfs.fs.views.dicom_levels import DicomLevelsView
 from idcfs.fs.views.iiif import IiifView
@@ -313,6 +315,7 @@ def build_mount(config: MountConfig) -> Mounted:
     loader = TileLoader(client, tiles, metrics, quality=config.quality,
                         demand=_demand_settings(config),
                         wait_s=config.timeout)
+    regions = RegionReader(loader, metrics, wait_s=config.timeout)  # DeepZoom, IIIF, tissue
     open_files = OpenFiles()
     tile_index = TileFileIndex()
     page_filler = disk_filler = readahead = None
@@ -327,6 +330,7 @@ def build_mount(config: MountConfig) -> Mounted:
         )
     views: list[SeriesView] = [DicomLevelsView(loader, tile_index, readahead,
                                                tile_names=TileNames(config.tile_name))]
+    views.append(DeepZoomView(loader, regions, tile_index))
     if isinstance(client, InstanceFiles):  # files by ranges: dicom/<uid>.dcm too
         views.append(DicomFilesView(client, metrics))
     regions = RegionReader(loader, metrics, wait_s=config.timeout)

@@ -4,7 +4,9 @@ the views that show more than stored tiles (DeepZoom, IIIF, tissue masks).
 A region is given in full-resolution (level-0) pixels and an output size; its scale is
 how many level-0 pixels one output pixel covers. It is read from the smallest stored
 level that is fine enough (`level_for`: downsample <= scale, 1 % tolerance), only the
-stored tiles the region touches on that level, fetched through the `TileLoader` in one
+stored tiles the region touches on that level: those the tile caches hold when their
+served bytes are the stored frames (8-bit baseline JPEG: a render after reading or
+prefetching a level sends nothing), the others fetched through the `TileLoader` in one
 counted request per batch of frames of an instance (`TileLoader.stored_frames`), decoded
 and pasted on a canvas (`idcfs.tiles.compose`), scaled to 8 bits, cut to the region and
 resized with Lanczos (Pillow's resize with a box: sub-pixel exact, each output pixel
@@ -37,6 +39,7 @@ import cachetools
 import numpy as np
 from PIL import Image
 
+from idcfs.cache.tiles import tile_key
 from idcfs.dicom.pixels import PixelFormat
 from idcfs.errors import DecodeError, NotFoundError, RegionTooLarge
 from idcfs.fetch.claims import DEFAULT_WAIT_S, Claims, wait
@@ -44,7 +47,7 @@ from idcfs.fetch.loader import TileLoader
 from idcfs.metrics import Metrics
 from idcfs.slide.model import FrameRef, Level, Slide, TileGrid
 from idcfs.tiles.compose import Piece, background_value, compose
-from idcfs.tiles.convert import TileDecodeError, encode_jpeg, to_8bit
+from idcfs.tiles.convert import TileDecodeError, encode_jpeg, serves_stored_frames, to_8bit
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +129,9 @@ class RegionReader:
     def pixels(self, slide: Slide, grid_key: GridKey, region: Region, out_width: int,
                out_height: int) -> np.ndarray:
         """The region as 8-bit pixels, `out_height` x `out_width` (x 3 for colour, RGB),
-        from the fewest stored tiles of `level_for` (see the module docstring).
+        from the fewest stored tiles of `level_for` (see the module docstring). Callers
+        clip regions to the image; a part outside it (a DeepZoom edge tile of an
+        odd-sized level) repeats the image's edge pixels.
         RegionTooLarge above the bound, ValueError for an empty region or size,
         FetchError / DecodeError from the frames."""
         area = self.source_area(slide, grid_key, region, out_width, out_height)
@@ -186,7 +191,7 @@ class RegionReader:
         RegionTooLarge above the bound (logged and counted: `regions.refused`)."""
         if out_width < 1 or out_height < 1:
             raise ValueError(f"output size {out_width}x{out_height} is empty")
-        region = _clipped(region, slide.levels[0])
+        _check_inside(region, slide.levels[0])
         scale = min(region.width / out_width, region.height / out_height)
         level = self.level_for(slide, grid_key, scale)
         area = _area(level, slide.levels[0], region)
@@ -244,20 +249,42 @@ class RegionReader:
         pixels = slide.instances[_first_instance(level, wanted)].pixels
         if not wanted:
             return _blank(pixels, area.width, area.height)
-        stored = self.loader.stored_frames(slide, [frame for _, _, frame in wanted])
+        frames = [frame for _, _, frame in wanted]
+        held = self._cached_tiles(slide, frames)
+        fetched = self.loader.stored_frames(slide, [frame for frame in frames
+                                                    if frame not in held])
         self._tiles_decoded.add(len(wanted))
-        pieces = [
-            Piece(row * level.tile_height - area.top, column * level.tile_width - area.left,
-                  stored[frame].data,
-                  stored[frame].transfer_syntax or slide.instances[frame.instance_uid]
-                  .transfer_syntax)
-            for column, row, frame in wanted
-        ]
+        pieces = []
+        for column, row, frame in wanted:
+            syntax = slide.instances[frame.instance_uid].transfer_syntax
+            data = held.get(frame)
+            if data is None:
+                data, syntax = fetched[frame].data, fetched[frame].transfer_syntax or syntax
+            pieces.append(Piece(row * level.tile_height - area.top,
+                                column * level.tile_width - area.left, data, syntax))
         try:
             canvas = compose(pieces, pixels, area.width, area.height, background=True)
             return to_8bit(canvas, pixels)
         except TileDecodeError as error:
             raise DecodeError(f"{slide.series_uid} {level.directory_name}: {error}") from error
+
+    def _cached_tiles(self, slide: Slide, frames: list[FrameRef]) -> dict[FrameRef, bytes]:
+        """The tiles among `frames` the tile caches hold (memory, staging, disk) whose
+        served bytes are the stored frames (`serves_stored_frames`): a render after
+        reading or prefetching a level sends no request. Looked at without claims or
+        counts: these are not tile reads."""
+        tiles = self.loader.tiles
+        usable = [frame for frame in frames
+                  if serves_stored_frames(slide.instances[frame.instance_uid].pixels,
+                                          slide.instances[frame.instance_uid].transfer_syntax)]
+        held: dict[FrameRef, bytes] = {}
+        for frame in usable:
+            data = tiles.memory.get(tile_key(slide, frame)) or tiles.staged.get(
+                tile_key(slide, frame))
+            if data is not None:
+                held[frame] = data
+        missing = [frame for frame in usable if frame not in held]
+        return held | tiles.read_disk(slide, missing)
 
     def _grid_positions(self, slide: Slide, level: Level,
                         grid_key: GridKey) -> dict[tuple[int, int], FrameRef]:
@@ -284,24 +311,23 @@ def _grid(level: Level, grid_key: GridKey) -> TileGrid | None:
                  if (grid.plane_index, grid.optical_path) == grid_key), None)
 
 
-def _clipped(region: Region, base: Level) -> Region:
-    """The region within the image (callers clip already; this keeps the reader safe);
-    ValueError when nothing of it is inside."""
-    left, top = max(0, region.x), max(0, region.y)
-    right = min(base.width, region.x + region.width)
-    bottom = min(base.height, region.y + region.height)
-    if right <= left or bottom <= top:
-        raise ValueError(f"region {tuple(region)} is outside the {base.width}x{base.height} "
-                         "image or empty")
-    return Region(left, top, right - left, bottom - top)
+def _check_inside(region: Region, base: Level) -> None:
+    """ValueError for a region with no pixel inside the image."""
+    if (region.width < 1 or region.height < 1 or region.x >= base.width
+            or region.y >= base.height or region.x + region.width <= 0
+            or region.y + region.height <= 0):
+        raise ValueError(f"region {tuple(region)} is empty or outside the "
+                         f"{base.width}x{base.height} image")
 
 
 def _area(level: Level, base: Level, region: Region) -> SourceArea:
-    """The level pixels under `region` and the tiles holding them."""
+    """The level pixels under `region` (its part inside the image) and the tiles
+    holding them."""
     scale_x, scale_y = level.width / base.width, level.height / base.height
     box = (region.x * scale_x, region.y * scale_y, (region.x + region.width) * scale_x,
            (region.y + region.height) * scale_y)
-    left, top = math.floor(box[0]), math.floor(box[1])
+    left = min(level.width - 1, max(0, math.floor(box[0])))
+    top = min(level.height - 1, max(0, math.floor(box[1])))
     right = max(left + 1, min(level.width, math.ceil(box[2] - 1e-9)))
     bottom = max(top + 1, min(level.height, math.ceil(box[3] - 1e-9)))
     columns = range(left // level.tile_width, (right - 1) // level.tile_width + 1)
@@ -323,13 +349,22 @@ def _blank(pixels: PixelFormat, width: int, height: int) -> np.ndarray:
 
 def _resized(canvas: np.ndarray, area: SourceArea, out_width: int, out_height: int) -> np.ndarray:
     """The area's box of the canvas at the output size: cut when it is whole pixels of
-    that size, else resized (Lanczos over exactly the box)."""
-    box = (area.box[0] - area.left, area.box[1] - area.top,
-           min(area.width, area.box[2] - area.left), min(area.height, area.box[3] - area.top))
+    that size, else resized (Lanczos over exactly the box). A box past the image's edge
+    takes the edge pixels repeated, as `vips dzsave` extends an odd-sized level."""
+    box = [area.box[0] - area.left, area.box[1] - area.top,
+           area.box[2] - area.left, area.box[3] - area.top]
+    before = (max(0, math.ceil(-box[1])), max(0, math.ceil(-box[0])))
+    after = (max(0, math.ceil(box[3] - 1e-9) - area.height),
+             max(0, math.ceil(box[2] - 1e-9) - area.width))
+    if any(before) or any(after):
+        widths = [(before[0], after[0]), (before[1], after[1])] + [(0, 0)] * (canvas.ndim - 2)
+        canvas = np.pad(canvas, widths, mode="edge")
+        box = [box[0] + before[1], box[1] + before[0], box[2] + before[1], box[3] + before[0]]
     whole = [round(value) for value in box]
     if (all(abs(value - rounded) < 1e-6 for value, rounded in zip(box, whole, strict=True))
             and (whole[2] - whole[0], whole[3] - whole[1]) == (out_width, out_height)):
         return np.ascontiguousarray(canvas[whole[1]:whole[3], whole[0]:whole[2]])
     image = Image.fromarray(canvas)
-    resized = image.resize((out_width, out_height), Image.Resampling.LANCZOS, box=box)
+    resized = image.resize((out_width, out_height), Image.Resampling.LANCZOS,
+                           box=(box[0], box[1], box[2], box[3]))
     return np.asarray(resized)

@@ -130,6 +130,33 @@ def test_an_aligned_region_at_a_stored_scale_reads_one_tile(jpeg_ybr: GeneratedS
     assert setup.source.requests == [(setup.instance_of(1), [2])]
 
 
+@pytest.mark.parametrize("name", ["jpeg_ybr", "jpeg_rgb"])
+def test_tiles_in_the_tile_cache_are_not_fetched_again(test_slides: list[GeneratedSlide],
+                                                       name: str) -> None:
+    generated = named(test_slides, name)
+    setup = reader_for(generated)
+    level1 = setup.slide.levels[1]
+    for position in level1.grids[0].tiles:  # read as tile files, stored JPEG served
+        setup.reader.loader.tile(setup.slide, position.frame)
+    sent = len(setup.source.requests)
+    whole = Region(0, 0, level1.width * 2, level1.height * 2)
+    shown = setup.reader.pixels(setup.slide, BRIGHTFIELD, whole, level1.width, level1.height)
+    assert len(setup.source.requests) == sent
+    fresh = reader_for(generated)  # the same pixels from the stored frames
+    assert np.array_equal(shown, fresh.reader.pixels(fresh.slide, BRIGHTFIELD, whole,
+                                                     level1.width, level1.height))
+
+
+def test_re_encoded_tiles_in_the_cache_are_not_decoded_again(
+    test_slides: list[GeneratedSlide],
+) -> None:
+    setup = reader_for(named(test_slides, "jpeg2000"))  # served tiles: JPEG at q97
+    frame = setup.slide.levels[0].grids[0].tiles[0].frame
+    setup.reader.loader.tile(setup.slide, frame)
+    setup.reader.pixels(setup.slide, BRIGHTFIELD, Region(0, 0, 64, 64), 64, 64)
+    assert setup.source.requests[-1] == (frame.instance_uid, [frame.number])
+
+
 # -- what it gives --------------------------------------------------------------------
 
 
@@ -190,6 +217,16 @@ def test_a_region_of_only_missing_tiles_sends_nothing(test_slides: list[Generate
     shown = setup.reader.pixels(setup.slide, BRIGHTFIELD, Region(0, 0, 200, 200), 100, 100)
     assert shown.shape == (100, 100, 3) and (shown == 255).all()
     assert setup.source.requests == []
+
+
+def test_a_region_past_the_edge_repeats_the_edge_pixels(jpeg_ybr: GeneratedSlide) -> None:
+    setup = reader_for(jpeg_ybr)  # 1000 x 700
+    shown = setup.reader.pixels(setup.slide, BRIGHTFIELD, Region(992, 696, 16, 8), 16, 8)
+    inside = setup.reader.pixels(setup.slide, BRIGHTFIELD, Region(992, 696, 8, 4), 8, 4)
+    assert np.array_equal(shown[:4, :8], inside)
+    assert (shown[:4, 8:] == inside[:, 7:8]).all() and (shown[4:] == shown[3:4]).all()
+    with pytest.raises(ValueError, match="outside"):
+        setup.reader.pixels(setup.slide, BRIGHTFIELD, Region(1000, 0, 8, 8), 8, 8)
 
 
 # -- the bound ------------------------------------------------------------------------
