@@ -1,7 +1,7 @@
 """Slides of a real mount (against the real Orthanc) looked at in a real browser:
-OpenSeadragon in headless Chromium opens a series' IIIF service (`iiif/info.json`, with
-`--iiif-base-url` set to where the mount's root is served) through `idcfs view`'s
-server, moves to three views (the whole slide, a middle scale at the centre, full
+OpenSeadragon in headless Chromium opens a series as DeepZoom (`slide.dzi`) and as a
+IIIF tile source (`iiif/info.json`, with `--iiif-base-url` set to where the mount's root
+is served) through `idcfs view`'s server, moves to three views (the whole slide, a middle scale at the centre, full
 resolution at the bottom-right corner) and each screenshot is compared with the same
 view rendered from wsidicom's `read_region` on the slide's own files: PSNR at least
 `MIN_PSNR_DB` (33 dB; how it was set is in test_browser_harness.py). Every request the
@@ -31,11 +31,11 @@ LAYOUTS = ["jpeg_ybr", "jpeg_rgb", "jpeg2000", "sparse", "focal_planes", "optica
 
 @dataclass(frozen=True)
 class Service:
-    """One image of a series as a tile source: the folder of its DeepZoom or IIIF files
-    in the series, and the wsidicom plane (z) and optical path it shows."""
+    """One image of a series as a tile source: its file in the series directory (a
+    .dzi or an info.json), and the wsidicom plane (z) and optical path it shows."""
 
     layout: str
-    folder: str
+    source: str
     z: float | None
     path: str | None
 
@@ -73,13 +73,15 @@ def mounted(orthanc: OrthancServer, served: PageServer,
 
 
 def last_plane(slide: GeneratedSlide, kind: str) -> Service:
-    """The service of `slide`'s last focal plane and optical path (`kind`: "iiif")."""
+    """The tile source of `slide`'s last focal plane and optical path, named as in
+    docs/LAYOUT.md (`kind`: "deepzoom" or "iiif")."""
     base = slide.levels[0]
     planes, paths = base.focal_planes_um, base.optical_paths
-    if len(planes) == 1 and len(paths) == 1:
-        return Service(slide.name, kind, None, None)
-    folder = f"{kind}-plane-{len(planes) - 1}_path-{paths[-1]}"
-    return Service(slide.name, folder, planes[-1], paths[-1])
+    single = len(planes) == 1 and len(paths) == 1
+    suffix = "" if single else f"-plane-{len(planes) - 1}_path-{paths[-1]}"
+    source = f"slide{suffix}.dzi" if kind == "deepzoom" else f"iiif{suffix}/info.json"
+    return (Service(slide.name, source, None, None) if single
+            else Service(slide.name, source, planes[-1], paths[-1]))
 
 
 def look(chromium: Browser, served: PageServer, mounted: Mount, slide: GeneratedSlide,
@@ -99,7 +101,7 @@ def look(chromium: Browser, served: PageServer, mounted: Mount, slide: Generated
             expected = reference_view(slide.folder, shown, browser.VIEW_SIZE, z=service.z,
                                       path=service.path)
             score = psnr(seen, expected)
-            lines.append(f"{service.layout} {service.folder} {name}: {score:.1f} dB")
+            lines.append(f"{service.layout} {service.source} {name}: {score:.1f} dB")
             if score < MIN_PSNR_DB:
                 failures.append(lines[-1])
         errors = list(page.errors)
@@ -114,12 +116,13 @@ def look(chromium: Browser, served: PageServer, mounted: Mount, slide: Generated
     return lines
 
 
+@pytest.mark.parametrize("kind", ["deepzoom", "iiif"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_the_iiif_service_in_a_browser_shows_what_wsidicom_reads(
-        layout: str, chromium: Browser, served: PageServer, mounted: Mount,
+def test_a_slide_in_a_browser_shows_what_wsidicom_reads(
+        layout: str, kind: str, chromium: Browser, served: PageServer, mounted: Mount,
         test_slides: list[GeneratedSlide], tmp_path: Path) -> None:
     slide = named(test_slides, layout)
-    service = last_plane(slide, "iiif")
-    source = series_dir(mounted.path, slide) / service.folder / "info.json"
+    service = last_plane(slide, kind)
+    source = series_dir(mounted.path, slide) / service.source
     print("; ".join(look(chromium, served, mounted, slide, source, service,
                          tmp_path / "screenshots")))
