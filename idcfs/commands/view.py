@@ -95,11 +95,14 @@ def served_root(path: Path) -> Path:
 
 def slide_in(path: Path, root: Path) -> str | None:
     """The URL path of the tile source `path` names: itself when it is a file, a
-    directory's first `.dzi`, else its `iiif/info.json`; None when it names none."""
+    directory's first `.dzi`, else its first `iiif*/info.json` (one per plane/path:
+    docs/LAYOUT.md); None when it names none. Listing a series fetches nothing."""
     if path.is_dir():
-        found = sorted(path.glob("*.dzi")) or [path / "iiif" / "info.json"]
+        found = sorted(path.glob("*.dzi")) or sorted(path.glob("iiif*/info.json"))
+        if not found:
+            return None
         path = found[0]
-    if not path.is_file():
+    elif not path.is_file():
         return None
     return "/" + quote(path.relative_to(root).as_posix())
 

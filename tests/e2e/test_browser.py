@@ -1,13 +1,18 @@
 """Slides of a real mount (against the real Orthanc) looked at in a real browser:
 OpenSeadragon in headless Chromium opens a series as DeepZoom (`slide.dzi`) and as a
 IIIF tile source (`iiif/info.json`, with `--iiif-base-url` set to where the mount's root
-is served) through `idcfs view`'s server, moves to three views (the whole slide, a middle scale at the centre, full
-resolution at the bottom-right corner) and each screenshot is compared with the same
-view rendered from wsidicom's `read_region` on the slide's own files: PSNR at least
-`MIN_PSNR_DB` (33 dB; how it was set is in test_browser_harness.py). Every request the
-page made must have been answered 200. On every layout of the test slides; a slide
-with several planes or paths is looked at in its last plane/path (the first is what a
-wrong choice would show).
+is served) through `idcfs view`'s server, moves to three views (the whole slide, a
+middle scale at the centre, full resolution at the bottom-right corner) and each
+screenshot is compared with the same view rendered from wsidicom's `read_region` on
+the slide's own files: PSNR at least `MIN_PSNR_DB` (33 dB; how it was set is in
+test_browser_harness.py). Every request the page made must have been answered 200.
+On every layout of the test slides; a slide with several planes or paths is looked at
+in its last plane/path (the first is what a wrong choice would show).
+
+Measured (overview / middle / edge, dB): DeepZoom 40.5/46.3/53.7 (jpeg_ybr),
+41.2/48.5/47.2 (jpeg_rgb), 40.4/46.4/45.4 (jpeg2000), 37.4/45.7/54.6 (sparse),
+41.2/54.9/55.8 (focal_planes, plane 1), 43.5/44.0/60.6 (optical_paths, path 2); IIIF
+within 0.1-3 dB of these. The other focal plane scores 29.3-29.7: below the threshold.
 
 Screenshots stay in the test's tmp folder (named in a failure's message).
 """
