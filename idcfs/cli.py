@@ -113,6 +113,15 @@ def tile_template(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def iiif_base_url(text: str) -> str:
+    from idcfs.fs.views.iiif import check_base_url
+
+    try:
+        return check_base_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="idcfs",
@@ -131,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     unmount.add_argument("-z", "--lazy", action="store_true",
                          help="detach now even while a process still uses the mount (a "
                          "shell sitting in it); it goes once the last one lets go")
-    from idcfs.commands import prefetch  # here: it uses this module's helpers
+    from idcfs.commands import prefetch, view  # here: they use this module's helpers
 
     prefetch.add_parser(commands)
+    view.add_parser(commands)
     stats_command.add_parser(commands)
     return parser
 
@@ -207,6 +217,9 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
                        help="file name of each tile: a format string with {col} and {row}, "
                        "e.g. '{row:04d}_{col:04d}.jpg' so sorted names are row by row "
                        "(default '{col}_{row}.jpg')")
+    mount.add_argument("--iiif-base-url", type=iiif_base_url, default=None, metavar="URL",
+                       help="the URL the mount's root is served at, for the id of each "
+                       "iiif/info.json (default: ids are paths from the root)")
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="serve in the foreground until SIGINT/SIGTERM, then unmount")
     mount.add_argument("-o", dest="fuse_options", action="append", default=[],
@@ -244,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from idcfs.commands import prefetch
 
         raise SystemExit(prefetch.run(args))
+    elif args.command == "view":
+        from idcfs.commands import view
+
+        view.run(args)
     elif args.command == "stats":
         try:
             stats_command.run(args.mountpoint, args.json, args.watch)
@@ -296,6 +313,7 @@ def mount(args: argparse.Namespace) -> None:
         files=args.files,
         auth=AuthOptions(args.auth == "google", args.bearer_token_file, tuple(args.header)),
         quota_url=args.quota_url,
+        iiif_base_url=args.iiif_base_url,
     )
     _check_auth_options(config)
     if args.quality is not None:

@@ -26,16 +26,20 @@ from idcfs.control.server import ControlServer
 from idcfs.errors import IdcfsError, without_credentials
 from idcfs.fetch.coalesce import CoalesceSettings
 from idcfs.fetch.loader import TileLoader
+from idcfs.fetch.regions import RegionReader
 from idcfs.fetch.prefetch import Prefetcher
 from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
+from idcfs.fetch.regions import RegionReader
 from idcfs.fetch.slides import SlideStore
 from idcfs.fs.nodes import TileFileIndex
 from idcfs.fs.statistics import MountStatistics
 from idcfs.fs.tree import Tree
 from idcfs.fs.views import SeriesView
 from idcfs.fs.views.catalog import CatalogView
+from idcfs.fs.views.deepzoom import DeepZoomView
 from idcfs.fs.views.dicom_files import DicomFilesView
 from idcfs.fs.views.dicom_levels import DicomLevelsView
+from idcfs.fs.views.iiif import IiifView
 from idcfs.fs.views.tile_names import DEFAULT_TEMPLATE, TileNames
 from idcfs.fuse.adapter import IdcfsOperations
 from idcfs.fuse.diskfill import DiskPageFiller
@@ -97,6 +101,7 @@ class MountConfig:
     auth: AuthOptions = field(default_factory=AuthOptions)  # credentials for DICOMweb
     tile_name: str = DEFAULT_TEMPLATE  # --tile-name: the file name of each tile
     quota_url: str | None = None  # a proxy's /quota_usage (default: IDC's, for its proxy)
+    iiif_base_url: str | None = None  # --iiif-base-url: where the root is served, for ids
 
     @property
     def source_kind(self) -> str:
@@ -310,6 +315,7 @@ def build_mount(config: MountConfig) -> Mounted:
     loader = TileLoader(client, tiles, metrics, quality=config.quality,
                         demand=_demand_settings(config),
                         wait_s=config.timeout)
+    regions = RegionReader(loader, metrics, wait_s=config.timeout)  # DeepZoom, IIIF, tissue
     open_files = OpenFiles()
     tile_index = TileFileIndex()
     page_filler = disk_filler = readahead = None
@@ -324,8 +330,11 @@ def build_mount(config: MountConfig) -> Mounted:
         )
     views: list[SeriesView] = [DicomLevelsView(loader, tile_index, readahead,
                                                tile_names=TileNames(config.tile_name))]
+    views.append(DeepZoomView(loader, regions, tile_index))
     if isinstance(client, InstanceFiles):  # files by ranges: dicom/<uid>.dcm too
         views.append(DicomFilesView(client, metrics))
+    regions = RegionReader(loader, metrics, wait_s=config.timeout)
+    views.append(IiifView(regions, config.iiif_base_url))
     quota = QuotaWatcher(config.quota_endpoint) if config.quota_endpoint else None
     statistics = MountStatistics(metrics, client, config.source_kind, quota)
     slides = SlideStore(client, disk, wait_s=config.timeout)

@@ -5,11 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv orthanc orthanc-dicomweb rsync tar)
+packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv orthanc orthanc-dicomweb rsync tar chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
+command -v npm >/dev/null || missing+=(npm)  # Node.js's own build ships npm too
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing Debian packages: ${missing[*]}"
@@ -23,6 +24,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[test,bench]"
+
+# OpenSeadragon for the browser test (tests/support/browser.py), pinned, project-local.
+# The browser is Debian's chromium above, driven by Playwright: never `playwright install`.
+openseadragon=6.1.1
+if [ ! -f .node/node_modules/openseadragon/build/openseadragon/openseadragon.min.js ] ||
+   ! grep -q "\"version\": \"$openseadragon\"" .node/node_modules/openseadragon/package.json; then
+  npm install --prefix .node --no-save --no-audit --no-fund --silent "openseadragon@$openseadragon"
+fi
 
 .venv/bin/ruff check .
 # Two workers, each with its own servers, one test module per worker at a time (the

@@ -330,13 +330,21 @@ class TileFileIndex:
 
 
 class DirNode(Node):
-    """A directory whose children are computed on first use."""
+    """A directory whose children are computed on first use.
+
+    With `answer`, it also has children it does not list: `answer(name)` makes the node
+    a name stands for (an IIIF request, `iiif/0,0,512,512/256,/0/default.jpg`), or gives
+    None for a name that cannot exist (ENOENT). It must not block (parse the name, build
+    nodes; fetch nothing): lookups call it on the event loop. The tree adopts what it
+    answers and drops it again when the kernel forgets it (`Tree.forget`)."""
 
     is_dir = True
 
-    def __init__(self, name: str, list_children: Callable[[], list[Node]]) -> None:
+    def __init__(self, name: str, list_children: Callable[[], list[Node]],
+                 answer: Callable[[str], Node | None] | None = None) -> None:
         super().__init__(name)
         self._list_children = list_children
+        self.answer = answer
         self._children: dict[str, Node] | None = None
         self._lock = threading.Lock()
 

@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 DEFAULT_QUALITY = 97
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 MAX_JPEG_SIDE = 65500
 """libjpeg's limit on a JPEG's width and height (JPEG_MAX_DIMENSION)."""
 
@@ -96,6 +97,16 @@ def _stored_kind(info: JpegInfo, pixels: PixelFormat) -> str | None:
     if info.components == 3 and photometric == "RGB":
         return "with-app14"
     return None
+
+
+def serves_stored_frames(pixels: PixelFormat, transfer_syntax: str | None) -> bool:
+    """Whether the served tiles of an instance are its stored frames (as they are, or
+    with APP14): 8-bit baseline JPEG in YBR, MONOCHROME2 or RGB. Their pixels are then
+    the stored pixels, and a render may decode a cached tile instead of fetching the
+    frame (any other served tile is one more lossy generation)."""
+    photometric = pixels.photometric
+    return (transfer_syntax == JPEG_BASELINE and pixels.bits_stored == 8
+            and (photometric in ("MONOCHROME2", "RGB") or photometric.startswith("YBR")))
 
 
 def served_growth(first_head: bytes, pixels: PixelFormat,
