@@ -26,9 +26,9 @@ from idcfs.control.server import ControlServer
 from idcfs.errors import IdcfsError, without_credentials
 from idcfs.fetch.coalesce import CoalesceSettings
 from idcfs.fetch.loader import TileLoader
-from idcfs.fetch.regions import RegionReader
 from idcfs.fetch.prefetch import Prefetcher
 from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
+from idcfs.fetch.regions import RegionReader
 from idcfs.fetch.slides import SlideStore
 from idcfs.fs.nodes import TileFileIndex
 from idcfs.fs.statistics import MountStatistics

@@ -21,7 +21,7 @@ from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.regions import Region, RegionReader
 from idcfs.fetch.slides import SlideStore
 from idcfs.fs.nodes import DirNode, FileNode, Node
-from idcfs.fs.tree import ROOT_INODE, Tree
+from idcfs.fs.tree import Tree
 from idcfs.fs.views.catalog import CatalogView
 from idcfs.fs.views.iiif import (
     IiifView,
