@@ -26,7 +26,6 @@ from idcfs.control.server import ControlServer
 from idcfs.errors import IdcfsError, without_credentials
 from idcfs.fetch.coalesce import CoalesceSettings
 from idcfs.fetch.loader import TileLoader
-from idcfs.fetch.regions import RegionReader
 from idcfs.fetch.prefetch import Prefetcher
 from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
 from idcfs.fetch.regions import RegionReader
@@ -333,7 +332,6 @@ def build_mount(config: MountConfig) -> Mounted:
     views.append(DeepZoomView(loader, regions, tile_index))
     if isinstance(client, InstanceFiles):  # files by ranges: dicom/<uid>.dcm too
         views.append(DicomFilesView(client, metrics))
-    regions = RegionReader(loader, metrics, wait_s=config.timeout)
     views.append(IiifView(regions, config.iiif_base_url))
     quota = QuotaWatcher(config.quota_endpoint) if config.quota_endpoint else None
     statistics = MountStatistics(metrics, client, config.source_kind, quota)

@@ -37,7 +37,7 @@ def test_levels_associated_images_and_slide_json(mounted, test_slides) -> None:
     names = sorted(os.listdir(folder))
     assert names == sorted(
         ["slide.json", "label.jpg", "overview.jpg", "thumbnail.jpg", "level-0", "level-1",
-         "level-2", "slide.dzi", "slide_files"]
+         "level-2", "iiif", "slide.dzi", "slide_files"]
     )
     description = json.loads((folder / "slide.json").read_text())
     volumes = sorted(volume_instances(read_headers(slide.files)),

@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +17,13 @@ from PIL import Image
 from idcfs.cache.memory import ByteLRU
 from idcfs.cache.tiles import TileCache
 from idcfs.catalog.base import SeriesEntry
+from idcfs.cli import main
 from idcfs.errors import NotFoundError
 from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.regions import Region, RegionReader
 from idcfs.fetch.slides import SlideStore
 from idcfs.fs.nodes import DirNode, FileNode, Node
-from idcfs.fs.tree import ROOT_INODE, Tree
+from idcfs.fs.tree import Tree
 from idcfs.fs.views.catalog import CatalogView
 from idcfs.fs.views.iiif import (
     IiifView,
@@ -128,6 +130,16 @@ def test_the_base_url_is_checked_and_loses_its_trailing_slash() -> None:
     for bad in ("localhost:8000", "ftp://host", "http://", "http://host/?a=1", "http://h/#x"):
         with pytest.raises(ValueError, match="--iiif-base-url"):
             check_base_url(bad)
+
+
+def test_a_bad_base_url_on_the_command_line_is_one_line_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["mount", "--url", "http://127.0.0.1:1/dicom-web", "--iiif-base-url",
+              "localhost:8000", str(tmp_path)])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--iiif-base-url" in error, error
 
 
 # -- the view in a tree, with the real region reader over an in-memory source ---------
