@@ -35,19 +35,16 @@ class TissueListFile(FetchedFile):
                          for grid in grids]
         self.names = names
         super().__init__(LIST_NAME, self._upper_bound())
-        if masks.cached_png(slide) is not None:
-            self.peek()  # the mask is at hand: the exact size costs no request
+        png = masks.at_hand(slide, counted=False)
+        if png is not None:  # the exact size costs no request
+            self.exact_size = len(self._text(png))
 
     def fetch(self) -> bytes:
         return self._text(self.masks.png(self.slide))
 
     def peek(self) -> bytes | None:
-        png = self.masks.cached_png(self.slide)
-        if png is None:
-            return None
-        text = self._text(png)
-        self.exact_size = len(text)
-        return text
+        png = self.masks.at_hand(self.slide)
+        return None if png is None else self._text(png)
 
     def _text(self, png: bytes) -> bytes:
         lines = []
@@ -70,16 +67,15 @@ class TissueMaskFile(FetchedFile):
         super().__init__(MASK_NAME, default_placeholder(*size, 1) + size[1] + PNG_OVERHEAD)
         self.masks = masks
         self.slide = slide
-        self.peek()
+        data = masks.at_hand(slide, counted=False)
+        if data is not None:
+            self.exact_size = len(data)
 
     def fetch(self) -> bytes:
         return self.masks.png(self.slide)
 
     def peek(self) -> bytes | None:
-        data = self.masks.cached_png(self.slide)
-        if data is not None:
-            self.exact_size = len(data)
-        return data
+        return self.masks.at_hand(self.slide)
 
 
 class TissueView:
