@@ -107,12 +107,22 @@ class TissueMasks:
         self._reads[where].add()
         return found
 
-    def at_hand(self, slide: Slide, counted: bool = True) -> bytes | None:
-        """The mask when it is in memory (never blocks); `counted` as a reader's tile
-        read when found (a listing's look for an exact size is not one)."""
+    def at_hand(self, slide: Slide) -> bytes | None:
+        """A reader's mask when it is in memory (never blocks; counted when found)."""
         found = self._memory.get(self._memory_key(slide))
-        if found is not None and counted:
+        if found is not None:
             self._reads["memory"].add()
+        return found
+
+    def known(self, slide: Slide) -> bytes | None:
+        """The mask when it is in memory or the disk cache, for a listing's exact sizes
+        (so `rsync` after a remount sees them unchanged); neither a tile read nor a
+        request. One read of a small entry per directory listed."""
+        found = self._memory.get(self._memory_key(slide))
+        if found is None and self._disk is not None:
+            found = self._disk.get(self._disk_key(slide))
+            if found is not None:
+                self._memory.put(self._memory_key(slide), found)
         return found
 
     def selected(self, slide: Slide, level: Level, grid: TileGrid,

@@ -3,7 +3,8 @@
 in frame order; `tissue-mask.png` in each series, the mask they come from.
 
 Both are listed with placeholder sizes and computed on first read (`idcfs.fetch.tissue`:
-one mask per series, from a low-resolution level), so listing costs nothing. The
+one mask per series, from a low-resolution level), so listing sends nothing; a mask in
+memory or in the disk cache makes their sizes exact when listed. The
 placeholder of tissue.txt is an upper bound without naming a tile: as many lines as
 tiles, each as long as the name of the last column and row (a tile name's length never
 shrinks as its numbers grow).
@@ -35,7 +36,7 @@ class TissueListFile(FetchedFile):
                          for grid in grids]
         self.names = names
         super().__init__(LIST_NAME, self._upper_bound())
-        png = masks.at_hand(slide, counted=False)
+        png = masks.known(slide)
         if png is not None:  # the exact size costs no request
             self.exact_size = len(self._text(png))
 
@@ -67,7 +68,7 @@ class TissueMaskFile(FetchedFile):
         super().__init__(MASK_NAME, default_placeholder(*size, 1) + size[1] + PNG_OVERHEAD)
         self.masks = masks
         self.slide = slide
-        data = masks.at_hand(slide, counted=False)
+        data = masks.known(slide)
         if data is not None:
             self.exact_size = len(data)
 
