@@ -56,8 +56,8 @@ def stored_frames(path: Path) -> list[bytes]:
 
 def test_mixed_sparse_and_full_levels_are_one_focal_plane(folder: Path) -> None:
     assert sorted(os.listdir(folder)) == ["iiif", "level-0", "level-1", "slide.dzi",
-                                          "slide.json", "slide_files"]
-    names = [f"{column}_{row}.jpg" for row in range(2) for column in range(3)]
+                                          "slide.json", "slide_files", "tissue-mask.png"]
+    names = [f"{column}_{row}.jpg" for row in range(2) for column in range(3)] + ["tissue.txt"]
     assert os.listdir(folder / "level-0") == names
     assert os.listdir(folder / "level-1") == names
     described = json.loads((folder / "slide.json").read_text())
