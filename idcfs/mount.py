@@ -329,7 +329,6 @@ def build_mount(config: MountConfig) -> Mounted:
             loader, metrics, ReadAheadSettings(workers=workers),
             on_landed=page_filler.offer, take_over=disk_filler.take if disk_filler else None,
         )
-    regions = RegionReader(loader, metrics, wait_s=config.timeout)
     tissue = TissueView(TissueMasks(regions, tiles, metrics, wait_s=config.timeout))
     views: list[SeriesView] = [DicomLevelsView(loader, tile_index, readahead,
                                                tile_names=TileNames(config.tile_name),
