@@ -281,9 +281,10 @@ class RegionReader:
         reading or prefetching a level sends no request. Looked at without claims or
         counts: these are not tile reads."""
         tiles = self.loader.tiles
+        syntaxes = self._syntaxes(slide, frames)
         usable = [frame for frame in frames
                   if serves_stored_frames(slide.instances[frame.instance_uid].pixels,
-                                          slide.instances[frame.instance_uid].transfer_syntax)]
+                                          syntaxes.get(frame.instance_uid))]
         held: dict[FrameRef, bytes] = {}
         for frame in usable:
             data = tiles.memory.get(tile_key(slide, frame)) or tiles.staged.get(
@@ -292,6 +293,19 @@ class RegionReader:
                 held[frame] = data
         missing = [frame for frame in usable if frame not in held]
         return held | tiles.read_disk(slide, missing)
+
+    def _syntaxes(self, slide: Slide, frames: list[FrameRef]) -> dict[str, str | None]:
+        """Each instance's transfer syntax: its metadata's, else the one its frames named
+        (Orthanc's metadata has none), recalled from the disk cache after a remount, so
+        tiles prefetched to disk serve a render there too."""
+        uids = sorted({frame.instance_uid for frame in frames})
+        syntaxes: dict[str, str | None] = {uid: slide.instances[uid].transfer_syntax
+                                           for uid in uids}
+        unknown = [uid for uid, syntax in syntaxes.items() if syntax is None]
+        if unknown:
+            self.loader.syntaxes.recall(unknown)
+            syntaxes.update(self.loader.syntaxes.of(unknown))
+        return syntaxes
 
     def _grid_positions(self, slide: Slide, level: Level,
                         grid_key: GridKey) -> dict[tuple[int, int], FrameRef]:

@@ -30,6 +30,7 @@ from idcfs.errors import FetchError
 from idcfs.metrics import Metrics
 from idcfs.source.auth import BearerTokenFile, RequestAuth
 from idcfs.source.dicomweb import DicomWebClient
+from tests.support.expected import tile_paths
 from tests.support.mounting import Mount, named, run_idcfs, series_dir, stop_mount
 from tests.support.relay import HttpRelay
 from tests.support.tokenserver import TokenServer
@@ -50,7 +51,7 @@ def read_everything(mount: Mount, slide_dir: Path, level: str) -> dict[str, byte
     """What a user sees: every slide.json, a level's tiles, the statistics file."""
     shown = {str(path): path.read_bytes() for path in mount.path.glob("studies/*/*/slide.json")}
     assert len(shown) >= 2, "the mount lists no series"
-    tiles = sorted((slide_dir / level).iterdir())
+    tiles = sorted(tile_paths(slide_dir / level))
     assert tiles and all(tile.read_bytes()[:2] == b"\xff\xd8" for tile in tiles)
     shown[STATS] = (mount.path / STATS).read_bytes()
     return shown
@@ -111,7 +112,7 @@ def test_a_rotated_token_file_keeps_reads_working_and_a_refused_one_is_eio(
 
     # The server stops accepting it: every read is EIO after one request, never a loop.
     relay.require_header("Authorization", f"Bearer {TOKENS[2]}")
-    tiles = sorted((slide_dir / "level-0").iterdir())[:3]
+    tiles = sorted(tile_paths(slide_dir / "level-0"))[:3]
     for number, tile in enumerate(tiles, start=1):
         with pytest.raises(OSError) as failure:
             tile.read_bytes()

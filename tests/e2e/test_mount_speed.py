@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.expected import tile_names, tile_paths
 from tests.support.mounting import named, series_dir, stop_mount
 from tests.support.slides import write_pyramid
 
@@ -36,7 +37,7 @@ def test_sequential_reads_are_batched(orthanc, relay, mount_idcfs, tmp_path) -> 
     slide = _big_slide(orthanc, tmp_path)
     mount = mount_idcfs(relay.url + "/dicom-web")
     level = series_dir(mount.path, slide) / "level-0"
-    names = os.listdir(level)  # readdir order = frame order
+    names = tile_names(level)  # readdir order = frame order
     relay.reset()
     copied = subprocess.run(["cp", "-r", str(level), str(tmp_path / "copy")], check=True)
     assert copied.returncode == 0
@@ -50,7 +51,7 @@ def test_random_reads_fetch_only_what_is_asked(orthanc, relay, mount_idcfs, tmp_
     slide = _big_slide(orthanc, tmp_path)
     mount = mount_idcfs(relay.url + "/dicom-web")
     level = series_dir(mount.path, slide) / "level-0"
-    names = os.listdir(level)
+    names = tile_names(level)
     relay.reset()
     chosen = random.Random(1).sample(names, 20)
     for name in chosen:
@@ -65,13 +66,13 @@ def test_disk_cache_survives_remount(relay, mount_idcfs, test_slides, tmp_path) 
     slide = named(test_slides, "jpeg_ybr")
     first = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
     folder = series_dir(first.path, slide)
-    before = {p.name: p.read_bytes() for p in (folder / "level-0").iterdir()}
+    before = {p.name: p.read_bytes() for p in tile_paths(folder / "level-0")}
     stop_mount(first)
     assert cache_dir.stat().st_mode & 0o777 == 0o700
     second = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
     relay.reset()
     folder = series_dir(second.path, slide)
-    after = {p.name: p.read_bytes() for p in (folder / "level-0").iterdir()}
+    after = {p.name: p.read_bytes() for p in tile_paths(folder / "level-0")}
     assert after == before
     fetched = [path for _, path in relay.requests if "/frames/" in path or "/metadata" in path]
     assert not fetched, f"sent {fetched}; first log:\n{first.log()}\nsecond:\n{second.log()}"
@@ -85,7 +86,7 @@ def _read_then_remount(relay, mount_idcfs, test_slides, tmp_path, between=None, 
     slide = slide or named(test_slides, "jpeg_rgb")
     first = mount_idcfs(relay.url + "/dicom-web", "--cache-dir", str(cache_dir))
     level = series_dir(first.path, slide) / "level-0"
-    before = {p.name: p.read_bytes() for p in level.iterdir()}
+    before = {p.name: p.read_bytes() for p in tile_paths(level)}
     stop_mount(first)
     if between is not None:
         between(cache_dir)
@@ -96,9 +97,9 @@ def _read_then_remount(relay, mount_idcfs, test_slides, tmp_path, between=None, 
 def test_remount_shows_exact_sizes_from_the_disk_cache(relay, mount_idcfs, test_slides,
                                                       tmp_path) -> None:
     level, before = _read_then_remount(relay, mount_idcfs, test_slides, tmp_path)
-    shown = {p.name: p.stat().st_size for p in level.iterdir()}  # nothing opened yet
+    shown = {p.name: p.stat().st_size for p in tile_paths(level)}  # nothing opened yet
     assert shown == {name: len(data) for name, data in before.items()}
-    assert {p.name: p.read_bytes() for p in level.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in tile_paths(level)} == before
 
 
 def _spoil_size_index(cache_dir: Path) -> None:
@@ -169,7 +170,7 @@ def _filled_after_remount(orthanc, relay, mount_idcfs, tmp_path):  # type: ignor
     how many tiles were stored)."""
     slide = _big_slide(orthanc, tmp_path)
     level, before = _read_then_remount(relay, mount_idcfs, None, tmp_path, slide=slide)
-    names = os.listdir(level)
+    names = tile_names(level)
     assert (level / names[0]).read_bytes() == before[names[0]]
     deadline = time.monotonic() + 60
     stored = _stored_into_page_cache(level)
@@ -207,7 +208,7 @@ def test_a_walk_after_remount_is_read_from_the_page_cache(orthanc, relay, mount_
     unstored = len(before) - stored["helper"] - stored["in_process"]
     assert reads <= unstored + statistics_file_reads, (reads, stored)
 
-    name = os.listdir(level)[-1]
+    name = tile_names(level)[-1]
     _drop_pages(level / name)
     reads_before = _statistics(level)["fuse"]["reads_served"]
     assert (level / name).read_bytes() == before[name]
@@ -229,7 +230,7 @@ def test_a_tile_changed_since_it_was_stored_is_an_error_not_truncated(
 
     level, before, stored = _filled_after_remount(orthanc, relay, mount_idcfs, tmp_path)
     assert stored["helper"] >= len(before) // 2, stored
-    name = os.listdir(level)[-1]
+    name = tile_names(level)[-1]
     disk = DiskCache(tmp_path / "disk-cache", 1 << 30)
     keys = [key for key in disk._store.iterkeys() if str(key).startswith("tile/")]
     for key in keys:
@@ -252,7 +253,7 @@ def test_reads_stay_right_when_the_page_filler_process_dies(orthanc, relay, moun
     mount = mount_idcfs.mounts[-1]
     for pid in _helper_pids(mount):
         os.kill(pid, signal.SIGKILL)
-    assert {name: (level / name).read_bytes() for name in os.listdir(level)} == before
+    assert {name: (level / name).read_bytes() for name in tile_names(level)} == before
     assert _statistics(level)["disk_page_fill"]["running"] is False
     assert "disk page filler stopped" in mount.log()
 
@@ -268,7 +269,7 @@ def test_no_tile_is_stored_into_the_page_cache_at_a_placeholder_size(orthanc, re
     subprocess.run(["cp", "-r", str(level), str(copy)], check=True)
     filled = _statistics(level)["page_cache_fill"]
     assert filled["stored"] == 0, filled
-    for name in os.listdir(level):
+    for name in tile_names(level):
         assert (copy / name).read_bytes() == (level / name).read_bytes()
 
 
@@ -276,7 +277,7 @@ def test_concurrent_random_readers_share_requests(orthanc, relay, mount_idcfs, t
     slide = _big_slide(orthanc, tmp_path)
     mount = mount_idcfs(relay.url + "/dicom-web")
     level = series_dir(mount.path, slide) / "level-0"
-    names = os.listdir(level)
+    names = tile_names(level)
     chosen = random.Random(7).sample(names[1:], 8)  # not the first tile: no read-ahead
     relay.reset()
     relay.latency_s = 0.3
@@ -306,7 +307,7 @@ def test_readers_reading_on_keep_sharing_requests(orthanc, relay, mount_idcfs, t
     slide = _big_slide(orthanc, tmp_path)
     mount = mount_idcfs(relay.url + "/dicom-web")
     level = series_dir(mount.path, slide) / "level-0"
-    names = os.listdir(level)
+    names = tile_names(level)
     readers, rounds = 8, 7
     spaced = names[4::4]  # no two opens a walk apart: no read-ahead
     chosen = random.Random(8).sample(spaced, readers * rounds)
@@ -364,7 +365,7 @@ def test_read_ahead_nobody_consumes_is_capped(orthanc, relay, mount_idcfs, tmp_p
     slide = _small_tile_slide(orthanc, tmp_path)
     mount = mount_idcfs(relay.url + "/dicom-web", "--readahead-size", "32K")
     level = series_dir(mount.path, slide) / "level-0"
-    names = os.listdir(level)
+    names = tile_names(level)
     relay.reset()
     (level / names[0]).read_bytes()  # where a walk starts
     _settled(relay)
@@ -381,7 +382,7 @@ def test_read_ahead_never_evicts_tiles_being_read(orthanc, relay, mount_idcfs,
     slide = _small_tile_slide(orthanc, tmp_path)
     mount = mount_idcfs(relay.url + "/dicom-web", "--readahead-size", "32K")
     level = series_dir(mount.path, slide) / "level-0"
-    names = os.listdir(level)
+    names = tile_names(level)
     kept = [names[index] for index in range(300, 1200, 45)]  # far apart: no walk
     first = {name: (level / name).read_bytes() for name in kept}
     relay.reset()

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.expected import tile_paths
 from tests.support.mounting import Mount, idcfs_command, named, run_idcfs, series_dir
 from tests.support.relay import HttpRelay
 
@@ -90,8 +91,9 @@ def test_counters_add_up_after_a_mixed_workload(
     listing = subprocess.run(["ls", "-lR", str(mount.path / "studies")], capture_output=True,
                              timeout=120)
     assert listing.returncode == 0 and b"slide.json" in listing.stdout, listing.stderr
-    copied = subprocess.run(["cp", "-r", str(ybr / "level-1"), str(tmp_path / "copy")],
-                            capture_output=True, timeout=120)
+    (tmp_path / "copy").mkdir()
+    copied = subprocess.run(["cp", *map(str, tile_paths(ybr / "level-1")), str(tmp_path / "copy")],
+                            capture_output=True, timeout=120)  # the tiles, not tissue.txt
     assert copied.returncode == 0, copied.stderr
     walk = grid_order(os.listdir(ybr / "level-0"))
     for name in walk:  # in grid order from the first tile: a read-ahead walk
@@ -163,7 +165,9 @@ def check_the_rest(shown: dict[str, Any], relay: HttpRelay) -> None:
     assert shown["errors"].get("EIO: server") == 1, shown["errors"]
     assert "EIO: deadline" not in shown["errors"]
     assert reads["source"] > 0 and reads["staged"] + reads["waited"] > 0
-    assert reads["disk"] > 0 and reads["memory"] > 0
+    # the disk tier served the re-read tiles: to the reader, or to read-ahead, which then
+    # stores them in the page cache (which of the two depends on what memory still holds)
+    assert reads["disk"] + shown["readahead"]["landed_from_disk"] > 0 and reads["memory"] > 0
     assert shown["page_cache"]["hits"] > 0
     latency = frames["latency"]
     assert 0 < latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"] <= latency["max_ms"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -100,3 +101,14 @@ def frames_by_path(url: str, slide, nested: bool) -> dict[str, bytes]:  # type: 
         pairs = zip(members, frames, strict=True)
         found.update({tile.relative_path: strip_jpeg_padding(frame) for tile, frame in pairs})
     return found
+
+
+def tile_names(level: Path) -> list[str]:
+    """The tile files of a level (or plane/path) directory in readdir order: what it
+    lists but `tissue.txt`."""
+    return [name for name in os.listdir(level) if name.endswith((".jpg", ".jpeg"))]
+
+
+def tile_paths(level: Path) -> list[Path]:
+    """`tile_names` as paths."""
+    return [level / name for name in tile_names(level)]
