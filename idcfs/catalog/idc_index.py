@@ -376,16 +376,17 @@ class InstanceTable:
     (when downloaded): (crdc_instance_uuid, instance_size) by SeriesInstanceUID, so
     entering a series of IDC's buckets needs no listing (issue 13).
 
-    Entering a series is on the hot path, and a DuckDB query of the parquet scans its
-    whole SeriesInstanceUID column each time (one row group of ~392k rows, not sorted by
-    series): ~200 ms, more than the bucket round trip it saves; a DuckDB table of the
-    rows does not help (string zone maps keep 8-byte prefixes, and every UID starts
-    alike). So the rows of the catalog's series are read once, in the background after
-    the series table, into four sorted numpy arrays: a 64-bit key of the series (the
-    first half of its UID's MD5), the UUID's two halves and the size, 32 bytes an
-    instance (~12 MB for the whole index); a lookup is a binary search
-    (benchmarks/bench_instance_index.py). Series whose keys collide are left out (they
-    are listed).
+    Entering a series is on the hot path. Measured with a stand-in of the whole index
+    (392k rows, one row group, the real file's order; benchmarks/bench_instance_index.py):
+    a DuckDB query of the parquet per series costs ~70 ms (a scan of the whole
+    SeriesInstanceUID column), about the bucket round trip it saves; the rows in a
+    DuckDB table ordered by series still ~7 ms a lookup (string zone maps keep 8-byte
+    prefixes, and every UID starts alike) and ~75 MB; a Python dict 0.01 ms but 2.5 s
+    and ~70 MB. So the rows of the catalog's series are read once, in the background
+    after the series table (~0.4 s more), into four sorted numpy arrays: a 64-bit key of
+    the series (from the MD5 of its UID), the UUID's two halves and the size, 32 bytes an
+    instance (~12 MB for the whole index); a lookup is a binary search (~0.05 ms).
+    Series whose keys collide are left out (they are listed).
     """
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, slides_table: str,
