@@ -105,7 +105,7 @@ def listed_tiles(folder: Path) -> list[Path]:
 def tissue_tiles(folder: Path) -> list[Path]:
     """The tiles a tile directory's tissue.txt names (computed by the mount on first
     read from a low-resolution level, then cached)."""
-    names = (folder / TISSUE_LIST).read_text().split()
+    names = (folder / TISSUE_LIST).read_text().splitlines()
     return [folder / name for name in names]
 
 
