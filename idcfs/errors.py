@@ -28,6 +28,12 @@ class DecodeError(IdcfsError):
     """A frame could not be decoded or converted to JPEG (EIO)."""
 
 
+class RegionTooLarge(IdcfsError):
+    """A region whose render would need more stored pixels than idcfs decodes for one
+    file (EIO with a log line saying how many): refused before anything is fetched, so
+    one request cannot take the daemon's memory."""
+
+
 def without_credentials(url: str) -> str:
     """`url` without its user:password@ part: what messages, logs and statistics may show
     of a server's address (a URL's credentials are sent to its server, never shown)."""

@@ -28,7 +28,9 @@ from idcfs.fetch.coalesce import CoalesceSettings
 from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.prefetch import Prefetcher
 from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
+from idcfs.fetch.regions import RegionReader
 from idcfs.fetch.slides import SlideStore
+from idcfs.fetch.tissue import TissueMasks
 from idcfs.fs.nodes import TileFileIndex
 from idcfs.fs.statistics import MountStatistics
 from idcfs.fs.tree import Tree
@@ -37,6 +39,7 @@ from idcfs.fs.views.catalog import CatalogView
 from idcfs.fs.views.dicom_files import DicomFilesView
 from idcfs.fs.views.dicom_levels import DicomLevelsView
 from idcfs.fs.views.tile_names import DEFAULT_TEMPLATE, TileNames
+from idcfs.fs.views.tissue import TissueView
 from idcfs.fuse.adapter import IdcfsOperations
 from idcfs.fuse.diskfill import DiskPageFiller
 from idcfs.fuse.openfiles import OpenFiles
@@ -322,8 +325,11 @@ def build_mount(config: MountConfig) -> Mounted:
             loader, metrics, ReadAheadSettings(workers=workers),
             on_landed=page_filler.offer, take_over=disk_filler.take if disk_filler else None,
         )
+    regions = RegionReader(loader, metrics, wait_s=config.timeout)
+    tissue = TissueView(TissueMasks(regions, tiles, metrics, wait_s=config.timeout))
     views: list[SeriesView] = [DicomLevelsView(loader, tile_index, readahead,
-                                               tile_names=TileNames(config.tile_name))]
+                                               tile_names=TileNames(config.tile_name),
+                                               level_files=tissue), tissue]
     if isinstance(client, InstanceFiles):  # files by ranges: dicom/<uid>.dcm too
         views.append(DicomFilesView(client, metrics))
     quota = QuotaWatcher(config.quota_endpoint) if config.quota_endpoint else None

@@ -142,6 +142,19 @@ class TileLoader:
             return image.tiles[0].frame
         return None
 
+    def stored_frames(self, slide: Slide, frames: Sequence[FrameRef]) -> dict[FrameRef, Frame]:
+        """The stored frames themselves, neither converted nor kept: a render
+        (`idcfs.fetch.regions`) decodes them once and caches what it made of them, and a
+        served tile of a JPEG 2000 frame would be one more lossy generation. One counted
+        request per instance per batch of up to `max_frames_per_request`, as stitching."""
+        found: dict[FrameRef, Frame] = {}
+        for instance_uid, numbers in _group_by_instance(frames):
+            info = slide.instances[instance_uid]
+            for batch in _chunks(numbers, self.max_frames_per_request):
+                for number, frame in zip(batch, self._fetch(info, batch), strict=True):
+                    found[FrameRef(instance_uid, number)] = frame
+        return found
+
     # -- read-ahead -------------------------------------------------------------------
 
     def claim_for_prefetch(self, slide: Slide, frames: Sequence[FrameRef]) -> TileClaims:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from idcfs.errors import DecodeError, FetchError, MetadataError, NotFoundError
+from idcfs.errors import DecodeError, FetchError, MetadataError, NotFoundError, RegionTooLarge
 from idcfs.fetch.claims import DEFAULT_WAIT_S
 from idcfs.fs.nodes import FetchedFile, FileNode, Node, RangedFile
 from idcfs.fs.tree import Attributes, Tree
@@ -66,7 +66,7 @@ def to_fuse_error(error: BaseException, what: str,
         code, kind = errno.ENOTDIR, "ENOTDIR"
     else:
         code, kind = errno.EIO, f"EIO: {eio_cause(error)}"
-        if isinstance(error, FetchError | DecodeError | MetadataError):
+        if isinstance(error, FetchError | DecodeError | MetadataError | RegionTooLarge):
             log.error("EIO on %s: %s", what, error)
         else:
             log.exception("EIO on %s: unexpected %s", what, type(error).__name__,

@@ -15,7 +15,13 @@ import errno
 
 import pyfuse3
 
-from idcfs.errors import DecodeError, FetchError, MetadataError, QuotaExhaustedError
+from idcfs.errors import (
+    DecodeError,
+    FetchError,
+    MetadataError,
+    QuotaExhaustedError,
+    RegionTooLarge,
+)
 from idcfs.fuse.openfiles import OpenFile, OpenFiles
 from idcfs.metrics import Metrics
 
@@ -60,4 +66,6 @@ def eio_cause(error: BaseException) -> str:
         return "decode"
     if isinstance(error, MetadataError):
         return "metadata"
+    if isinstance(error, RegionTooLarge):
+        return "too large"
     return "unexpected"

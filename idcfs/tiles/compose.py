@@ -37,8 +37,11 @@ class Piece:
     transfer_syntax: str | None
 
 
-def compose(pieces: Sequence[Piece], pixels: PixelFormat, width: int, height: int) -> np.ndarray:
-    """The canvas of `width` x `height` pixels the pieces cover, in their native dtype.
+def compose(pieces: Sequence[Piece], pixels: PixelFormat, width: int, height: int,
+            background: bool = False) -> np.ndarray:
+    """The canvas of `width` x `height` pixels the pieces cover, in their native dtype;
+    what no piece covers is 0, or with `background` the colour wsidicom gives a missing
+    tile of a sparse level (`background_value`: white, black for MONOCHROME2).
 
     Raises TileDecodeError when a piece cannot be decoded, there is none, or the canvas
     would be larger than `MAX_CANVAS_PIXELS` or a JPEG can be (a label or overview
@@ -48,11 +51,25 @@ def compose(pieces: Sequence[Piece], pixels: PixelFormat, width: int, height: in
     for piece in pieces:
         decoded = decode_frame(piece.data, pixels, piece.transfer_syntax)
         if canvas is None:
-            canvas = np.zeros((height, width, *decoded.shape[2:]), dtype=decoded.dtype)
+            fill = background_value(pixels, decoded.dtype) if background else 0
+            canvas = np.full((height, width, *decoded.shape[2:]), fill, dtype=decoded.dtype)
         _paste(canvas, decoded, piece.top, piece.left)
     if canvas is None:
         raise TileDecodeError("no frames to compose")
     return canvas
+
+
+def background_value(pixels: PixelFormat, dtype: np.dtype) -> int:
+    """The sample value of an area no frame covers, in `dtype`: black (0) for
+    MONOCHROME2, else white (the largest value of BitsStored), as wsidicom and viewers
+    show the tiles a sparse level lacks (glass is bright in brightfield, dark in
+    fluorescence)."""
+    if pixels.photometric == "MONOCHROME2":
+        return 0
+    bits = np.dtype(dtype).itemsize * 8
+    if 1 <= pixels.bits_stored < bits:
+        bits = pixels.bits_stored
+    return int(min((1 << bits) - 1, np.iinfo(dtype).max)) if np.dtype(dtype).kind in "ui" else 1
 
 
 def composed_jpeg(
@@ -72,9 +89,14 @@ def _check_canvas(width: int, height: int) -> None:
 
 
 def _paste(canvas: np.ndarray, decoded: np.ndarray, top: int, left: int) -> None:
-    """Copy what of `decoded` falls inside the canvas (edge frames overhang it)."""
-    rows = max(0, min(decoded.shape[0], canvas.shape[0] - top))
-    columns = max(0, min(decoded.shape[1], canvas.shape[1] - left))
+    """Copy what of `decoded` falls inside the canvas: edge frames overhang its bottom
+    and right, and a region's canvas (`idcfs.fetch.regions`) starts inside its first
+    frames (a negative top or left)."""
     if decoded.ndim != canvas.ndim:
         raise TileDecodeError("frames of one image differ in samples per pixel")
-    canvas[top : top + rows, left : left + columns] = decoded[:rows, :columns]
+    skip_rows, skip_columns = max(0, -top), max(0, -left)
+    top, left = max(0, top), max(0, left)
+    rows = max(0, min(decoded.shape[0] - skip_rows, canvas.shape[0] - top))
+    columns = max(0, min(decoded.shape[1] - skip_columns, canvas.shape[1] - left))
+    canvas[top : top + rows, left : left + columns] = (
+        decoded[skip_rows : skip_rows + rows, skip_columns : skip_columns + columns])

@@ -7,7 +7,8 @@
   several), one JPEG per stored tile.
 
 A new layout (DeepZoom) is a new `SeriesView` in a module of its own, added to the list
-`idcfs.mount` gives the catalog view.
+`idcfs.mount` gives the catalog view. Files beside the tiles of a level directory
+(`tissue.txt`: `tissue.TissueView`) come from a `LevelFiles` the DICOM-levels view is given.
 """
 
 from __future__ import annotations
@@ -16,10 +17,22 @@ from typing import Protocol
 
 from idcfs.catalog.base import SeriesEntry
 from idcfs.fs.nodes import Node
-from idcfs.slide.model import Slide
+from idcfs.fs.views.tile_names import TileNames
+from idcfs.slide.model import Level, Slide, TileGrid
 
 
 class SeriesView(Protocol):
     """Nodes a series directory shows for one slide."""
 
     def series_nodes(self, slide: Slide, entry: SeriesEntry) -> list[Node]: ...
+
+
+class LevelFiles(Protocol):
+    """Files beside the tiles of a level directory, or of a plane/path directory in it.
+
+    `grids` are those the directory shows: its own tiles (one grid, `in_subdirectories`
+    False) or one subdirectory each (`level-N/` of a slide with several planes or paths,
+    True); `names` names tiles as the listing does (`--tile-name`)."""
+
+    def level_files(self, slide: Slide, level: Level, grids: list[TileGrid],
+                    in_subdirectories: bool, names: TileNames) -> list[Node]: ...

@@ -28,6 +28,7 @@ from idcfs.fs.nodes import (
     default_placeholder,
     json_bytes,
 )
+from idcfs.fs.views import LevelFiles
 from idcfs.fs.views.tile_names import TileNames
 from idcfs.slide.model import SERIES_FACTS, AssociatedImage, FrameRef, Level, Slide, TileGrid
 
@@ -69,12 +70,15 @@ class DicomLevelsView:
         readahead: ReadAhead | None = None,
         placeholder: Placeholder = default_placeholder,
         tile_names: TileNames | None = None,
+        level_files: LevelFiles | None = None,
     ) -> None:
+        """`level_files` adds files beside the tiles of each level (tissue.txt)."""
         self.loader = loader
         self.tile_index = tile_index
         self.readahead = readahead
         self.placeholder = placeholder
         self.tile_names = tile_names or TileNames()
+        self.level_files = level_files
 
     def series_nodes(self, slide: Slide, entry: SeriesEntry) -> list[Node]:
         nodes: list[Node] = [self._slide_json(slide, entry)]
@@ -114,10 +118,18 @@ class DicomLevelsView:
     def _level(self, slide: Slide, level: Level) -> list[Node]:
         if not slide.has_plane_directories:
             return self._tiles(slide, level, level.grids[0]) if level.grids else []
-        return [
+        directories: list[Node] = [
             DirNode(grid.directory_name, lambda g=grid: self._tiles(slide, level, g))
             for grid in level.grids
         ]
+        return directories + self._beside_tiles(slide, level, level.grids, True)
+
+    def _beside_tiles(self, slide: Slide, level: Level, grids: list[TileGrid],
+                      in_subdirectories: bool) -> list[Node]:
+        if self.level_files is None:
+            return []
+        return self.level_files.level_files(slide, level, grids, in_subdirectories,
+                                            self.tile_names)
 
     def _tiles(self, slide: Slide, level: Level, grid: TileGrid) -> list[Node]:
         placeholder = self.placeholder(level.tile_width, level.tile_height, 3)
@@ -133,7 +145,7 @@ class DicomLevelsView:
                             self._open_hook(slide, grid_key, grid, index))
             self.tile_index.add(node)
             nodes.append(node)
-        return nodes
+        return nodes + self._beside_tiles(slide, level, [grid], False)
 
     def _shown_sizes(self, slide: Slide, grid: TileGrid, placeholder: int) -> list[int]:
         """The size each tile shows before it is fetched: foretold by the source when it
