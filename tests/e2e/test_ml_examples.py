@@ -31,6 +31,7 @@ from tests.support.fixtures import orthanc_holding
 from tests.support.mounting import named, series_dir
 from tests.support.orthanc import OrthancServer
 from tests.support.slides import GeneratedSlide, generate_test_slides
+from tests.support.tissue_slides import TissueSlide, tissue_brightfield
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 SLIDE_NAMES = ["jpeg_ybr", "sparse", "focal_planes"]
@@ -57,6 +58,18 @@ def server(slides: list[GeneratedSlide]):  # type: ignore[no-untyped-def]
         yield orthanc
 
 
+@pytest.fixture(scope="module")
+def tissue(tmp_path_factory: pytest.TempPathFactory) -> TissueSlide:
+    """A slide with tissue only in a known disc and rectangle (tiles of 128)."""
+    return tissue_brightfield(tmp_path_factory.mktemp("ml-tissue"))
+
+
+@pytest.fixture(scope="module")
+def tissue_server(tissue: TissueSlide):  # type: ignore[no-untyped-def]
+    with orthanc_holding(tissue.slide.files) as orthanc:
+        yield orthanc
+
+
 def expected_pixels(server: OrthancServer, mount: Path, slides: list[GeneratedSlide],
                     level: str = "level-0/") -> dict[Path, np.ndarray]:
     """Every tile of `level` of every slide, by its path in the mount: the stored frame
@@ -71,10 +84,10 @@ def expected_pixels(server: OrthancServer, mount: Path, slides: list[GeneratedSl
     return found
 
 
-def run_example(script: str, mount: Path, manifest: Path, *options: str) -> str:
+def run_example(script: str, mount: Path, manifest: Path, *options: str, size: int = TILE) -> str:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / script), str(mount), "--manifest", str(manifest),
-         "--size", str(TILE), *options],
+         "--size", str(size), *options],
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -87,12 +100,12 @@ def read_manifest(manifest: Path) -> list[Yielded]:
 
 
 def assert_each_epoch_yields(yielded: list[Yielded], expected: dict[Path, np.ndarray],
-                             epochs: int) -> None:
+                             epochs: int, tile: int = TILE) -> None:
     """Every expected tile `epochs` times, no other, each as the server's frame."""
     assert Counter(item.path for item in yielded) == {path: epochs for path in expected}
     for item in yielded:
         pixels = expected[item.path]
-        assert item.shape == f"{TILE}x{TILE}x3" and pixels.shape == (TILE, TILE, 3)
+        assert item.shape == f"{tile}x{tile}x3" and pixels.shape == (tile, tile, 3)
         assert item.digest == _sha256(pixels), f"{item.path} differs from the server's frame"
 
 
@@ -161,6 +174,28 @@ def test_listing_the_paths_fetches_no_frame(server, slides, mount_idcfs) -> None
     expected = expected_pixels(server, mount.path, slides, level="level-1/")
     expected |= expected_pixels(server, mount.path, [named(slides, "sparse")], level="level-0/")
     assert sorted(paths) == sorted(expected)
+
+
+def test_tissue_tiles_are_those_tissue_txt_names(
+    tissue, tissue_server, mount_idcfs, tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """--tiles tissue: exactly the tiles level-0/tissue.txt names (every tile with
+    tissue among them, most of the background left out), each as the server stores it."""
+    mount = mount_idcfs(tissue_server.dicomweb_url)
+    level = series_dir(mount.path, tissue.slide) / "level-0"
+    run_example("multiprocessing_tiles.py", mount.path, tmp_path / "manifest.tsv",
+                "--tiles", "tissue", "--order", "sequential", "--workers", "8", size=128)
+    listed = (level / "tissue.txt").read_text().splitlines()
+    every = expected_pixels(tissue_server, mount.path, [tissue.slide])
+    expected = {level / name: every[level / name] for name in listed}
+    yielded = read_manifest(tmp_path / "manifest.tsv")
+    assert_each_epoch_yields(yielded, expected, epochs=1, tile=128)
+    truth = tissue.truth(0)
+    with_tissue = {level / f"{column}_{row}.jpg" for (column, row), held in truth.items() if held}
+    background = {level / f"{column}_{row}.jpg" for (column, row), held in truth.items()
+                  if held is False}
+    assert with_tissue <= expected.keys(), "a tile with tissue is missing"
+    assert len(background & expected.keys()) <= 0.05 * len(background)
 
 
 def _sha256(pixels: np.ndarray) -> str:
