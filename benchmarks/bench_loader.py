@@ -32,10 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmarks.common import Mounted, Row, median_row, print_table, save
 from tests.support.orthanc import OrthancServer
@@ -59,28 +61,29 @@ def examples(name: str) -> Any:
 
 # --------------------------------------------------------------------------- the loaders
 
-Epochs = Callable[[list[Path], Sequence[str]], list[float]]
+Epochs = Callable[[list[Path], Sequence[str]], Iterator[float]]
 
 
-def torch_epochs(paths: list[Path], orders: Sequence[str]) -> list[float]:
-    """Seconds of each epoch of torch_tiles' DataLoader (persistent workers, so a
-    second epoch starts none); one order for all epochs."""
+def torch_epochs(paths: list[Path], orders: Sequence[str]) -> Iterator[float]:
+    """Seconds of each epoch of torch_tiles' DataLoader, as each ends (persistent
+    workers, so a second epoch starts none); one order for all epochs."""
     torch_tiles = examples("torch_tiles")
     dataset = torch_tiles.TileDataset(paths, SIZE)
     batches = torch_tiles.loader(dataset, orders[0], WORKERS, BATCH, epochs=len(orders))
-    return [torch_tiles.run_epoch(batches, paths) for _ in orders]
+    for _ in orders:
+        yield torch_tiles.run_epoch(batches, paths)
 
 
-def pool_epochs(paths: list[Path], orders: Sequence[str]) -> list[float]:
-    """Seconds of each epoch of multiprocessing_tiles' pool; the first includes starting
-    the pool, as the DataLoader's first epoch includes starting its workers."""
+def pool_epochs(paths: list[Path], orders: Sequence[str]) -> Iterator[float]:
+    """Seconds of each epoch of multiprocessing_tiles' pool, as each ends; the first
+    includes starting the pool, as the DataLoader's first includes starting its workers."""
     mp_tiles = examples("multiprocessing_tiles")
     start = time.perf_counter()
     with mp_tiles.open_pool(paths, SIZE, WORKERS) as pool:
         started = time.perf_counter() - start
-        seconds = [mp_tiles.run_epoch(pool, paths, order, BATCH, epoch)
-                   for epoch, order in enumerate(orders, start=1)]
-    return [seconds[0] + started, *seconds[1:]]
+        for epoch, order in enumerate(orders, start=1):
+            yield mp_tiles.run_epoch(pool, paths, order, BATCH, epoch) + started
+            started = 0.0
 
 
 LOADERS: dict[str, Epochs] = {"torch": torch_epochs, "multiprocessing": pool_epochs}
@@ -99,13 +102,15 @@ def loader_rows(rtt: int, url: str, slide: GeneratedSlide, work: Path, epochs: E
     `WORKERS` tiles already in memory)."""
     mount = Mounted(work, "--url", url)
     _, paths = series_paths(mount, slide)
-    rows, sent = [], 0
+    rows, sent = [], mount.stats()["requests_sent"]  # the listing's, not counted
     for label, seconds in zip(labels, epochs(paths, [order, order]), strict=True):
-        requests = mount.stats()["requests_sent"]
+        requests = mount.stats()["requests_sent"]  # read between epochs
         rows.append(Row(rtt, label, len(paths), seconds, 0, requests - sent,
                         {"peak_rss_mb": mount.peak_rss_mb()}))
         sent = requests
-    rows[0].extra["start_s"] = epochs(paths[:WORKERS], [order])[0]
+    for row in rows:
+        row.nbytes = sum(path.stat().st_size for path in paths)  # exact once read
+    rows[0].extra["start_s"] = next(epochs(paths[:WORKERS], [order]))
     mount.close()
     return rows
 
@@ -117,14 +122,17 @@ def prefetched_rows(rtt: int, url: str, slide: GeneratedSlide, work: Path,
     cache = Path(tempfile.mkdtemp(dir=work, prefix="cache-"))
     mount = Mounted(work, "--url", url, "--cache-dir", str(cache))
     series, paths = series_paths(mount, slide)
+    listing = mount.stats()["requests_sent"]
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "idcfs", "prefetch", str(series)], check=True,
                    capture_output=True, timeout=600)
     prefetch_s = time.perf_counter() - start
     sent = mount.stats()["requests_sent"]
-    seconds = epochs(paths, ["random"])[0]
-    rows = [Row(rtt, "(P) idcfs prefetch SERIES", len(paths), prefetch_s, 0, sent),
-            Row(rtt, "(L5) loader, random, after prefetch", len(paths), seconds, 0,
+    seconds = next(epochs(paths, ["random"]))
+    nbytes = sum(path.stat().st_size for path in paths)
+    rows = [Row(rtt, "(P) idcfs prefetch SERIES", len(paths), prefetch_s, nbytes,
+                sent - listing),
+            Row(rtt, "(L5) loader, random, after prefetch", len(paths), seconds, nbytes,
                 mount.stats()["requests_sent"] - sent)]
     mount.close()
     return rows
@@ -142,14 +150,13 @@ def _start_direct(url: str, uids: tuple[str, str, str]) -> None:
                    decode=examples("tile_paths").decode)
 
 
-def _fetch_decoded(numbers: list[int]) -> int:
-    """In a direct worker: one request for these frames, each decoded."""
+def _fetch_decoded(numbers: list[int]) -> tuple[int, list[np.ndarray]]:
+    """In a direct worker: one request for these frames, each decoded; the bytes
+    fetched and the pixels, handed back to the main process as the loaders' are."""
     study, series, instance = _direct["uids"]
     frames = _direct["client"].retrieve_instance_frames(
         study, series, instance, frame_numbers=numbers, media_types=AS_STORED)
-    for frame in frames:
-        _direct["decode"](frame, SIZE)
-    return len(frames)
+    return sum(map(len, frames)), [_direct["decode"](frame, SIZE) for frame in frames]
 
 
 def direct_row(rtt: int, url: str, uids: tuple[str, str, str], numbers: list[int],
@@ -160,9 +167,11 @@ def direct_row(rtt: int, url: str, uids: tuple[str, str, str], numbers: list[int
     with Pool(WORKERS, initializer=_start_direct, initargs=(url, uids)) as pool:
         pool.map(_ping, range(WORKERS))
         start = time.perf_counter()
-        tiles = sum(pool.imap(_fetch_decoded, requests))
+        tiles = nbytes = 0
+        for fetched, pixels in pool.imap(_fetch_decoded, requests):
+            tiles, nbytes = tiles + len(pixels), nbytes + fetched
         seconds = time.perf_counter() - start
-    return Row(rtt, label, tiles, seconds, 0, len(requests))
+    return Row(rtt, label, tiles, seconds, nbytes, len(requests))
 
 
 def _ping(_: int) -> None:
