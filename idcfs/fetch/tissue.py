@@ -14,6 +14,12 @@ Kept: the mask's PNG in the tiles' memory LRU and, with `--cache-dir`, in the di
 computation per series at a time (claims): concurrent readers of tissue.txt files and
 of tissue-mask.png wait for it, bounded by the mount's deadline. Selecting a grid's
 tiles from a kept mask is arithmetic on it (no request).
+
+Counted as a stitched label is (docs/SEMANTICS.md, "Statistics"): each tissue file a
+reader reads is one tile read (`tile_reads.<where>`: `memory`, `waited`, `disk`,
+`source` when computed for it, `failed`) and a disk lookup when it looked there; the
+frames a computation reads are frame requests. `tissue_masks.computed` counts masks
+computed.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from idcfs.cache.tiles import TileCache
-from idcfs.fetch.claims import DEFAULT_WAIT_S, Claims
+from idcfs.fetch.claims import DEFAULT_WAIT_S, Claims, wait
 from idcfs.fetch.regions import GridKey, Region
 from idcfs.metrics import Metrics
 from idcfs.slide.model import Level, Slide, TileGrid
@@ -81,18 +87,43 @@ class TissueMasks:
         self._disk = tiles.disk
         self._claims: Claims[bytes] = Claims(wait_s)
         self._computed = metrics.counter("tissue_masks.computed")
-        self._from_disk = metrics.counter("tissue_masks.from_disk")
+        self._reads = {where: metrics.counter(f"tile_reads.{where}")
+                       for where in ("memory", "waited", "disk", "source", "failed")}
+        self._disk_lookups = metrics.counter("disk_cache.lookups")
+        self._disk_hits = metrics.counter("disk_cache.hits")
 
     def png(self, slide: Slide) -> bytes:
-        """The slide's mask: from memory, from disk, or computed (once at a time)."""
-        found = self.cached_png(slide)
+        """A reader's mask: from memory, from disk, or computed (once at a time); counted
+        as one tile read by where it came from."""
+        found = self._memory.get(self._memory_key(slide))
         if found is not None:
+            self._reads["memory"].add()
             return found
-        return self._claims.run(self._memory_key(slide), lambda: self._load(slide))
+        try:
+            found, where = self._claimed(slide)
+        except BaseException:
+            self._reads["failed"].add()
+            raise
+        self._reads[where].add()
+        return found
 
-    def cached_png(self, slide: Slide) -> bytes | None:
-        """The mask when it is in memory (never blocks)."""
-        return self._memory.get(self._memory_key(slide))
+    def at_hand(self, slide: Slide) -> bytes | None:
+        """A reader's mask when it is in memory (never blocks; counted when found)."""
+        found = self._memory.get(self._memory_key(slide))
+        if found is not None:
+            self._reads["memory"].add()
+        return found
+
+    def known(self, slide: Slide) -> bytes | None:
+        """The mask when it is in memory or the disk cache, for a listing's exact sizes
+        (so `rsync` after a remount sees them unchanged); neither a tile read nor a
+        request. One read of a small entry per directory listed."""
+        found = self._memory.get(self._memory_key(slide))
+        if found is None and self._disk is not None:
+            found = self._disk.get(self._disk_key(slide))
+            if found is not None:
+                self._memory.put(self._memory_key(slide), found)
+        return found
 
     def selected(self, slide: Slide, level: Level, grid: TileGrid,
                  png: bytes) -> list[bool]:
@@ -104,18 +135,36 @@ class TissueMasks:
                                   (level.tile_width, level.tile_height), cells)
         return [bool(flag) for flag in flags]
 
-    def _load(self, slide: Slide) -> bytes:
-        """From disk, else computed and kept (the claim's work)."""
+    def _claimed(self, slide: Slide) -> tuple[bytes, str]:
+        """The mask and where it came from: another reader's computation ("waited"), or
+        this one's, from disk or computed ("source")."""
+        future, claim = self._claims.claim(self._memory_key(slide))
+        if claim is None:
+            return wait(future, self._claims.wait_timeout), "waited"
+        try:
+            data, where = self._load(slide)
+        except BaseException as error:
+            claim.fail(error)
+            raise
+        claim.resolve(data)
+        return data, where
+
+    def _load(self, slide: Slide) -> tuple[bytes, str]:
+        """From disk, else computed and kept there; then in memory."""
         key = self._disk_key(slide)
-        data = self._disk.get(key) if self._disk is not None else None
+        data, where = None, "source"
+        if self._disk is not None:
+            self._disk_lookups.add()
+            data = self._disk.get(key)
         if data is not None:
-            self._from_disk.add()
+            where = "disk"
+            self._disk_hits.add()
         else:
             data = self._compute(slide)
             if self._disk is not None:
                 self._disk.put(key, data)
         self._memory.put(self._memory_key(slide), data)
-        return data
+        return data, where
 
     def _compute(self, slide: Slide) -> bytes:
         plan = mask_plan(slide)

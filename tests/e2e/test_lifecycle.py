@@ -226,7 +226,7 @@ def test_a_signal_unmounts_cleanly_and_the_disk_cache_serves_the_remount(
         _wait_for(lambda: is_mounted(mountpoint) or process.poll() is not None, "the mount")
         assert process.poll() is None, process.communicate()[1]
         level = series_dir(mountpoint, slides.ybr) / "level-0"
-        first = {entry.name: entry.read_bytes() for entry in level.iterdir()}
+        first = {entry.name: entry.read_bytes() for entry in level.glob("*.jpg")}
         process.send_signal(stop_signal)
         assert process.wait(timeout=WAIT_S) == 0, process.communicate()[1]
         assert not is_mounted(mountpoint)
@@ -240,7 +240,7 @@ def test_a_signal_unmounts_cleanly_and_the_disk_cache_serves_the_remount(
     again = mount_idcfs(url, "--cache-dir", str(cache_dir))
     life_relay.reset()
     level = series_dir(again.path, slides.ybr) / "level-0"
-    assert {entry.name: entry.read_bytes() for entry in level.iterdir()} == first
+    assert {entry.name: entry.read_bytes() for entry in level.glob("*.jpg")} == first
     sent = [path for _, path in life_relay.requests if "/frames/" in path or "/metadata" in path]
     assert sent == [], again.log()
     stats = json.loads((again.path / ".idcfs-stats.json").read_text())
@@ -269,13 +269,14 @@ def test_a_kill_while_the_disk_cache_is_written_loses_only_tiles_in_flight(
         _kill_9(mount)
     finally:
         copier.wait(WAIT_S)
-    copied = {entry.name for entry in copy.iterdir() if entry.read_bytes() == wanted[entry.name]}
+    copied = {entry.name for entry in copy.glob("*.jpg")
+              if entry.read_bytes() == wanted[entry.name]}
     assert run_idcfs("unmount", str(mount.path)).returncode == 0
     life_relay.latency_s = 0.0
     again = mount_idcfs(url, "--cache-dir", str(cache_dir))
     life_relay.reset()
     level = series_dir(again.path, slides.walk) / "level-0"
-    served = {entry.name: entry.read_bytes() for entry in level.iterdir()}
+    served = {entry.name: entry.read_bytes() for entry in level.glob("*.jpg")}
     assert served == wanted
     columns = -(-WALK_SIZE[0] // 256)
     fetched = _tile_names(_frames_requested(life_relay, slides.walk.levels[0].instance_uids[0]),

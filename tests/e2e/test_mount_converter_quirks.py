@@ -55,8 +55,8 @@ def stored_frames(path: Path) -> list[bytes]:
 
 
 def test_mixed_sparse_and_full_levels_are_one_focal_plane(folder: Path) -> None:
-    assert sorted(os.listdir(folder)) == ["level-0", "level-1", "slide.json"]
-    names = [f"{column}_{row}.jpg" for row in range(2) for column in range(3)]
+    assert sorted(os.listdir(folder)) == ["level-0", "level-1", "slide.json", "tissue-mask.png"]
+    names = [f"{column}_{row}.jpg" for row in range(2) for column in range(3)] + ["tissue.txt"]
     assert os.listdir(folder / "level-0") == names
     assert os.listdir(folder / "level-1") == names
     described = json.loads((folder / "slide.json").read_text())

@@ -37,7 +37,7 @@ def test_levels_associated_images_and_slide_json(mounted, test_slides) -> None:
     names = sorted(os.listdir(folder))
     assert names == sorted(
         ["slide.json", "label.jpg", "overview.jpg", "thumbnail.jpg", "level-0", "level-1",
-         "level-2"]
+         "level-2", "tissue-mask.png"]
     )
     description = json.loads((folder / "slide.json").read_text())
     volumes = sorted(volume_instances(read_headers(slide.files)),
@@ -57,6 +57,7 @@ def test_readdir_order_is_frame_order_row_by_row(mounted, test_slides) -> None:
     slide = named(test_slides, "jpeg_ybr")
     level = series_dir(mounted.path, slide) / "level-0"
     listed = [entry.name for entry in os.scandir(level)]  # readdir order, unsorted
+    assert listed.pop() == "tissue.txt"  # after the tiles
     positions = [tuple(map(int, name[:-4].split("_"))) for name in listed]
     assert positions == sorted(positions, key=lambda cr: (cr[1], cr[0]))
     assert len(listed) == 4 * 3
@@ -74,7 +75,7 @@ def test_sparse_level_lists_only_existing_tiles(mounted, test_slides) -> None:
     shown = {
         f"{level}/{name}"
         for level in os.listdir(folder) if level.startswith("level-")
-        for name in os.listdir(folder / level)
+        for name in os.listdir(folder / level) if name != "tissue.txt"
     }
     assert shown == expected
     full_grid = 1
@@ -94,7 +95,7 @@ def test_planes_and_paths_get_one_directory_each(mounted, test_slides, name, dir
     slide = named(test_slides, name)
     folder = series_dir(mounted.path, slide)
     for level in (entry for entry in os.listdir(folder) if entry.startswith("level-")):
-        assert sorted(os.listdir(folder / level)) == directories
+        assert sorted(os.listdir(folder / level)) == [*directories, "tissue.txt"]
     expected = {tile.relative_path for tile in expected_tiles(read_headers(slide.files), True)}
     shown = {
         str(path.relative_to(folder)) for path in folder.glob("level-*/*/*.jpg")

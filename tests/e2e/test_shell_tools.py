@@ -64,7 +64,7 @@ def test_rsync_after_a_remount_copies_nothing_and_fetches_no_frame(
     around = {name: (first.path / name).stat().st_mtime_ns
               for name in ("studies", f"studies/{slide.study_uid}")}
     copied = rsync(level, tmp_path / "copy")
-    assert sum(line.startswith(">f+++++++++") for line in copied) == 2 * 2  # every tile
+    assert sum(line.startswith(">f+++++++++") for line in copied) == 2 * 2 + 1  # tiles, tissue.txt
     stop_mount(first)
 
     second = mount_idcfs(relay.url + "/dicom-web", *options)
@@ -97,8 +97,8 @@ def test_tile_names_template_makes_sorted_names_row_major(
     mounted = mount_idcfs(orthanc.dicomweb_url, "--tile-name", ROW_MAJOR)
     level = series_dir(mounted.path, slide) / "level-0"
     row_major = [ROW_MAJOR.format(col=col, row=row) for row in range(3) for col in range(4)]
-    assert shell("ls", level) == row_major  # sorted by name
-    assert shell("ls -U", level) == row_major  # directory order: frame order, row by row
+    assert shell("ls", level) == [*row_major, "tissue.txt"]  # sorted by name
+    assert shell("ls -U", level) == [*row_major, "tissue.txt"]  # frame order, row by row
     assert shell("printf '%s\\n' *.jpg", level) == row_major  # a glob, as montage sees it
     expected = frames_by_path(orthanc.dicomweb_url, slide, nested=False)
     assert (level / "0001_0002.jpg").read_bytes() == expected["level-0/2_1.jpg"]
@@ -111,7 +111,8 @@ def test_tile_names_template_applies_inside_plane_directories(
     slide = named(test_slides, "focal_planes")
     mounted = mount_idcfs(orthanc.dicomweb_url, "--tile-name", "r{row}-c{col}.jpeg")
     plane = series_dir(mounted.path, slide) / "level-1" / "plane-1_path-1"
-    assert [entry.name for entry in os.scandir(plane)] == ["r0-c0.jpeg", "r0-c1.jpeg"]
+    assert [entry.name for entry in os.scandir(plane)] == ["r0-c0.jpeg", "r0-c1.jpeg",
+                                                           "tissue.txt"]
     expected = frames_by_path(orthanc.dicomweb_url, slide, nested=True)
     assert (plane / "r0-c1.jpeg").read_bytes() == expected["level-1/plane-1_path-1/1_0.jpg"]
 

@@ -57,8 +57,9 @@ def at_rest(mount: Mount) -> dict[str, Any]:
 
 
 def grid_order(names: list[str]) -> list[str]:
-    """Tile names (<col>_<row>.jpg) in the grid's order, row by row."""
-    return sorted(names, key=lambda name: [int(part) for part in name[:-4].split("_")][::-1])
+    """Tile names (<col>_<row>.jpg) in the grid's order, row by row (tissue.txt left out)."""
+    tiles = [name for name in names if name.endswith(".jpg")]
+    return sorted(tiles, key=lambda name: [int(part) for part in name[:-4].split("_")][::-1])
 
 
 def read_tile(path: Path) -> int | None:

@@ -140,7 +140,10 @@ def test_concurrent_readers_share_one_computation(test_slides: list[GeneratedSli
     for thread in threads:
         thread.join(timeout=30)
     assert len(results) == len(threads)
-    assert metrics.snapshot()["tissue_masks"]["computed"] == 1
+    shown = metrics.snapshot()
+    assert shown["tissue_masks"]["computed"] == 1
+    reads = shown["tile_reads"]  # each file read once per reader, as the statistics sum
+    assert sum(reads.values()) == len(threads) and reads["source"] == 1 and not reads["failed"]
 
 
 def test_the_mask_is_kept_on_disk_for_the_next_mount(
@@ -155,9 +158,12 @@ def test_the_mask_is_kept_on_disk_for_the_next_mount(
     second, metrics = mounted([slide], disk, template="{row:04d}_{col:04d}.jpg")
     node = second.file(path)
     assert isinstance(node, FetchedFile)
+    assert node.size() == (len("".join(f"{name}\n" for name in listed)), True)  # when listed
     assert _lines(second, path) == listed
     assert second.source.requests == []
-    assert metrics.snapshot()["tissue_masks"]["from_disk"] == 1
+    shown = metrics.snapshot()
+    assert shown["tile_reads"]["memory"] == 1  # the listing took it from disk
+    assert shown["tissue_masks"]["computed"] == 0
     disk.close()
 
 

@@ -3,7 +3,8 @@
 in frame order; `tissue-mask.png` in each series, the mask they come from.
 
 Both are listed with placeholder sizes and computed on first read (`idcfs.fetch.tissue`:
-one mask per series, from a low-resolution level), so listing costs nothing. The
+one mask per series, from a low-resolution level), so listing sends nothing; a mask in
+memory or in the disk cache makes their sizes exact when listed. The
 placeholder of tissue.txt is an upper bound without naming a tile: as many lines as
 tiles, each as long as the name of the last column and row (a tile name's length never
 shrinks as its numbers grow).
@@ -35,19 +36,16 @@ class TissueListFile(FetchedFile):
                          for grid in grids]
         self.names = names
         super().__init__(LIST_NAME, self._upper_bound())
-        if masks.cached_png(slide) is not None:
-            self.peek()  # the mask is at hand: the exact size costs no request
+        png = masks.known(slide)
+        if png is not None:  # the exact size costs no request
+            self.exact_size = len(self._text(png))
 
     def fetch(self) -> bytes:
         return self._text(self.masks.png(self.slide))
 
     def peek(self) -> bytes | None:
-        png = self.masks.cached_png(self.slide)
-        if png is None:
-            return None
-        text = self._text(png)
-        self.exact_size = len(text)
-        return text
+        png = self.masks.at_hand(self.slide)
+        return None if png is None else self._text(png)
 
     def _text(self, png: bytes) -> bytes:
         lines = []
@@ -70,16 +68,15 @@ class TissueMaskFile(FetchedFile):
         super().__init__(MASK_NAME, default_placeholder(*size, 1) + size[1] + PNG_OVERHEAD)
         self.masks = masks
         self.slide = slide
-        self.peek()
+        data = masks.known(slide)
+        if data is not None:
+            self.exact_size = len(data)
 
     def fetch(self) -> bytes:
         return self.masks.png(self.slide)
 
     def peek(self) -> bytes | None:
-        data = self.masks.cached_png(self.slide)
-        if data is not None:
-            self.exact_size = len(data)
-        return data
+        return self.masks.at_hand(self.slide)
 
 
 class TissueView:
