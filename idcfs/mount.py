@@ -55,8 +55,7 @@ from idcfs.source.files import (
     FileFrameSource,
     FileSourceSettings,
     HeaderReader,
-    PrefixSeriesFiles,
-    idc_bucket_prefix,
+    idc_series_files,
 )
 from idcfs.source.folder import FolderCatalog
 from idcfs.source.objects import BucketSettings, HttpBucketStore, LocalFolderStore, ObjectStore
@@ -297,7 +296,7 @@ def connect(config: MountConfig, metrics: Metrics,
     catalog = build_catalog(config, None)
     store = bucket_store(config, kind, IDC_BUCKET)
     check_store(store, config)
-    series_files = PrefixSeriesFiles(store, idc_bucket_prefix(catalog, IDC_BUCKET))
+    series_files = idc_series_files(store, catalog, IDC_BUCKET)
     return FileFrameSource(store, series_files, disk, settings), catalog
 
 

@@ -11,13 +11,14 @@ import pytest
 from tests.support.fixtures import orthanc, relay, test_slides  # noqa: F401  (fixtures)
 from tests.support.mounting import Mount, run_idcfs, stop_mount
 
-XDG_DIRECTORIES = ("XDG_STATE_HOME", "XDG_CACHE_HOME")
+XDG_DIRECTORIES = ("XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Keep every test (and every idcfs it starts) out of the user's real state and
-    cache directories: logs default to $XDG_STATE_HOME/idcfs."""
+    """Keep every test (and every idcfs it starts) out of the user's real state, cache
+    and data directories: logs default to $XDG_STATE_HOME/idcfs, and indices idc-index
+    downloaded into $XDG_DATA_HOME would change what a mount requests."""
     home = tmp_path_factory.mktemp("xdg")
     saved = {name: os.environ.get(name) for name in XDG_DIRECTORIES}
     for name in XDG_DIRECTORIES:

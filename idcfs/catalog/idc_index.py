@@ -15,16 +15,19 @@ sm_instance_index, clinical_index, ...) when their files exist locally: see
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import idc_index_data
+import numpy as np
 
 from idcfs.catalog.user_file import (
     COLLECTION,
@@ -41,6 +44,7 @@ from idcfs.dicom.times import time_ns
 log = logging.getLogger(__name__)
 
 INDEX_VIEW = "index"  # the name idc-index gives idc_index.parquet in SQL
+INSTANCE_VIEW = "sm_instance_index"  # SOPInstanceUID -> crdc_instance_uuid, instance_size
 VERSION_VIEW = "version_metadata_index"  # idc_version -> version_timestamp (the release)
 # Indices idc-index knows, for idc-index-data releases without INDEX_METADATA.
 KNOWN_INDICES = ("idc_index", "prior_versions_index", "sm_index", "sm_instance_index")
@@ -367,6 +371,112 @@ class _BackgroundSQL(threading.Thread):
             raise RuntimeError(f"loading the IDC series table failed: {self._error}")
 
 
+class InstanceTable:
+    """The instance files of the catalog's series, from idc-index's `sm_instance_index`
+    (when downloaded): (crdc_instance_uuid, instance_size) by SeriesInstanceUID, so
+    entering a series of IDC's buckets needs no listing (issue 13).
+
+    Entering a series is on the hot path. Measured with a stand-in of the whole index
+    (392k rows, one row group, the real file's order; benchmarks/bench_instance_index.py):
+    a DuckDB query of the parquet per series costs ~70 ms (a scan of the whole
+    SeriesInstanceUID column), about the bucket round trip it saves; the rows in a
+    DuckDB table ordered by series still ~7 ms a lookup (string zone maps keep 8-byte
+    prefixes, and every UID starts alike) and ~75 MB; a Python dict 0.01 ms but 2.5 s
+    and ~70 MB. So the rows of the catalog's series are read once, in the background
+    after the series table (~0.4 s more), into four sorted numpy arrays: a 64-bit key of
+    the series (from the MD5 of its UID), the UUID's two halves and the size, 32 bytes an
+    instance (~12 MB for the whole index); a lookup is a binary search (~0.05 ms).
+    Series whose keys collide are left out (they are listed).
+    """
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, slides_table: str,
+                 after: threading.Thread) -> None:
+        self._slides_table = slides_table
+        self._after = after
+        self._columns: dict[str, np.ndarray] = {}
+        self._error: Exception | None = None
+        self._warned = False
+        self._loader = threading.Thread(target=self._load, args=(conn.cursor(),),
+                                        name="idcfs-instances-load", daemon=True)
+        self._loader.start()
+
+    def instances(self, series_uid: str, timeout: float) -> list[tuple[str, int]] | None:
+        """(crdc_instance_uuid, instance_size) of the series' instances, sorted; None when
+        the index has no row for it, or could not be loaded within `timeout` seconds (the
+        caller lists the series instead). Never raises."""
+        self._loader.join(timeout)
+        if self._loader.is_alive():
+            log.warning("sm_instance_index still loading after %.1f s; listing series %s",
+                        timeout, series_uid)
+            return None
+        if self._error is not None:
+            if not self._warned:
+                self._warned = True
+                log.warning("sm_instance_index not usable (%s); series are listed",
+                            self._error)
+            return None
+        columns = self._columns
+        key = np.uint64(series_key(series_uid))
+        first, last = (int(np.searchsorted(columns["series"], key, side=side))
+                       for side in ("left", "right"))
+        rows = [(_uuid_text(int(high), int(low)), int(size)) for high, low, size in zip(
+            columns["high"][first:last], columns["low"][first:last],
+            columns["size"][first:last], strict=True)]
+        return sorted(rows) or None
+
+    def _load(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        try:
+            self._after.join()
+            found = cursor.execute(_instances_sql(self._slides_table)).fetchnumpy()
+            self._columns = {name: np.asarray(found[name], dtype=dtype) for name, dtype in
+                             (("series", np.uint64), ("high", np.uint64), ("low", np.uint64),
+                              ("size", np.int64))}
+            log.debug("sm_instance_index: %d instances of the catalog's series",
+                      len(self._columns["series"]))
+        except Exception as error:  # told by instances(), in the caller's thread
+            self._error = error
+        finally:
+            cursor.close()
+
+
+def series_key(series_uid: str) -> int:
+    """The 64-bit key of a series in `InstanceTable`: the first 8 bytes of the MD5 of its
+    UID, little-endian (DuckDB's md5_number() modulo 2**64 is the same number)."""
+    return int.from_bytes(hashlib.md5(series_uid.encode()).digest()[:8], "little")
+
+
+def _uuid_text(high: int, low: int) -> str:
+    return str(uuid.UUID(int=high << 64 | low))
+
+
+LOW_64 = 2**64 - 1
+
+
+def _instances_sql(slides_table: str) -> str:
+    """SQL of sm_instance_index's rows of the series in `slides_table`, sorted by series
+    key; usable rows only (a key that is not a UUID, a row without a size, a series
+    whose key another shares: left to the listing). Each series' key is computed once,
+    and the UUID is split as a number: string work per row cost twice the time."""
+    return f"""
+        WITH series AS (
+            SELECT DISTINCT {SERIES} AS uid,
+                (md5_number({SERIES}) & {LOW_64})::UBIGINT AS series
+            FROM {slides_table}),
+        shared AS (SELECT series FROM series GROUP BY series HAVING count(*) > 1),
+        rows AS (
+            SELECT s.series,
+                CAST(TRY_CAST(i.crdc_instance_uuid AS UUID) AS UHUGEINT) AS number,
+                TRY_CAST(i.instance_size AS BIGINT) AS size
+            FROM "{INSTANCE_VIEW}" AS i JOIN series AS s ON i.SeriesInstanceUID = s.uid)
+        SELECT series, (number >> 64)::UBIGINT AS high, (number & {LOW_64})::UBIGINT AS low,
+            size
+        FROM rows
+        WHERE number IS NOT NULL AND size IS NOT NULL
+            AND series NOT IN (SELECT series FROM shared)
+        ORDER BY series
+    """
+
+
 class IdcIndexCatalog(TableCatalog):
     """The slide microscopy (Modality SM) series of the bundled IDC index.
 
@@ -400,12 +510,25 @@ class IdcIndexCatalog(TableCatalog):
                 "DROP TABLE IF EXISTS cohort",
             ],
         )
+        self.instance_table = (
+            InstanceTable(conn, table, self._loader)
+            if INSTANCE_VIEW in self.views else None
+        )
         super().__init__(conn, table, has_collection_column=True, key_rows=keys)
         if not self._studies:
             log.warning("no IDC slide microscopy series match the collections and query given")
 
     def _wait_for_table(self) -> None:
         self._loader.wait()
+
+    def series_instances(self, series_uid: str,
+                         timeout: float) -> list[tuple[str, int]] | None:
+        """(crdc_instance_uuid, instance_size) of the series' instance files, from
+        sm_instance_index when idc-index has downloaded it; None when it is not on this
+        machine or names no instance of the series (see `InstanceTable.instances`)."""
+        if self.instance_table is None:
+            return None
+        return self.instance_table.instances(series_uid, timeout)
 
     def revision_ns(self) -> int | None:
         """The release date of the bundled IDC data version (version_metadata_index),

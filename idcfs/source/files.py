@@ -2,8 +2,9 @@
 bucket, or a local folder (issue 13).
 
 A `FileFrameSource` holds an `ObjectStore` (`idcfs.source.objects`) and a `SeriesFiles`
-(which objects hold a series' instances). Entering a series costs one listing and one
-header read per instance, all in parallel; the header is parsed by pydicom into DICOM
+(which objects hold a series' instances). Entering a series costs one listing (none
+when IDC's `sm_instance_index` names its files: `IndexedSeriesFiles`) and one header
+read per instance, all in parallel; the header is parsed by pydicom into DICOM
 JSON (`idcfs.source.dicomfile`), so the slide model comes out as it does from DICOMweb.
 An instance's frame index (offset tables, TIFF tags or a scan) is built when a level of
 it is listed if that takes no scan (`frame_size_hints`: the sizes its tiles show), else
@@ -45,7 +46,7 @@ from idcfs.source.dicomfile import (
     frame_index,
     read_header,
 )
-from idcfs.source.objects import ObjectInfo, ObjectStore
+from idcfs.source.objects import ObjectInfo, ObjectMissing, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,14 @@ class FileFrameSource:
         deadline = self._deadline()
         self.store.preconnect(self.settings.parallel_reads)  # for the header reads
         objects = self.series_files.series_objects(study_uid, series_uid, deadline)
-        headers = self._map(lambda info: self.headers.header(info, deadline), objects)
+        try:
+            headers = self._map(lambda info: self.headers.header(info, deadline), objects)
+        except ObjectMissing as missing:
+            relist = getattr(self.series_files, "listed_after_missing", None)
+            if relist is None:
+                raise
+            objects = relist(study_uid, series_uid, deadline, missing)
+            headers = self._map(lambda info: self.headers.header(info, deadline), objects)
         found = [
             InstanceMetadata(location_of(info), header.dicom_json)
             for info, header in zip(objects, headers, strict=True)
@@ -381,6 +389,65 @@ class PrefixSeriesFiles:
             raise FetchError(f"series {series_uid}: nothing under {prefix!r} in "
                              f"{self.store.description}")
         return objects
+
+
+InstanceLookup = Callable[[str, float], list[tuple[str, int]] | None]
+
+
+class IndexedSeriesFiles:
+    """Series whose instance files an index names, so entering one sends no listing:
+    IDC's `sm_instance_index` gives each instance's `crdc_instance_uuid` (its object is
+    `<crdc_series_uuid>/<crdc_instance_uuid>.dcm`) and `instance_size`.
+
+    `instances_of(series_uid, timeout)` gives (uuid, size) pairs, or None (the index has
+    no row for the series, or is not ready within the timeout): then the prefix is
+    listed. When an object the index names is missing (the index and the bucket out of
+    step), `FileFrameSource` calls `listed_after_missing`: the prefix is listed, once,
+    with a log line, and that series is listed from then on; never ENOENT.
+    """
+
+    def __init__(self, listed: PrefixSeriesFiles, instances_of: InstanceLookup) -> None:
+        self.listed = listed
+        self.instances_of = instances_of
+        self._stale: set[str] = set()
+        self._lock = threading.Lock()
+
+    def series_objects(self, study_uid: str, series_uid: str,
+                       deadline: float) -> list[ObjectInfo]:
+        with self._lock:
+            stale = series_uid in self._stale
+        # Waiting for the index to load takes at most half the time left: the other
+        # half is for the listing and the header reads if it is not ready.
+        named = None if stale else self.instances_of(
+            series_uid, max(0.0, deadline - time.monotonic()) / 2)
+        if not named:
+            return self.listed.series_objects(study_uid, series_uid, deadline)
+        prefix = self.listed.prefix_of(study_uid, series_uid)
+        return [ObjectInfo(f"{prefix}{uuid}.dcm", size) for uuid, size in named]
+
+    def listed_after_missing(self, study_uid: str, series_uid: str, deadline: float,
+                             missing: ObjectMissing) -> list[ObjectInfo]:
+        """The series' files by listing its prefix, after `missing`."""
+        with self._lock:
+            self._stale.add(series_uid)
+        log.warning("series %s: an instance the instance index names is missing (%s); "
+                    "the index and the bucket are out of step: listing the series",
+                    series_uid, missing)
+        return self.listed.series_objects(study_uid, series_uid, deadline)
+
+
+def idc_series_files(store: ObjectStore, catalog: Catalog,
+                     bucket: str) -> PrefixSeriesFiles | IndexedSeriesFiles:
+    """Where IDC's series are in `bucket`: named by the catalog's instance index when it
+    has one (`IdcIndexCatalog.series_instances`, from a downloaded sm_instance_index),
+    else found by listing each series' prefix."""
+    listed = PrefixSeriesFiles(store, idc_bucket_prefix(catalog, bucket))
+    views = getattr(catalog, "views", {})
+    if getattr(catalog, "instance_table", None) is None:
+        return listed
+    log.info("instance files named by %s: entering a series sends no listing",
+             views.get("sm_instance_index", "sm_instance_index"))
+    return IndexedSeriesFiles(listed, catalog.series_instances)  # type: ignore[attr-defined]
 
 
 def idc_bucket_prefix(catalog: Catalog, bucket: str) -> Callable[[str, str], str]:

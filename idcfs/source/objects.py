@@ -9,7 +9,8 @@ Promises every store keeps (the same as `idcfs.source.base`):
 - `read` returns exactly the bytes asked for, fewer only at the end of the object, or
   raises `FetchError`; it finishes by its `deadline`, retries included.
 - Server trouble of any kind (403, 404, 5xx, a cut connection, a malformed listing) is a
-  `FetchError` (EIO), never a "not found".
+  `FetchError` (EIO), never a "not found"; a missing object is its subclass
+  `ObjectMissing`, for callers that named the key from an index (they list instead).
 - Every call is thread-safe and bounded in time.
 
 `HttpBucketStore` speaks the S3 REST API directly with urllib3 (the project's HTTP
@@ -52,6 +53,11 @@ class ObjectInfo:
 
     key: str
     size: int
+
+
+class ObjectMissing(FetchError):
+    """The store has no object of that key (HTTP 404, no such file): still EIO, but a
+    caller that named the key from an index can tell the index is out of step."""
 
 
 class ObjectStore(Protocol):
@@ -185,6 +191,8 @@ class LocalFolderStore:
                              "deadline already passed")
         try:
             data = self._pread(self._path(key), start, length)
+        except FileNotFoundError as error:
+            raise ObjectMissing(f"{self.description}: {key}: {error}") from error
         except OSError as error:
             raise FetchError(f"{self.description}: {key}: {error}") from error
         self._counters.received(len(data))
@@ -540,6 +548,8 @@ class HttpBucketStore:
         if response.status in RETRIED_STATUSES:
             retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
             raise _Retryable(f"HTTP {response.status} {excerpt}", retry_after)
+        if response.status == 404:
+            raise ObjectMissing(f"{self.description}: {call.what}: HTTP 404 {excerpt}")
         self._fail(call, f"HTTP {response.status} {excerpt}")
 
     def _content_range(self, call: _Call, value: str) -> _ContentRange:

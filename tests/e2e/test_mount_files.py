@@ -27,6 +27,7 @@ from idcfs.source.dicomfile import FileHeader, read_header
 from idcfs.tiles.convert import decode_frame, psnr
 from tests.support.expected import frames_by_path
 from tests.support.file_layouts import LAYOUTS, LayoutFile, write_layouts
+from tests.support.instance_index import InstanceRow, write_instance_index
 from tests.support.mounting import Mount, named, series_dir
 from tests.support.relay import FaultMode, HttpRelay
 from tests.support.s3server import RcloneS3Server, rclone_binary
@@ -290,6 +291,70 @@ def test_entering_a_series_is_one_listing_and_a_header_read_per_instance(
     assert statistics["frames_fetched"] == 0
     (folder / "level-0" / "0_0.jpg").read_bytes()
     assert s3_relay.count(f"/{crdc}/") > instances
+
+
+def _instance_rows(slide: GeneratedSlide, series: str, crdc: str,
+                   s3: RcloneS3Server) -> list[InstanceRow]:
+    """sm_instance_index rows of the rekeyed slide in IDC's bucket (`idc_series`)."""
+    rows = []
+    for path in slide.files:
+        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        key = str(uuid.uuid5(uuid.NAMESPACE_OID, sop))
+        size = (s3.root / IDC_BUCKET / crdc / f"{key}.dcm").stat().st_size
+        rows.append(InstanceRow(sop, series, key, size))
+    return rows
+
+
+def _mount_with_instance_index(monkeypatch: pytest.MonkeyPatch, data_home: Path,
+                               rows: list[InstanceRow], relay: HttpRelay,
+                               mount_idcfs: Mounter, collection: str) -> Mount:
+    """A mount whose environment holds a downloaded sm_instance_index of `rows`."""
+    write_instance_index(data_home, rows)
+    monkeypatch.setenv("XDG_DATA_HOME", str(data_home))  # the daemon's environment
+    return mount_idcfs(None, "--s3-endpoint", relay.url, "--collection", collection)
+
+
+def test_with_sm_instance_index_entering_a_series_sends_no_listing(
+        idc_series, s3: RcloneS3Server, s3_relay: HttpRelay, orthanc,  # type: ignore[no-untyped-def]
+        mount_idcfs: Mounter, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    slide, (collection, study, series, crdc) = idc_series
+    rows = _instance_rows(slide, series, crdc, s3)
+    mount = _mount_with_instance_index(monkeypatch, tmp_path / "data", rows, s3_relay,
+                                       mount_idcfs, collection)
+    s3_relay.reset()
+    folder = mount.path / "collections" / collection / study / series
+    os.listdir(folder)
+    assert s3_relay.count("list-type=2") == 0
+    assert s3_relay.count(f"/{crdc}/") == len(rows)  # one header read per instance
+    for relative, frame in frames_by_path(orthanc.dicomweb_url, slide, False).items():
+        assert (folder / relative).read_bytes() == frame, relative
+    for row in rows:
+        served = folder / "dicom" / f"{row.sop_instance_uid}.dcm"
+        assert served.stat().st_size == row.instance_size  # the index's size
+        original = s3.root / IDC_BUCKET / crdc / f"{row.crdc_instance_uuid}.dcm"
+        assert served.read_bytes() == original.read_bytes()
+    assert s3_relay.count("list-type=2") == 0
+    assert "entering a series sends no listing" in mount.log()
+
+
+def test_a_stale_sm_instance_index_row_is_served_by_listing_the_series(
+        idc_series, s3: RcloneS3Server, s3_relay: HttpRelay, orthanc,  # type: ignore[no-untyped-def]
+        mount_idcfs: Mounter, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An instance the index names and the bucket lacks (the index and the bucket out of
+    step): the series' prefix is listed once, with a log line, never ENOENT."""
+    slide, (collection, study, series, crdc) = idc_series
+    stale = InstanceRow("1.2.826.0.1.3680043.8.498.1", series, str(uuid.uuid4()), 12345)
+    rows = [*_instance_rows(slide, series, crdc, s3), stale]
+    mount = _mount_with_instance_index(monkeypatch, tmp_path / "data", rows, s3_relay,
+                                       mount_idcfs, collection)
+    s3_relay.reset()
+    folder = mount.path / "collections" / collection / study / series
+    for relative, frame in frames_by_path(orthanc.dicomweb_url, slide, False).items():
+        assert (folder / relative).read_bytes() == frame, relative
+    assert s3_relay.count("list-type=2") == 1
+    assert sorted(os.listdir(folder / "dicom")) == sorted(
+        f"{row.sop_instance_uid}.dcm" for row in rows[:-1])
+    assert "out of step: listing the series" in mount.log()
 
 
 # --------------------------------------------------------------------------- faults

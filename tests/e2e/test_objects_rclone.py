@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from idcfs.errors import FetchError
-from idcfs.source.objects import BucketSettings, HttpBucketStore, LocalFolderStore, ObjectInfo
+from idcfs.source.objects import (
+    BucketSettings,
+    HttpBucketStore,
+    LocalFolderStore,
+    ObjectInfo,
+    ObjectMissing,
+)
 from tests.support.s3server import RcloneS3Server, lay_out_bucket, rclone_binary, venv_binary
 
 BUCKET = "idc-open-data"
@@ -103,7 +109,8 @@ def test_parallel_reads(store: HttpBucketStore, files: tuple[Path, dict[str, byt
 
 
 def test_a_missing_key_is_a_fetch_error(store: HttpBucketStore) -> None:
-    with pytest.raises(FetchError, match="HTTP 404.*NoSuchKey"):
+    """EIO, and `ObjectMissing`: what tells an index out of step with the bucket."""
+    with pytest.raises(ObjectMissing, match="HTTP 404.*NoSuchKey"):
         store.read(f"{SERIES}/missing.dcm", 0, 100, soon())
     with pytest.raises(FetchError, match="HTTP 404"):
         store.size(f"{SERIES}/missing.dcm")
