@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.browser import chromium  # noqa: F401  (a fixture)
 from tests.support.fixtures import orthanc, relay, test_slides  # noqa: F401  (fixtures)
 from tests.support.mounting import Mount, run_idcfs, stop_mount
 

@@ -26,7 +26,14 @@ from pathlib import Path
 import pytest
 
 from tests.support import browser
-from tests.support.browser import MIN_PSNR_DB, Browser, PageServer, psnr, reference_view, views_of
+from tests.support.browser import (
+    MIN_PSNR_DB,
+    Browser,
+    PageServer,
+    psnr,
+    reference_view,
+    views_of,
+)
 from tests.support.mounting import Mount, named, run_idcfs, series_dir, stop_mount
 from tests.support.orthanc import OrthancServer
 from tests.support.slides import GeneratedSlide
@@ -45,13 +52,6 @@ class Service:
     path: str | None
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    reason = browser.missing()
-    if reason:
-        pytest.skip(reason)
-    with Browser() as opened:
-        yield opened
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ tile view goes wrong must score below it:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,6 @@ SHIFT_PX = 2
 COARSER = 8
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    reason = browser.missing()
-    if reason:
-        pytest.skip(reason)
-    with Browser() as opened:
-        yield opened
 
 
 @pytest.fixture(scope="module", params=["jpeg_ybr", "jpeg_rgb"])

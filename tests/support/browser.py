@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from idcfs.commands.view import ViewerServer
@@ -36,6 +37,17 @@ MIN_PSNR_DB = 33.0
 (a static pyramid, test_browser_harness.py) and 37.4-57.6 (the mount's views,
 test_browser.py); wrong ones at most 29.7 (the other focal plane), 27.5 (a level 8x too
 coarse), 22.9 (colours swapped), 19.7 (2 screen pixels off)."""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """One headless Chromium for a test module; the module is skipped, saying why, when
+    the browser, OpenSeadragon or Playwright is missing."""
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    with Browser() as opened:
+        yield opened
 
 
 def missing() -> str | None:
@@ -257,13 +269,6 @@ def reference_view(folder: Path, shown: Rect, size: tuple[int, int], *,
     view = canvas.resize(size, Image.Resampling.LANCZOS,
                          box=(box[0] - left, box[1] - top, box[2] - left, box[3] - top))
     return np.asarray(view)
-
-
-def psnr(seen: np.ndarray, expected: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of 8-bit images of one shape (inf when equal)."""
-    assert seen.shape == expected.shape, (seen.shape, expected.shape)
-    error = np.mean((seen.astype(np.float64) - expected.astype(np.float64)) ** 2)
-    return math.inf if error == 0 else 10 * math.log10(255.0**2 / error)
 
 
 def shifted(rect: Rect, pixels: float, size: tuple[int, int]) -> Rect:

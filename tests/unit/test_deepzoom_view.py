@@ -17,39 +17,27 @@ from idcfs.cache.tiles import TileCache
 from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.regions import RegionReader
 from idcfs.fetch.slides import SlideStore
-from idcfs.fs.nodes import FileNode, Node, TileFile, TileFileIndex
-from idcfs.fs.tree import ROOT_INODE, Tree
+from idcfs.fs.nodes import TileFile, TileFileIndex
+from idcfs.fs.tree import Tree
 from idcfs.fs.views.catalog import CatalogView
-from idcfs.fs.views.deepzoom import DeepZoomView, RenderedTile, deepzoom_levels
+from idcfs.fs.views.deepzoom import DeepZoomView, deepzoom_levels
 from idcfs.fs.views.dicom_levels import DicomLevelsView
+from idcfs.fs.views.rendered import RenderedFile
 from idcfs.metrics import Metrics
 from idcfs.tiles.convert import DEFAULT_QUALITY
 from tests.support.memory_source import MemorySource
 from tests.support.slides import SPARSE_TILES, GeneratedSlide
+from tests.support.tree_paths import PathWalk
 from tests.unit.test_views import catalog_of, named, series_path
 
 DZI = "{http://schemas.microsoft.com/deepzoom/2008}"
 
 
 @dataclass
-class DeepZoomTree:
+class DeepZoomTree(PathWalk):
     tree: Tree
     source: MemorySource
     metrics: Metrics
-
-    def node(self, path: str) -> Node:
-        node = self.tree.node(ROOT_INODE)
-        for name in filter(None, path.split("/")):
-            node = self.tree.lookup(node.inode, name)
-        return node
-
-    def names(self, path: str) -> list[str]:
-        return [child.name for child in self.tree.children(self.node(path).inode)]
-
-    def file(self, path: str) -> FileNode:
-        node = self.node(path)
-        assert isinstance(node, FileNode)
-        return node
 
 
 def mounted(slides: list[GeneratedSlide]) -> DeepZoomTree:
@@ -123,7 +111,7 @@ def test_a_stored_level_is_passed_through_except_its_cropped_edges(ybr: Generate
     assert isinstance(inner, TileFile)
     assert inner.content() == mount.file(f"{folder}/level-1/0_0.jpg").content()
     edge = mount.node(f"{folder}/slide_files/9/1_0.jpeg")  # 244 wide: cropped
-    assert isinstance(edge, RenderedTile)
+    assert isinstance(edge, RenderedFile)
     assert pixels(edge.content()).shape == (256, 244, 3)
     assert edge.size() == (len(edge.content()), True)
 
@@ -144,6 +132,6 @@ def test_a_sparse_level_has_every_tile(test_slides: list[GeneratedSlide]) -> Non
     level = f"{series_path(sparse)}/slide_files/10"
     assert len(mount.names(level)) == 12 and (0, 0) not in SPARSE_TILES
     missing = mount.file(f"{level}/0_0.jpeg")
-    assert isinstance(missing, RenderedTile)
+    assert isinstance(missing, RenderedFile)
     assert (pixels(missing.content()) >= 250).all()  # background, as wsidicom shows it
     assert isinstance(mount.node(f"{level}/1_0.jpeg"), TileFile)

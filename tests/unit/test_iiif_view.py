@@ -27,13 +27,13 @@ from idcfs.fs.tree import Tree
 from idcfs.fs.views.catalog import CatalogView
 from idcfs.fs.views.iiif import (
     IiifView,
-    RegionFile,
     check_base_url,
     info_document,
     parse_region,
     parse_size,
     scale_factors,
 )
+from idcfs.fs.views.rendered import RenderedFile
 from idcfs.metrics import Metrics
 from idcfs.slide.model import Level
 from idcfs.tiles.convert import DEFAULT_QUALITY
@@ -196,7 +196,7 @@ def test_a_series_lists_iiif_with_info_json_only_and_listing_fetches_no_frame(
     assert iiif_tree.names("iiif/full") == []  # sizes are answered, not listed
     assert iiif_tree.names("iiif/full/max") == ["0"]
     assert iiif_tree.names("iiif/full/max/0") == ["default.jpg"]
-    assert isinstance(iiif_tree.node("iiif/0,0,10,10/5,5/0/default.jpg"), RegionFile)
+    assert isinstance(iiif_tree.node("iiif/0,0,10,10/5,5/0/default.jpg"), RenderedFile)
     assert iiif_tree.source.requests == []
 
 

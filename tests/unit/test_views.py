@@ -22,8 +22,8 @@ from idcfs.errors import FetchError, NotFoundError
 from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.readahead import ReadAhead, ReadAheadSettings
 from idcfs.fetch.slides import SlideStore
-from idcfs.fs.nodes import FileNode, LiveFile, Node, StaticFile, TileFile, TileFileIndex, json_bytes
-from idcfs.fs.tree import ROOT_INODE, Tree
+from idcfs.fs.nodes import LiveFile, Node, StaticFile, TileFile, TileFileIndex, json_bytes
+from idcfs.fs.tree import Tree
 from idcfs.fs.views import SeriesView
 from idcfs.fs.views.catalog import CatalogView
 from idcfs.fs.views.dicom_levels import DicomLevelsView
@@ -32,6 +32,7 @@ from idcfs.slide.model import Slide
 from idcfs.tiles.convert import DEFAULT_QUALITY
 from tests.support.memory_source import MemorySource
 from tests.support.slides import SPARSE_TILES, GeneratedSlide
+from tests.support.tree_paths import PathWalk
 
 COLLECTION = "collection_a"
 STATS_FILE = ".idcfs-stats.json"
@@ -75,7 +76,7 @@ class SeriesUidView:
 
 
 @dataclass
-class MountedTree:
+class MountedTree(PathWalk):
     """The parts of a mount the tests look into."""
 
     tree: Tree
@@ -83,20 +84,6 @@ class MountedTree:
     tiles: TileCache
     index: TileFileIndex
     readahead: ReadAhead | None
-
-    def node(self, path: str) -> Node:
-        node = self.tree.node(ROOT_INODE)
-        for name in filter(None, path.split("/")):
-            node = self.tree.lookup(node.inode, name)
-        return node
-
-    def names(self, path: str) -> list[str]:
-        return [child.name for child in self.tree.children(self.node(path).inode)]
-
-    def file(self, path: str) -> FileNode:
-        node = self.node(path)
-        assert isinstance(node, FileNode)
-        return node
 
     def tile(self, path: str) -> TileFile:
         node = self.node(path)

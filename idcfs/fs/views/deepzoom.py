@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from idcfs.catalog.base import SeriesEntry
@@ -29,13 +28,13 @@ from idcfs.fetch.loader import TileLoader
 from idcfs.fetch.regions import GridKey, Region, RegionReader
 from idcfs.fs.nodes import (
     DirNode,
-    FetchedFile,
     Node,
     StaticFile,
     TileFile,
     TileFileIndex,
     default_placeholder,
 )
+from idcfs.fs.views.rendered import RenderedFile
 from idcfs.slide.model import FrameRef, Level, Slide, TileGrid
 
 DEFAULT_TILE_SIZE = 256  # when the base level's tiles are not square
@@ -75,31 +74,6 @@ def dzi_document(width: int, height: int, tile: int) -> bytes:
             f'TileSize="{tile}">\n'
             f'  <Size Width="{width}" Height="{height}"/>\n'
             f'</Image>\n').encode()
-
-
-class RenderedTile(FetchedFile):
-    """A DeepZoom tile made by the region reader: read, resized, encoded on first read."""
-
-    def __init__(self, name: str, key: str, slide: Slide, grid_key: GridKey, region: Region,
-                 size: tuple[int, int], regions: RegionReader, placeholder: int) -> None:
-        """`key` names the render in the caches (its level and tile)."""
-        super().__init__(name, placeholder)
-        self._args = (slide, grid_key, region, size[0], size[1], key)
-        self._regions = regions
-
-    def fetch(self) -> bytes:
-        return self._regions.jpeg(*self._args)
-
-    def peek(self) -> bytes | None:
-        return self._regions.cached(*self._args)
-
-    def pending(self) -> Future[bytes] | None:
-        return self._regions.in_flight(*self._args)
-
-    def content_waited_for(self, future: Future[bytes]) -> bytes:
-        data = self._regions.waited(future)
-        self.exact_size = len(data)
-        return data
 
 
 class DeepZoomView:
@@ -150,7 +124,7 @@ class DeepZoomView:
         return nodes
 
     def _rendered(self, name: str, slide: Slide, grid_key: GridKey, level: DeepZoomLevel,
-                  column: int, row: int, tile: int) -> RenderedTile:
+                  column: int, row: int, tile: int) -> RenderedFile:
         """A tile rendered on read: its full-resolution region is exactly 2^shrink
         pixels per tile pixel (past the image's edge at an odd-sized level: the edge
         repeated, as vips does)."""
@@ -158,8 +132,8 @@ class DeepZoomView:
         scale = 1 << level.shrink
         region = Region(column * tile * scale, row * tile * scale, width * scale,
                         height * scale)
-        return RenderedTile(name, f"deepzoom/{level.number}/{name}", slide, grid_key, region,
-                            (width, height), self.regions, self.placeholder(width, height, 3))
+        return RenderedFile(name, self.placeholder(width, height, 3), self.regions, slide,
+                            grid_key, region, (width, height), f"deepzoom/{level.number}/{name}")
 
 
 def tile_size(base: Level) -> int:

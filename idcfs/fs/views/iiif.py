@@ -23,12 +23,12 @@ else that path alone, root-relative (docs/SEMANTICS.md, "IIIF").
 from __future__ import annotations
 
 import re
-from concurrent.futures import Future
 from urllib.parse import quote
 
 from idcfs.catalog.base import SeriesEntry
 from idcfs.fetch.regions import GridKey, Region, RegionReader
-from idcfs.fs.nodes import DirNode, FetchedFile, Node, StaticFile, default_placeholder, json_bytes
+from idcfs.fs.nodes import DirNode, Node, StaticFile, default_placeholder, json_bytes
+from idcfs.fs.views.rendered import RenderedFile
 from idcfs.slide.model import Level, Slide, TileGrid
 
 CONTEXT = "http://iiif.io/api/image/3/context.json"
@@ -132,32 +132,6 @@ def check_base_url(text: str) -> str:
     return text.rstrip("/")
 
 
-class RegionFile(FetchedFile):
-    """One `default.jpg`: a region at a size, rendered by the region reader on open and
-    kept like a tile."""
-
-    def __init__(self, reader: RegionReader, slide: Slide, grid_key: GridKey, region: Region,
-                 size: tuple[int, int]) -> None:
-        super().__init__(IMAGE_FILE, default_placeholder(size[0], size[1], 3))
-        self.reader = reader
-        # the reader's cache key holds series, grid, region, size and quality already
-        self._request = (slide, grid_key, region, size[0], size[1], "iiif")
-
-    def fetch(self) -> bytes:
-        return self.reader.jpeg(*self._request)
-
-    def peek(self) -> bytes | None:
-        return self.reader.cached(*self._request)
-
-    def pending(self) -> Future[bytes] | None:
-        return self.reader.in_flight(*self._request)
-
-    def content_waited_for(self, future: Future[bytes]) -> bytes:
-        data = self.reader.waited(future)
-        self.exact_size = len(data)
-        return data
-
-
 class IiifView:
     """Adds `iiif/` (or one `iiif-plane-<i>_path-<id>/` per plane/path) to a series."""
 
@@ -193,5 +167,6 @@ class IiifView:
         size = parse_size(text, region)
         if size is None:
             return None
-        image = RegionFile(self.reader, slide, grid_key, region, size)
+        image = RenderedFile(IMAGE_FILE, default_placeholder(size[0], size[1], 3), self.reader,
+                             slide, grid_key, region, size, "iiif")
         return DirNode(text, lambda: [DirNode(ROTATION, lambda: [image])])
