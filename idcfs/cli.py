@@ -220,6 +220,12 @@ def _add_mount_parser(commands: argparse._SubParsersAction) -> None:
     mount.add_argument("--iiif-base-url", type=iiif_base_url, default=None, metavar="URL",
                        help="the URL the mount's root is served at, for the id of each "
                        "iiif/info.json (default: ids are paths from the root)")
+    for view, what in (("deepzoom", "slide.dzi and slide_files/ (DeepZoom)"),
+                       ("iiif", "iiif/ (IIIF Image API)"),
+                       ("tissue", "tissue.txt and tissue-mask.png")):
+        mount.add_argument(f"--no-{view}", dest=view, action="store_false",
+                           help=f"do not show {what} in series directories, e.g. for "
+                           "`cp -r`/`rsync` of tiles only")
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="serve in the foreground until SIGINT/SIGTERM, then unmount")
     mount.add_argument("-o", dest="fuse_options", action="append", default=[],
@@ -314,6 +320,9 @@ def mount(args: argparse.Namespace) -> None:
         auth=AuthOptions(args.auth == "google", args.bearer_token_file, tuple(args.header)),
         quota_url=args.quota_url,
         iiif_base_url=args.iiif_base_url,
+        deepzoom=args.deepzoom,
+        iiif=args.iiif,
+        tissue=args.tissue,
     )
     _check_auth_options(config)
     if args.quality is not None:

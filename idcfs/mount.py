@@ -102,6 +102,9 @@ class MountConfig:
     tile_name: str = DEFAULT_TEMPLATE  # --tile-name: the file name of each tile
     quota_url: str | None = None  # a proxy's /quota_usage (default: IDC's, for its proxy)
     iiif_base_url: str | None = None  # --iiif-base-url: where the root is served, for ids
+    deepzoom: bool = True  # slide.dzi and slide_files/ (--no-deepzoom: not shown)
+    iiif: bool = True  # iiif/ (--no-iiif)
+    tissue: bool = True  # tissue.txt and tissue-mask.png (--no-tissue)
 
     @property
     def source_kind(self) -> str:
@@ -315,7 +318,6 @@ def build_mount(config: MountConfig) -> Mounted:
     loader = TileLoader(client, tiles, metrics, quality=config.quality,
                         demand=_demand_settings(config),
                         wait_s=config.timeout)
-    regions = RegionReader(loader, metrics, wait_s=config.timeout)  # DeepZoom, IIIF, tissue
     open_files = OpenFiles()
     tile_index = TileFileIndex()
     page_filler = disk_filler = readahead = None
@@ -328,14 +330,7 @@ def build_mount(config: MountConfig) -> Mounted:
             loader, metrics, ReadAheadSettings(workers=workers),
             on_landed=page_filler.offer, take_over=disk_filler.take if disk_filler else None,
         )
-    tissue = TissueView(TissueMasks(regions, tiles, metrics, wait_s=config.timeout))
-    views: list[SeriesView] = [DicomLevelsView(loader, tile_index, readahead,
-                                               tile_names=TileNames(config.tile_name),
-                                               level_files=tissue), tissue]
-    views.append(DeepZoomView(loader, regions, tile_index))
-    if isinstance(client, InstanceFiles):  # files by ranges: dicom/<uid>.dcm too
-        views.append(DicomFilesView(client, metrics))
-    views.append(IiifView(regions, config.iiif_base_url))
+    views = _series_views(config, client, loader, tile_index, readahead, metrics)
     quota = QuotaWatcher(config.quota_endpoint) if config.quota_endpoint else None
     statistics = MountStatistics(metrics, client, config.source_kind, quota)
     slides = SlideStore(client, disk, wait_s=config.timeout)
@@ -347,6 +342,29 @@ def build_mount(config: MountConfig) -> Mounted:
     control = ControlServer(config.mountpoint, tree, prefetcher, metrics, config.timeout)
     return Mounted(operations, client, loader, tiles, disk, readahead, page_filler, disk_filler,
                    statistics.document, control, quota)
+
+
+def _series_views(config: MountConfig, client: FrameSource, loader: TileLoader,
+                  tile_index: TileFileIndex, readahead: ReadAhead | None,
+                  metrics: Metrics) -> list[SeriesView]:
+    """What a series directory shows: slide.json, images and levels always; the tissue
+    lists, DeepZoom and IIIF views unless turned off (`--no-tissue`, `--no-deepzoom`,
+    `--no-iiif`); `dicom/` with a source of files. One region reader serves them all."""
+    regions = RegionReader(loader, metrics, wait_s=config.timeout)
+    tissue = (TissueView(TissueMasks(regions, loader.tiles, metrics, wait_s=config.timeout))
+              if config.tissue else None)
+    views: list[SeriesView] = [DicomLevelsView(loader, tile_index, readahead,
+                                               tile_names=TileNames(config.tile_name),
+                                               level_files=tissue)]
+    if tissue is not None:
+        views.append(tissue)
+    if config.deepzoom:
+        views.append(DeepZoomView(loader, regions, tile_index))
+    if isinstance(client, InstanceFiles):  # files by ranges: dicom/<uid>.dcm too
+        views.append(DicomFilesView(client, metrics))
+    if config.iiif:
+        views.append(IiifView(regions, config.iiif_base_url))
+    return views
 
 
 def _demand_settings(config: MountConfig) -> CoalesceSettings:

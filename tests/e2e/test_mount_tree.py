@@ -110,3 +110,17 @@ def test_flat_layout_for_one_plane_and_path(mounted, test_slides) -> None:
     slide = named(test_slides, "jpeg2000")
     level = series_dir(mounted.path, slide) / "level-0"
     assert all(entry.is_file() for entry in level.iterdir())
+
+
+def test_views_turned_off_leave_slide_json_images_and_levels(
+        orthanc, mount_idcfs, test_slides) -> None:  # type: ignore[no-untyped-def]
+    mount = mount_idcfs(orthanc.dicomweb_url, "--no-deepzoom", "--no-iiif", "--no-tissue")
+    slide = named(test_slides, "jpeg_ybr")
+    folder = series_dir(mount.path, slide)
+    assert sorted(os.listdir(folder)) == ["label.jpg", "level-0", "level-1", "level-2",
+                                          "overview.jpg", "slide.json", "thumbnail.jpg"]
+    assert all(name.endswith(".jpg") for name in os.listdir(folder / "level-0"))
+    for name in ("slide.dzi", "iiif", "tissue-mask.png", "level-0/tissue.txt"):
+        assert not (folder / name).exists(), name
+    planes = series_dir(mount.path, named(test_slides, "focal_planes"))
+    assert os.listdir(planes / "level-0") == ["plane-0_path-1", "plane-1_path-1"]
