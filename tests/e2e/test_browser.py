@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from idcfs.tiles.convert import psnr
 from tests.support import browser
 from tests.support.browser import (
     MIN_PSNR_DB,
     Browser,
     PageServer,
-    psnr,
     reference_view,
     views_of,
 )

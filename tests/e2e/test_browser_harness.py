@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from idcfs.tiles.convert import psnr
 from tests.support import browser
 from tests.support.browser import (
     MIN_PSNR_DB,
     Browser,
     PageServer,
-    psnr,
     reference_view,
     shifted,
     views_of,
