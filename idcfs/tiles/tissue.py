@@ -71,11 +71,10 @@ def tissue_mask(pixels: np.ndarray) -> np.ndarray:
 
 def _colour_tissue(rgb: np.ndarray) -> np.ndarray | None:
     """Saturated pixels, or None when too few are (then it is not a colour image)."""
-    channels = rgb[..., :3].astype(np.int32)
+    channels = rgb[..., :3]  # 8-bit steps (255 * 255 fits 16 bits): no wide copies
     brightest = channels.max(axis=2)
-    spread = brightest - channels.min(axis=2)
-    saturation = np.where(brightest > 0, spread * 255 // np.maximum(brightest, 1), 0)
-    saturation = saturation.astype(np.uint8)
+    spread = (brightest - channels.min(axis=2)).astype(np.uint16)
+    saturation = (spread * 255 // np.maximum(brightest, 1)).astype(np.uint8)  # 0 when black
     threshold = min(max(otsu_threshold(saturation), SATURATION_FLOOR), SATURATION_CEILING)
     found = saturation > threshold
     if found.mean() < MIN_SATURATED_FRACTION:
