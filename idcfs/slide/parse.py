@@ -44,6 +44,7 @@ from idcfs.slide.model import (
     Slide,
     TileGrid,
     TilePosition,
+    TileRun,
 )
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,30 @@ class Placement(NamedTuple):
     frame: FrameRef
 
 
+class Layer(NamedTuple):
+    """The frames of a TILED_FULL instance on one focal plane and optical path: `count`
+    cells of its grid from `first_cell` (column fastest), frames from `first_number`."""
+
+    plane_key: PlaneKey
+    optical_path: str
+    first_cell: int
+    count: int
+    first_number: int
+
+
+class FullFrames(NamedTuple):
+    """A TILED_FULL instance's frames as layers, in frame order: where each frame sits
+    follows from its number, so none is laid out one by one until a grid needs it."""
+
+    uid: str
+    columns: int
+    layers: list[Layer]
+
+
+InstanceFrames = list[Placement] | FullFrames
+"""An instance's frames: TILED_SPARSE as placements, TILED_FULL as layers."""
+
+
 def parse_slide(
     study_uid: str,
     series_uid: str,
@@ -107,10 +132,9 @@ def parse_slide(
     placements = {info.uid: frames for info, frames, _ in readable}
     spacing = {info.uid: mm for info, _, mm in readable}
     volumes = [info for info in infos.values() if info.flavour == "VOLUME"]
-    plane_index, focal_planes = _plane_index(
-        {p.plane_key for info in volumes for p in placements[info.uid]}
-    )
-    paths = sorted({p.optical_path for info in volumes for p in placements[info.uid]}, key=_natural)
+    keys = {key for info in volumes for key in _frame_keys(placements[info.uid])}
+    plane_index, focal_planes = _plane_index({plane_key for plane_key, _ in keys})
+    paths = sorted({path for _, path in keys}, key=_natural)
     return Slide(
         study_uid=study_uid,
         series_uid=series_uid,
@@ -136,14 +160,14 @@ def _series_facts(described: Sequence[DicomJson]) -> dict[str, Any]:
 
 def _readable_instance(
     series_uid: str, meta: DicomJson, locations: Mapping[str, str]
-) -> list[tuple[InstanceInfo, list[Placement], tuple[float, float] | None]]:
+) -> list[tuple[InstanceInfo, InstanceFrames, tuple[float, float] | None]]:
     """[(facts, frame placements, pixel spacing)] of an instance. When its description
     is unusable (every reader raises ValueError for bad values): MetadataError for a
     level instance, [] with a warning for an associated image."""
     try:
         info = read_instance(meta)
         info = replace(info, location=locations.get(info.uid, ""))
-        return [(info, list(frame_placements(meta, info)), _pixel_spacing(meta))]
+        return [(info, instance_frames(meta, info), _pixel_spacing(meta))]
     except ValueError as error:
         uid = first_value(meta, "00080018")
         if _flavour(meta) == "VOLUME":
@@ -215,7 +239,13 @@ def _total_size(
 
 
 def frame_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]:
-    """Every frame of an instance with its position, in frame order.
+    """Every frame of an instance with its position, in frame order (`instance_frames`,
+    one by one)."""
+    return _placements(instance_frames(meta, info))
+
+
+def instance_frames(meta: DicomJson, info: InstanceInfo) -> InstanceFrames:
+    """Where an instance's frames sit: TILED_SPARSE placements, TILED_FULL layers.
 
     TILED_SPARSE, or no DimensionOrganizationType at all while every frame has a
     position (older converters), takes the per-frame positions; TILED_FULL the order.
@@ -230,9 +260,8 @@ def frame_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]
         raise ValueError(f"TILED_SPARSE with {len(per_frame)} per-frame positions for "
                          f"{info.frame_count} frames")
     if sparse:
-        yield from _inside_grid(info, _sparse_placements(meta, info, per_frame))
-    else:
-        yield from _full_placements(meta, info)
+        return list(_inside_grid(info, _sparse_placements(meta, info, per_frame)))
+    return _full_frames(meta, info)
 
 
 def _all_positioned(per_frame: Sequence[Any], frame_count: int) -> bool:
@@ -242,7 +271,9 @@ def _all_positioned(per_frame: Sequence[Any], frame_count: int) -> bool:
     )
 
 
-def _full_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]:
+def _full_frames(meta: DicomJson, info: InstanceInfo) -> FullFrames:
+    """The layers of a TILED_FULL instance: frame i (0-based, after the concatenation
+    offset) is cell i % cells of layer i // cells (plane + planes * path)."""
     columns = -(-info.total_width // info.pixels.columns)
     rows = -(-info.total_height // info.pixels.rows)
     planes = _count(meta, "00480303", "TotalPixelMatrixFocalPlanes", MAX_FRAMES)
@@ -256,12 +287,34 @@ def _full_placements(meta: DicomJson, info: InstanceInfo) -> Iterator[Placement]
         log.warning("instance %s: %d of its %d frames lie beyond its %dx%d grid; ignored",
                     info.uid, info.frame_count - usable, info.frame_count, columns, rows)
     plane_keys = [_plane_key(plane, planes, z, spacing_um) for plane in range(planes)]
-    uid = info.uid
-    for local in range(usable):  # one pass per frame: kept lean (hundreds of thousands)
-        index = offset + local
-        cell, layer = index % cells, index // cells  # layer: plane + planes * path
-        yield Placement(plane_keys[layer % planes], paths[layer // planes], cell % columns,
-                        cell // columns, FrameRef(uid, local + 1))
+    end = offset + usable
+    layers = []
+    for layer in range(offset // cells, -(-end // cells)):
+        start, stop = max(offset, layer * cells), min(end, (layer + 1) * cells)
+        if stop > start:
+            layers.append(Layer(plane_keys[layer % planes], paths[layer // planes],
+                                start - layer * cells, stop - start, start - offset + 1))
+    return FullFrames(info.uid, columns, layers)
+
+
+def _placements(frames: InstanceFrames) -> Iterator[Placement]:
+    """An instance's frames one by one, in frame order."""
+    if isinstance(frames, list):
+        yield from frames
+        return
+    uid, columns = frames.uid, frames.columns
+    for plane_key, path, first_cell, count, first_number in frames.layers:
+        number = first_number - first_cell
+        for cell in range(first_cell, first_cell + count):  # kept lean: one pass per frame
+            yield Placement(plane_key, path, cell % columns, cell // columns,
+                            FrameRef(uid, number + cell))
+
+
+def _frame_keys(frames: InstanceFrames) -> set[tuple[PlaneKey, str]]:
+    """The (plane key, optical path) pairs an instance has frames on."""
+    if isinstance(frames, list):
+        return {(p.plane_key, p.optical_path) for p in frames}
+    return {(layer.plane_key, layer.optical_path) for layer in frames.layers}
 
 
 def _plane_key(plane: int, planes: int, z: float | None, spacing_um: float | None) -> PlaneKey:
@@ -351,7 +404,7 @@ def _plane_index(keys: set[PlaneKey]) -> tuple[dict[PlaneKey, int], list[float |
 
 def _levels(
     volumes: list[InstanceInfo],
-    placements: dict[str, list[Placement]],
+    placements: dict[str, InstanceFrames],
     plane_index: dict[PlaneKey, int],
     spacing: dict[str, tuple[float, float] | None],
 ) -> list[Level]:
@@ -384,26 +437,61 @@ def _levels(
 
 def _grids(
     members: list[InstanceInfo],
-    placements: dict[str, list[Placement]],
+    placements: dict[str, InstanceFrames],
     plane_index: dict[PlaneKey, int],
 ) -> list[TileGrid]:
+    """A level's grids, in plane then natural path order. A grid one TILED_FULL layer
+    fills alone is a `TileRun`; the others (TILED_SPARSE, concatenation parts, layers
+    that meet) are laid out frame by frame, the first frame of a cell winning."""
+    runs = _runs(members, placements, plane_index)
     grids: dict[tuple[int, str], dict[tuple[int, int], TilePosition]] = defaultdict(dict)
     for info in members:
+        found = placements[info.uid]
+        if isinstance(found, FullFrames):
+            found = found._replace(layers=[
+                layer for layer in found.layers
+                if (plane_index[layer.plane_key], layer.optical_path) not in runs])
         cells: dict[tuple[PlaneKey, str], dict[tuple[int, int], TilePosition]] = {}
-        for plane_key, path, column, row, frame in placements[info.uid]:
+        for plane_key, path, column, row, frame in _placements(found):
             cell = cells.get((plane_key, path))
             if cell is None:
                 cell = cells[(plane_key, path)] = grids[(plane_index[plane_key], path)]
             cell.setdefault((row, column), TilePosition(column, row, frame))
-    ordered_keys = sorted(grids, key=lambda key: (key[0], _natural(key[1])))
+    ordered_keys = sorted({*grids, *runs}, key=lambda key: (key[0], _natural(key[1])))
     return [
-        TileGrid(plane, path, [grids[(plane, path)][cell] for cell in sorted(grids[(plane, path)])])
+        TileGrid(plane, path, runs[(plane, path)] if (plane, path) in runs else
+                 [grids[(plane, path)][cell] for cell in sorted(grids[(plane, path)])])
         for plane, path in ordered_keys
     ]
 
 
+def _runs(
+    members: list[InstanceInfo],
+    placements: dict[str, InstanceFrames],
+    plane_index: dict[PlaneKey, int],
+) -> dict[tuple[int, str], TileRun]:
+    """The grids of a level one TILED_FULL layer fills alone, as `TileRun`s: its cells
+    are distinct and in frame order, so they need no laying out."""
+    feeds: dict[tuple[int, str], list[tuple[FullFrames, Layer] | None]] = defaultdict(list)
+    for info in members:
+        found = placements[info.uid]
+        if isinstance(found, FullFrames):
+            for layer in found.layers:
+                feeds[(plane_index[layer.plane_key], layer.optical_path)].append((found, layer))
+        else:
+            for key in {(plane_index[plane_key], path) for plane_key, path in _frame_keys(found)}:
+                feeds[key].append(None)
+    runs = {}
+    for key, fed in feeds.items():
+        if len(fed) == 1 and fed[0] is not None:
+            frames, layer = fed[0]
+            runs[key] = TileRun(frames.uid, frames.columns, layer.first_cell, layer.count,
+                                layer.first_number)
+    return runs
+
+
 def _associated(
-    infos: dict[str, InstanceInfo], placements: dict[str, list[Placement]]
+    infos: dict[str, InstanceInfo], placements: dict[str, InstanceFrames]
 ) -> list[AssociatedImage]:
     images = []
     for kind in ASSOCIATED_KINDS:
@@ -413,7 +501,8 @@ def _associated(
         )
         if candidates:
             uid = candidates[0].uid
-            tiles = tuple(TilePosition(p.column, p.row, p.frame) for p in placements[uid])
+            tiles = tuple(TilePosition(p.column, p.row, p.frame)
+                          for p in _placements(placements[uid]))
             images.append(AssociatedImage(kind, uid, tiles))
     return images
 

@@ -49,8 +49,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 from pydicom.encaps import parse_basic_offsets
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
 
 from idcfs.dicom.frames import strip_jpeg_padding
@@ -84,9 +86,28 @@ HEAD_BYTES = 4096  # of the first frame, kept with the index: its JPEG header, f
 METHODS = ("native", "eot", "bot", "tiff", "scan")
 """How a `FrameIndex` was built, in the order they are tried."""
 _NO_FRAGMENTS = 0xFFFFFFFF
-# Top-level sequences kept in a file header's DICOM JSON: those the slide model reads
-# (shared and per-frame functional groups, optical paths, the matrix origin).
-KEPT_SEQUENCES = frozenset({0x52009229, 0x52009230, 0x00480105, 0x00480008})
+_PLANE_POSITION = {"0048021A": {"0048021E": None, "0048021F": None, "0040074A": None}}
+_GROUP_ITEMS = {**_PLANE_POSITION, "00480207": {"00480106": None},  # optical path
+                "00289110": {"00180088": None, "00280030": None},  # pixel measures
+                "00289132": {"00281050": None, "00281051": None}}  # frame VOI LUT
+HEADER_TAGS: dict[str, Any] = {
+    # the slide model: idcfs.slide.parse, idcfs.dicom.pixels, idcfs.dicom.times
+    # (00020010 is the file meta's, added to every header)
+    **dict.fromkeys((
+        "00020010", "00080005", "00080008", "00080016", "00080018", "00080020", "00080021",
+        "00080023", "00080030", "00080031", "00080033", "00080201", "00083002", "0008103E",
+        "00100020", "00209228", "00209311", "00280002", "00280004", "00280006", "00280008",
+        "00280010", "00280011", "00280100", "00280101", "00280103", "00281050", "00281051",
+        "00400512", "00480001", "00480002", "00480006", "00480007", "00480302", "00480303")),
+    "52009229": _GROUP_ITEMS, "52009230": _GROUP_ITEMS,  # shared, per-frame groups
+    "00480105": {"00480106": None}, "00480008": {"0040074A": None},  # paths, origin
+    # the tree of --files (idcfs.source.folder) and the series check of idcfs.source.files
+    **dict.fromkeys(("0020000D", "0020000E", "00081030", "00200011", "00080070", "00081090")),
+}
+"""The attributes a file header's DICOM JSON keeps, with the items of its sequences cut
+to theirs (None: the whole value): what idcfs reads of an instance, and nothing else,
+since pydicom's conversion costs about 60 us an element (tests/unit/test_header_tags.py
+fails when a reader asks for another). 00080005 decodes the strings."""
 
 
 # --------------------------------------------------------------------------- data
@@ -417,35 +438,40 @@ def _frame_count(dataset: Any) -> int:
 
 
 def _dicom_json(dataset: Any, syntax: UID) -> dict[str, Any]:
-    """DICOM JSON without bulk binary values (ICC profiles...), the offset tables and the
-    top-level sequences the slide model does not read (`KEPT_SEQUENCES`), with the file
-    meta's TransferSyntaxUID, which DICOMweb metadata may lack. pydicom's conversion
-    costs about 1 ms per 50 elements; the specimen, equipment and coding-scheme
-    sequences of a converter's file were half of it, for nothing served."""
-    for tag in list(dataset.keys()):
-        if int(tag) not in KEPT_SEQUENCES and _raw_vr(dataset, tag) == "SQ":
-            del dataset[tag]
+    """DICOM JSON of the elements `HEADER_TAGS` names (bulk binary values left out),
+    with the file meta's TransferSyntaxUID, which DICOMweb metadata may lack."""
     try:
-        tree = dataset.to_json_dict(bulk_data_threshold=BULK_THRESHOLD,
-                                    bulk_data_element_handler=lambda _element: _DROPPED)
+        tree = _kept(dataset, _HEADER_TAGS).to_json_dict(
+            bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=lambda _e: _DROPPED)
     except Exception as error:  # pydicom's value conversions raise various types
         raise MetadataError(f"header cannot be converted to DICOM JSON: {error}") from error
-    tree = {tag: value for tag, value in tree.items() if not tag.upper().startswith("7FE0")}
     _drop_bulk(tree)
     tree["00020010"] = {"vr": "UI", "Value": [str(syntax)]}
     return tree
 
 
-def _raw_vr(dataset: Any, tag: Any) -> str | None:
-    """The element's VR without converting its value (`get_item` leaves it raw): a
-    sequence dropped unread costs nothing, where `dataset[tag]` would parse it first."""
-    vr = dataset.get_item(tag).VR
-    if vr is not None:
-        return str(vr)
-    try:  # implicit VR: the dictionary's (a private tag has none)
-        return str(dictionary_VR(tag))
-    except KeyError:
-        return None
+def _int_tags(tags: dict[str, Any]) -> dict[int, Any]:
+    return {int(tag, 16): _int_tags(inner) if inner else None for tag, inner in tags.items()}
+
+
+_HEADER_TAGS = _int_tags(HEADER_TAGS)
+
+
+def _kept(dataset: Any, wanted: dict[int, Any]) -> Dataset:
+    """The elements of `dataset` that `wanted` names, the items of its sequences cut to
+    theirs; others are never converted. Each is converted in its own dataset, whose
+    character set decodes it."""
+    kept = Dataset()
+    for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset converts every element)
+        if tag not in wanted:
+            continue
+        element = dataset[tag]
+        inner = wanted[tag]
+        if inner is not None and element.VR == "SQ":
+            items = [_kept(item, inner) for item in element.value or ()]
+            element = DataElement(tag, "SQ", DicomSequence(items))
+        kept.add(element)
+    return kept
 
 
 def _drop_bulk(tree: dict[str, Any]) -> None:

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 30.0
 MAX_RUN_BYTES = 8 * 1024 * 1024  # one ranged GET covers consecutive frames up to this
 MERGE_GAP = 4096  # frames this close (item headers, pad bytes) share one GET
-HEADER_DISK_KEY = "file-header-v1"
+HEADER_DISK_KEY = "file-header-v2"  # v2: the DICOM JSON cut to HEADER_TAGS
 INDEX_DISK_KEY = "frame-index-v2"
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
