@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -42,10 +42,11 @@ from PIL import Image
 from idcfs.cache.tiles import tile_key
 from idcfs.dicom.pixels import PixelFormat
 from idcfs.errors import DecodeError, NotFoundError, RegionTooLarge
-from idcfs.fetch.claims import DEFAULT_WAIT_S, Claims, wait
+from idcfs.fetch.claims import DEFAULT_WAIT_S
+from idcfs.fetch.computed import ComputedFiles
 from idcfs.fetch.loader import TileLoader
 from idcfs.metrics import Metrics
-from idcfs.slide.model import FrameRef, Level, Slide, TileGrid
+from idcfs.slide.model import FrameRef, Level, Slide
 from idcfs.tiles.compose import Piece, background_value, compose
 from idcfs.tiles.convert import TileDecodeError, encode_jpeg, serves_stored_frames, to_8bit
 
@@ -104,16 +105,10 @@ class RegionReader:
         self.loader = loader
         self.quality = loader.quality
         self.max_source_pixels = max_source_pixels
-        self._memory = loader.tiles.memory
-        self._disk = loader.tiles.disk
-        self._claims: Claims[bytes] = Claims(wait_s)
+        self._kept = ComputedFiles(loader.tiles, metrics, wait_s)
         self._positions: cachetools.LRUCache[Hashable, dict[tuple[int, int], FrameRef]] = (
             cachetools.LRUCache(KEPT_GRIDS))
         self._positions_lock = threading.Lock()
-        self._reads = {where: metrics.counter(f"tile_reads.{where}")
-                       for where in ("memory", "waited", "disk", "source", "failed")}
-        self._disk_lookups = metrics.counter("disk_cache.lookups")
-        self._disk_hits = metrics.counter("disk_cache.hits")
         self._rendered = metrics.counter("regions.rendered")
         self._tiles_decoded = metrics.counter("regions.tiles_decoded")
         self._refused = metrics.counter("regions.refused")
@@ -125,7 +120,7 @@ class RegionReader:
         pixel): the largest downsample <= scale (1 % tolerance), among the levels that
         have the grid; the finest of those when none is (an enlargement).
         NotFoundError when no level has the grid."""
-        having = [level for level in slide.levels if _grid(level, grid_key) is not None]
+        having = slide.levels_with(grid_key)
         if not having:
             raise NotFoundError(f"{slide.series_uid}: no level has plane {grid_key[0]} "
                                 f"path {grid_key[1]!r}")
@@ -152,46 +147,26 @@ class RegionReader:
         disk) under `key` and the arguments (a key reused for another region cannot
         serve the wrong pixels); one render at a time per key, others wait for it."""
         identity = self._identity(slide, grid_key, region, out_width, out_height, key)
-        found = self._memory.get(identity)
-        if found is not None:
-            return self._served("memory", found)
-        future, claim = self._claims.claim(identity)
-        if claim is None:
-            try:
-                return self._served("waited", wait(future, self._claims.wait_timeout))
-            except Exception:
-                self._reads["failed"].add()
-                raise
-        try:
-            data, where = self._from_disk_or_rendered(
-                identity, lambda: self._render(slide, grid_key, region, out_width,
-                                               out_height, key))
-        except BaseException as error:
-            claim.fail(error)
-            self._reads["failed"].add()
-            raise
-        self._memory.put(identity, data)  # before the claim ends: the next asker finds it
-        claim.resolve(data)
-        return self._served(where, data)
+        return self._kept.get(identity, lambda: self._render(slide, grid_key, region,
+                                                             out_width, out_height, key))
 
     # -- for views: never blocking ----------------------------------------------------
 
     def cached(self, slide: Slide, grid_key: GridKey, region: Region, out_width: int,
                out_height: int, key: str) -> bytes | None:
         """A render in memory, else None (counted as a read only when found)."""
-        identity = self._identity(slide, grid_key, region, out_width, out_height, key)
-        found = self._memory.get(identity)
-        return None if found is None else self._served("memory", found)
+        return self._kept.cached(
+            self._identity(slide, grid_key, region, out_width, out_height, key))
 
     def in_flight(self, slide: Slide, grid_key: GridKey, region: Region, out_width: int,
                   out_height: int, key: str) -> Future[bytes] | None:
         """The future of a render under way, else None."""
-        return self._claims.running(
+        return self._kept.running(
             self._identity(slide, grid_key, region, out_width, out_height, key))
 
     def waited(self, future: Future[bytes]) -> bytes:
         """The render of a finished `in_flight` future the caller waited for."""
-        return self._served("waited", future.result())
+        return self._kept.waited(future)
 
     def source_area(self, slide: Slide, grid_key: GridKey, region: Region, out_width: int,
                     out_height: int) -> SourceArea:
@@ -223,21 +198,6 @@ class RegionReader:
         return (f"region/{slide.series_uid}/{key}/{plane}/{path}/{region.x},{region.y},"
                 f"{region.width},{region.height}/{out_width}x{out_height}/q{self.quality}")
 
-    def _from_disk_or_rendered(self, identity: str,
-                               render: Callable[[], bytes]) -> tuple[bytes, str]:
-        """The render from the disk cache, else rendered now (and kept there); and
-        where it came from, as tile reads are counted."""
-        if self._disk is not None:
-            self._disk_lookups.add()
-            stored = self._disk.get(identity)
-            if stored is not None:
-                self._disk_hits.add()
-                return stored, "disk"
-        data = render()
-        if self._disk is not None:
-            self._disk.put(identity, data)
-        return data, "source"
-
     def _quality_for(self, width: int, height: int) -> int:
         """The mount's quality, or 100 for an image under SMALL_RENDER pixels: a JPEG
         block's quantisation error falls on its few pixels (a 22 x 22 DeepZoom tile
@@ -258,7 +218,7 @@ class RegionReader:
         """The 8-bit pixels of the area's canvas: its stored tiles decoded and pasted,
         the background where a sparse level has none."""
         level = area.level
-        positions = self._grid_positions(slide, level, grid_key)
+        positions = self.grid_positions(slide, level, grid_key)
         wanted = [(column, row, positions[(column, row)])
                   for row in area.rows for column in area.columns if (column, row) in positions]
         pixels = slide.instances[_first_instance(level, wanted)].pixels
@@ -315,29 +275,21 @@ class RegionReader:
             syntaxes.update(self.loader.syntaxes.of(unknown))
         return syntaxes
 
-    def _grid_positions(self, slide: Slide, level: Level,
-                        grid_key: GridKey) -> dict[tuple[int, int], FrameRef]:
-        """(column, row) → frame of one grid, made once per grid (kept for a few)."""
+    def grid_positions(self, slide: Slide, level: Level,
+                       grid_key: GridKey) -> dict[tuple[int, int], FrameRef]:
+        """(column, row) → frame of one grid of a level (empty when the level has no such
+        grid), made once per grid (kept for a few)."""
         cache_key = (slide.series_uid, level.index, grid_key)
         with self._positions_lock:
             found = self._positions.get(cache_key)
         if found is not None:
             return found
-        grid = _grid(level, grid_key)
+        grid = level.grid(grid_key)
         made = {} if grid is None else {(tile.column, tile.row): tile.frame
                                         for tile in grid.tiles}
         with self._positions_lock:
             self._positions[cache_key] = made
         return made
-
-    def _served(self, where: str, data: bytes) -> bytes:
-        self._reads[where].add()
-        return data
-
-
-def _grid(level: Level, grid_key: GridKey) -> TileGrid | None:
-    return next((grid for grid in level.grids
-                 if (grid.plane_index, grid.optical_path) == grid_key), None)
 
 
 def _check_inside(region: Region, base: Level) -> None:

@@ -24,14 +24,14 @@ computed.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from idcfs.cache.tiles import TileCache
-from idcfs.fetch.claims import DEFAULT_WAIT_S, Claims, wait
+from idcfs.fetch.claims import DEFAULT_WAIT_S
+from idcfs.fetch.computed import ComputedFiles
 from idcfs.fetch.regions import GridKey, Region
 from idcfs.metrics import Metrics
 from idcfs.slide.model import Level, Slide, TileGrid
@@ -65,10 +65,8 @@ def mask_plan(slide: Slide) -> MaskPlan | None:
     slide without levels."""
     if not slide.levels or not slide.levels[0].grids:
         return None
-    first = slide.levels[0].grids[0]
-    key = (first.plane_index, first.optical_path)
-    having = [level for level in slide.levels
-              if any((grid.plane_index, grid.optical_path) == key for grid in level.grids)]
+    key = slide.levels[0].grids[0].key
+    having = slide.levels_with(key)
     large_enough = [level for level in having
                     if max(level.width, level.height) >= MASK_MIN_SIDE]
     chosen = (max(large_enough, key=lambda level: level.downsample) if large_enough
@@ -78,52 +76,28 @@ def mask_plan(slide: Slide) -> MaskPlan | None:
 
 class TissueMasks:
     """Each slide's tissue mask (as PNG bytes) and the tiles it selects; thread-safe,
-    blocking."""
+    blocking. Masks are kept like tiles (`ComputedFiles`)."""
 
     def __init__(self, regions: RegionPixels, tiles: TileCache, metrics: Metrics,
                  wait_s: float = DEFAULT_WAIT_S) -> None:
         self.regions = regions
-        self._memory = tiles.memory
-        self._disk = tiles.disk
-        self._claims: Claims[bytes] = Claims(wait_s)
+        self._kept = ComputedFiles(tiles, metrics, wait_s)
         self._computed = metrics.counter("tissue_masks.computed")
-        self._reads = {where: metrics.counter(f"tile_reads.{where}")
-                       for where in ("memory", "waited", "disk", "source", "failed")}
-        self._disk_lookups = metrics.counter("disk_cache.lookups")
-        self._disk_hits = metrics.counter("disk_cache.hits")
 
     def png(self, slide: Slide) -> bytes:
         """A reader's mask: from memory, from disk, or computed (once at a time); counted
         as one tile read by where it came from."""
-        found = self._memory.get(self._memory_key(slide))
-        if found is not None:
-            self._reads["memory"].add()
-            return found
-        try:
-            found, where = self._claimed(slide)
-        except BaseException:
-            self._reads["failed"].add()
-            raise
-        self._reads[where].add()
-        return found
+        return self._kept.get(self._key(slide), lambda: self._compute(slide))
 
     def at_hand(self, slide: Slide) -> bytes | None:
         """A reader's mask when it is in memory (never blocks; counted when found)."""
-        found = self._memory.get(self._memory_key(slide))
-        if found is not None:
-            self._reads["memory"].add()
-        return found
+        return self._kept.cached(self._key(slide))
 
     def known(self, slide: Slide) -> bytes | None:
         """The mask when it is in memory or the disk cache, for a listing's exact sizes
         (so `rsync` after a remount sees them unchanged); neither a tile read nor a
         request. One read of a small entry per directory listed."""
-        found = self._memory.get(self._memory_key(slide))
-        if found is None and self._disk is not None:
-            found = self._disk.get(self._disk_key(slide))
-            if found is not None:
-                self._memory.put(self._memory_key(slide), found)
-        return found
+        return self._kept.known(self._key(slide))
 
     def selected(self, slide: Slide, level: Level, grid: TileGrid,
                  png: bytes) -> list[bool]:
@@ -134,37 +108,6 @@ class TissueMasks:
         flags = tiles_with_tissue(mask_from_png(png), (level.width, level.height),
                                   (level.tile_width, level.tile_height), cells)
         return [bool(flag) for flag in flags]
-
-    def _claimed(self, slide: Slide) -> tuple[bytes, str]:
-        """The mask and where it came from: another reader's computation ("waited"), or
-        this one's, from disk or computed ("source")."""
-        future, claim = self._claims.claim(self._memory_key(slide))
-        if claim is None:
-            return wait(future, self._claims.wait_timeout), "waited"
-        try:
-            data, where = self._load(slide)
-        except BaseException as error:
-            claim.fail(error)
-            raise
-        claim.resolve(data)
-        return data, where
-
-    def _load(self, slide: Slide) -> tuple[bytes, str]:
-        """From disk, else computed and kept there; then in memory."""
-        key = self._disk_key(slide)
-        data, where = None, "source"
-        if self._disk is not None:
-            self._disk_lookups.add()
-            data = self._disk.get(key)
-        if data is not None:
-            where = "disk"
-            self._disk_hits.add()
-        else:
-            data = self._compute(slide)
-            if self._disk is not None:
-                self._disk.put(key, data)
-        self._memory.put(self._memory_key(slide), data)
-        return data, where
 
     def _compute(self, slide: Slide) -> bytes:
         plan = mask_plan(slide)
@@ -178,9 +121,6 @@ class TissueMasks:
         return mask_png(tissue_mask(pixels))
 
     @staticmethod
-    def _memory_key(slide: Slide) -> Hashable:
-        return ("tissue-mask", slide.series_uid, MASK_VERSION)
-
-    @staticmethod
-    def _disk_key(slide: Slide) -> str:
+    def _key(slide: Slide) -> str:
+        """The mask's key in the memory and disk caches."""
         return f"tissue-mask/{slide.series_uid}/v{MASK_VERSION}"

@@ -134,6 +134,11 @@ class TileGrid:
     tiles: Sequence[TilePosition] = field(default_factory=list)
 
     @property
+    def key(self) -> tuple[int, str]:
+        """(plane_index, optical_path): what names this grid across the levels."""
+        return self.plane_index, self.optical_path
+
+    @property
     def directory_name(self) -> str:
         safe_path = self.optical_path.replace("/", "_") or "none"
         return f"plane-{self.plane_index}_path-{safe_path}"
@@ -164,6 +169,10 @@ class Level:
     @property
     def directory_name(self) -> str:
         return f"level-{self.index}"
+
+    def grid(self, key: tuple[int, str]) -> TileGrid | None:
+        """The grid of that (plane_index, optical_path), if the level has one."""
+        return next((grid for grid in self.grids if grid.key == key), None)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -221,6 +230,10 @@ class Slide:
     def has_plane_directories(self) -> bool:
         """True when tiles live in one subdirectory per plane/path combination."""
         return len(self.focal_planes) > 1 or len(self.optical_paths) > 1
+
+    def levels_with(self, key: tuple[int, str]) -> list[Level]:
+        """The levels that have a grid of that (plane_index, optical_path), finest first."""
+        return [level for level in self.levels if level.grid(key) is not None]
 
     def describe(self, learned_syntaxes: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The content of slide.json (before catalog fields are added). An instance

@@ -107,7 +107,7 @@ class DeepZoomView:
     def _tiles(self, slide: Slide, grid_key: GridKey, tile: int,
                level: DeepZoomLevel) -> list[Node]:
         """Every tile of a DeepZoom level, row by row; nothing is fetched."""
-        stored = _stored_positions(slide, grid_key, level, tile)
+        stored = self._stored_positions(slide, grid_key, level, tile)
         nodes: list[Node] = []
         for row in range(-(-level.height // tile)):
             for column in range(-(-level.width // tile)):
@@ -122,6 +122,16 @@ class DeepZoomView:
                     node = self._rendered(name, slide, grid_key, level, column, row, tile)
                 nodes.append(node)
         return nodes
+
+    def _stored_positions(self, slide: Slide, grid_key: GridKey, level: DeepZoomLevel,
+                          tile: int) -> dict[tuple[int, int], FrameRef]:
+        """The stored tiles of a DeepZoom level that is a stored level (the same size and
+        square tile size, and that plane/path), by (column, row); else none."""
+        for stored in slide.levels_with(grid_key):
+            if ((stored.width, stored.height) == (level.width, level.height)
+                    and (stored.tile_width, stored.tile_height) == (tile, tile)):
+                return self.regions.grid_positions(slide, stored, grid_key)
+        return {}
 
     def _rendered(self, name: str, slide: Slide, grid_key: GridKey, level: DeepZoomLevel,
                   column: int, row: int, tile: int) -> RenderedFile:
@@ -150,22 +160,7 @@ def image_names(slide: Slide) -> list[tuple[GridKey, str]]:
     grids: dict[GridKey, TileGrid] = {}
     for level in slide.levels:
         for grid in level.grids:
-            grids.setdefault((grid.plane_index, grid.optical_path), grid)
+            grids.setdefault(grid.key, grid)
     if not slide.has_plane_directories:
         return [(key, "slide") for key in grids]
     return [(key, f"slide-{grid.directory_name}") for key, grid in grids.items()]
-
-
-def _stored_positions(slide: Slide, grid_key: GridKey, level: DeepZoomLevel,
-                      tile: int) -> dict[tuple[int, int], FrameRef]:
-    """The stored tiles of a DeepZoom level that is a stored level (the same size and
-    square tile size, and that plane/path), by (column, row); else none."""
-    for stored in slide.levels:
-        if ((stored.width, stored.height) != (level.width, level.height)
-                or (stored.tile_width, stored.tile_height) != (tile, tile)):
-            continue
-        for grid in stored.grids:
-            if (grid.plane_index, grid.optical_path) == grid_key:
-                return {(position.column, position.row): position.frame
-                        for position in grid.tiles}
-    return {}

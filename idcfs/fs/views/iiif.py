@@ -146,9 +146,8 @@ class IiifView:
 
     def _service(self, slide: Slide, grid: TileGrid) -> DirNode:
         name = f"iiif-{grid.directory_name}" if slide.has_plane_directories else "iiif"
-        grid_key = (grid.plane_index, grid.optical_path)
-        levels = [level for level in slide.levels
-                  if any((g.plane_index, g.optical_path) == grid_key for g in level.grids)]
+        grid_key = grid.key
+        levels = slide.levels_with(grid_key)
         path = "/".join(quote(part, safe="") for part in
                         ("studies", slide.study_uid, slide.series_uid, name))
         info = StaticFile("info.json", json_bytes(info_document(f"{self.base_url}/{path}",
