@@ -57,25 +57,25 @@ class TilePosition(NamedTuple):
 
 
 class TileRun(Sequence[TilePosition]):
-    """The tiles of a grid that one TILED_FULL instance fills alone: `count` cells in
+    """The tiles of a grid that one TILED_FULL instance fills alone: `cells` cells in
     frame order from `first_cell` (column fastest), frames from `first_number`.
 
     Its length is known at once; the tuples are made on first use (a listing, a read
     ahead, a render), once, under a lock: entering a series of 200,000 frames must not
     cost a tuple per frame. Equal to a list of the same tiles."""
 
-    def __init__(self, instance_uid: str, columns: int, first_cell: int, count: int,
+    def __init__(self, instance_uid: str, columns: int, first_cell: int, cells: int,
                  first_number: int) -> None:
         self.instance_uid = instance_uid
         self.columns = columns
         self.first_cell = first_cell
-        self.count = count
+        self.cells = cells  # not `count`: that is Sequence.count(value), kept callable
         self.first_number = first_number
         self._tiles: list[TilePosition] | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return self.count
+        return self.cells
 
     @property
     def is_made(self) -> bool:
@@ -103,7 +103,7 @@ class TileRun(Sequence[TilePosition]):
 
     def __repr__(self) -> str:
         return (f"TileRun({self.instance_uid!r}, columns={self.columns}, "
-                f"cells {self.first_cell}+{self.count}, frames from {self.first_number})")
+                f"cells {self.first_cell}+{self.cells}, frames from {self.first_number})")
 
     def _made(self) -> list[TilePosition]:
         made = self._tiles
@@ -121,7 +121,7 @@ class TileRun(Sequence[TilePosition]):
         new = tuple.__new__
         return [new(TilePosition, (cell % columns, cell // columns,
                                    new(FrameRef, (uid, number + cell))))
-                for cell in range(self.first_cell, self.first_cell + self.count)]
+                for cell in range(self.first_cell, self.first_cell + self.cells)]
 
 
 @dataclass

@@ -115,7 +115,7 @@ def test_layouts_match_frame_by_frame(layout: str) -> None:
 
 def test_a_grid_one_layer_fills_is_a_run_and_others_are_laid_out() -> None:
     alone = parse_slide("s", "r", LAYOUTS["one part of a concatenation"])
-    assert [(run.first_cell, run.count, run.first_number) for run in runs_of(alone)] == [
+    assert [(run.first_cell, run.cells, run.first_number) for run in runs_of(alone)] == [
         (2, 3, 1)]
     for shared in ("concatenation", "one path twice", "sparse beside full"):
         assert runs_of(parse_slide("s", "r", LAYOUTS[shared])) == []
