@@ -173,6 +173,14 @@ class DiskCache:
         with self._lock:
             self._put(key, data)
 
+    def delete(self, key: str) -> None:
+        """Drop the entry under `key`, if any (what it held is known to be stale)."""
+        with self._lock:
+            try:
+                self._store.delete(key)
+            except Exception as error:  # a broken database: the entry is checked when read
+                log.warning("disk cache: cannot drop %s (%s)", key, error)
+
     def holds(self, keys: Sequence[str]) -> set[str]:
         """The keys among `keys` that have an entry, without reading it (a prefetch skips
         what is there; a damaged entry is found when read, and fetched again then)."""

@@ -8,8 +8,12 @@ Three tiers, looked up in that order by the loader:
   index of their sizes (`TileSizes`) so a listing after a remount shows exact sizes;
   `idcfs prefetch` puts tiles there alone (`keep_on_disk`).
 
-Keys: a tile is (series, instance, frame number) in memory; on disk the JPEG quality is
-part of the key too, since a re-encoded tile depends on it.
+Keys: a tile is (series, instance, frame number, instance revision) in memory; on disk
+the JPEG quality is part of the key too, since a re-encoded tile depends on it. The
+revision (`InstanceInfo.revision`) is "" for DICOMweb and IDC's files (new pixel data
+gets a new SOP Instance UID, as DICOM requires), a digest of the file's version for
+files that can be rewritten (`--files`), so a file regenerated under the same UIDs is
+never served from tiles of its old version.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ from idcfs.slide.model import FrameRef, Slide
 
 def tile_key(slide: Slide, frame: FrameRef) -> Hashable:
     """The memory key of one served tile."""
-    return (slide.series_uid, frame.instance_uid, frame.number)
+    return (slide.series_uid, frame.instance_uid, frame.number, _revision(slide, frame))
+
+
+def _revision(slide: Slide, frame: FrameRef) -> str:
+    """The revision of the frame's instance ("" for an instance the slide does not
+    describe: a bare slide of the tests, whose tiles are keyed as before)."""
+    info = slide.instances.get(frame.instance_uid)
+    return info.revision if info is not None else ""
 
 
 @dataclass(frozen=True)
@@ -147,7 +158,9 @@ class TileCache:
 
     def disk_key(self, slide: Slide, frame: FrameRef) -> str:
         """A tile's key in the disk cache (the helper process reads it by this key)."""
-        return f"tile/{slide.series_uid}/{frame.instance_uid}/{frame.number}/q{self.quality}"
+        key = f"tile/{slide.series_uid}/{frame.instance_uid}/{frame.number}/q{self.quality}"
+        revision = _revision(slide, frame)
+        return f"{key}/r{revision}" if revision else key
 
     def flush(self) -> None:
         """Write the size index (at unmount: before the disk cache closes)."""
@@ -159,4 +172,6 @@ class TileCache:
             self.sizes.note(self._instance_key(slide, frame), frame.number, len(data))
 
     def _instance_key(self, slide: Slide, frame: FrameRef) -> str:
-        return f"{slide.series_uid}/{frame.instance_uid}/q{self.quality}"
+        key = f"{slide.series_uid}/{frame.instance_uid}/q{self.quality}"
+        revision = _revision(slide, frame)
+        return f"{key}/r{revision}" if revision else key

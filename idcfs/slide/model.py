@@ -37,6 +37,10 @@ class InstanceInfo:
     total_width: int
     total_height: int
     location: str = ""  # where the frame source finds the instance; opaque to all else
+    # What the tile caches key its tiles by, besides its UID and frame numbers: a digest
+    # of the file's version for sources whose files can be rewritten under the same SOP
+    # Instance UID (DICOM forbids it; regenerating tools do it), "" otherwise.
+    revision: str = ""
 
     @property
     def flavour(self) -> str:

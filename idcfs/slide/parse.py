@@ -116,13 +116,15 @@ def parse_slide(
     series_uid: str,
     metadata: Sequence[DicomJson],
     locations: Mapping[str, str] | None = None,
+    revisions: Mapping[str, str] | None = None,
 ) -> Slide:
     """The slide model of a series; MetadataError when it holds no usable WSI instance.
 
-    `locations` (by SOPInstanceUID) is where the frame source finds each instance."""
+    `locations` (by SOPInstanceUID) is where the frame source finds each instance,
+    `revisions` (by SOPInstanceUID) its `InstanceInfo.revision`."""
     where = locations or {}
     readable = [found for meta in metadata if _is_wsi(meta)
-                for found in _readable_instance(series_uid, meta, where)]
+                for found in _readable_instance(series_uid, meta, where, revisions or {})]
     kept = {info.uid for info, _, _ in readable}
     described = sorted((meta for meta in metadata if first_value(meta, "00080018") in kept),
                        key=lambda meta: str(first_value(meta, "00080018")))
@@ -159,14 +161,16 @@ def _series_facts(described: Sequence[DicomJson]) -> dict[str, Any]:
 
 
 def _readable_instance(
-    series_uid: str, meta: DicomJson, locations: Mapping[str, str]
+    series_uid: str, meta: DicomJson, locations: Mapping[str, str],
+    revisions: Mapping[str, str],
 ) -> list[tuple[InstanceInfo, InstanceFrames, tuple[float, float] | None]]:
     """[(facts, frame placements, pixel spacing)] of an instance. When its description
     is unusable (every reader raises ValueError for bad values): MetadataError for a
     level instance, [] with a warning for an associated image."""
     try:
         info = read_instance(meta)
-        info = replace(info, location=locations.get(info.uid, ""))
+        info = replace(info, location=locations.get(info.uid, ""),
+                       revision=revisions.get(info.uid, ""))
         return [(info, instance_frames(meta, info), _pixel_spacing(meta))]
     except ValueError as error:
         uid = first_value(meta, "00080018")

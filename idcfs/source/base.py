@@ -21,7 +21,7 @@ DICOMweb does not (a server's instance, retrieved whole, is not the stored file)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -39,20 +39,24 @@ class Frame:
 
 @dataclass(frozen=True)
 class InstanceMetadata:
-    """One instance of a series: its DICOM JSON and where the source finds it again."""
+    """One instance of a series: its DICOM JSON, where the source finds it again, and
+    its revision (`InstanceInfo.revision`: "" unless the source's files can change)."""
 
     location: str
     dicom: DicomJson
+    revision: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"location": self.location, "dicom": dict(self.dicom)}
+        return {"location": self.location, "dicom": dict(self.dicom),
+                **({"revision": self.revision} if self.revision else {})}
 
     @classmethod
     def from_json(cls, value: Any) -> InstanceMetadata:
         """Inverse of `to_json`; ValueError when `value` is not of that shape."""
         if not isinstance(value, dict) or not isinstance(value.get("dicom"), dict):
             raise ValueError("not an instance metadata record")
-        return cls(str(value.get("location", "")), value["dicom"])
+        return cls(str(value.get("location", "")), value["dicom"],
+                   str(value.get("revision", "")))
 
 
 class FrameSource(Protocol):
@@ -99,6 +103,23 @@ class FrameSizes(Protocol):
 
     def frame_size_hints(self, instance: InstanceInfo) -> FrameSizeHints | None:
         """The instance's frame lengths, or None when the source cannot tell cheaply."""
+        ...
+
+
+@runtime_checkable
+class ChangingSeries(Protocol):
+    """A source whose series' files can be rewritten under the same UIDs (a user's
+    folder or bucket, `--files`): what the slide store keys a series' metadata by, and
+    how it hears that a file changed since it was listed."""
+
+    def series_version(self, study_uid: str, series_uid: str) -> str | None:
+        """What changes when a file of the series changes, known without a request;
+        None when the source cannot tell without one."""
+        ...
+
+    def on_series_changed(self, listener: Callable[[str, str], None]) -> None:
+        """Call `listener(study_uid, series_uid)` when a file of the series is found
+        changed since it was listed."""
         ...
 
 

@@ -12,9 +12,15 @@ on its first frame read, and kept (in memory and, with `--cache-dir`, on disk), 
 built once; a scan is never made for a listing. A batch of frames is one ranged GET per
 run of consecutive frames (bounded in bytes), the runs of a batch in flight together.
 
-An instance's location is `<key>#<size>`: the object and its size at listing time, so a
-remount served from the disk cache needs no listing, and a file that changed size is not
-read through a stale frame index (the index is keyed by both).
+An instance's location is `<key>#<size>`, or `<key>#<size>#v=<version>` when the listing
+gave the object a version (`ObjectInfo.version`: a bucket's LastModified and ETag, a
+local file's mtime and inode): the object as it was listed, so a remount served from the
+disk cache needs no listing, and a file rewritten since, even at the same size, is never
+read through a stale header or frame index (both are keyed by the location). Reads of a
+versioned object check that version (If-Match and the answer's ETag, the open file's
+mtime and inode); a changed object is EIO with a log line, and what was kept about it
+and its series is dropped (`FileFrameSource._changed`), never served as another
+version's bytes.
 
 Frames are returned as stored, as DICOMweb returns them; the tile layer removes DICOM's
 pad byte so a served JPEG ends at its EOI whatever the source (`idcfs.dicom.frames`).
@@ -22,6 +28,7 @@ pad byte so a served JPEG ends at its EOI whatever the source (`idcfs.dicom.fram
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -30,6 +37,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote, unquote
 
 from idcfs.catalog.base import Catalog
 from idcfs.dicom.dicom_json import first_value
@@ -46,7 +54,7 @@ from idcfs.source.dicomfile import (
     frame_index,
     read_header,
 )
-from idcfs.source.objects import ObjectInfo, ObjectMissing, ObjectStore
+from idcfs.source.objects import ObjectChanged, ObjectInfo, ObjectMissing, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +94,48 @@ class FileSourceSettings:
     max_run_bytes: int = MAX_RUN_BYTES
 
 
+VERSION_MARK = "v="  # a location's last part: the version, quoted (no '#' left in it)
+
+
 def location_of(info: ObjectInfo) -> str:
-    return f"{info.key}#{info.size}"
+    """`<key>#<size>`, then `#v=<version>` when the object has one (a key may hold '#':
+    the parts are taken from the end, and a size is all digits, a version never)."""
+    where = f"{info.key}#{info.size}"
+    if info.version is None:
+        return where
+    return f"{where}#{VERSION_MARK}{quote(info.version, safe='')}"
 
 
 def parse_location(location: str) -> ObjectInfo:
     """Inverse of `location_of`; FetchError for anything else."""
-    key, _, size = location.rpartition("#")
-    if not key or not size.isdigit():
+    rest, _, last = location.rpartition("#")
+    version = None
+    if last.startswith(VERSION_MARK):
+        version = unquote(last[len(VERSION_MARK):])
+        rest, _, last = rest.rpartition("#")
+    if not rest or not last.isdigit():
         raise FetchError(f"not a file location: {location!r}")
-    return ObjectInfo(key, int(size))
+    return ObjectInfo(rest, int(last), version)
+
+
+def revision_of(info: ObjectInfo) -> str:
+    """What tiles of the object are keyed by besides their instance and frame number
+    (`InstanceInfo.revision`): a short digest of its size and version, so a file
+    rewritten under the same SOP Instance UID (which DICOM forbids, and regenerating
+    tools do) never serves tiles kept from its old version; "" without a version."""
+    if info.version is None:
+        return ""
+    return hashlib.blake2b(f"{info.size}#{info.version}".encode(), digest_size=8).hexdigest()
+
+
+def series_version_of(objects: Sequence[ObjectInfo]) -> str | None:
+    """A digest of a series' objects as listed (keys, sizes, versions): what its cached
+    metadata is keyed by, so a remount after a file changed reads its header again;
+    None when no object has a version."""
+    if all(info.version is None for info in objects):
+        return None
+    names = "\n".join(sorted(location_of(info) for info in objects))
+    return hashlib.blake2b(names.encode(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -137,6 +177,8 @@ class FileFrameSource:
         self._kept = kept
         self._indexes: dict[str, FrameIndex] = {}
         self._index_locks: dict[str, threading.Lock] = {}
+        self._changed_locations: set[str] = set()
+        self._listeners: list[Callable[[str, str], None]] = []
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.settings.parallel_reads, "idcfs-ranges")
 
@@ -153,21 +195,32 @@ class FileFrameSource:
 
     # -- series ---------------------------------------------------------------------
 
+    def series_version(self, study_uid: str, series_uid: str) -> str | None:
+        """The series' files as listed, digested (`series_version_of`), when the series
+        files know them without a request (`--files`: listed at mount); else None."""
+        version = getattr(self.series_files, "series_version", None)
+        return version(study_uid, series_uid) if version is not None else None
+
+    def on_series_changed(self, listener: Callable[[str, str], None]) -> None:
+        """Call `listener(study_uid, series_uid)` when a file of the series is found
+        changed since it was listed (the slide store drops its metadata)."""
+        self._listeners.append(listener)
+
     def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceMetadata]:
         """List the series' files and read every header, in parallel."""
         deadline = self._deadline()
         self.store.preconnect(self.settings.parallel_reads)  # for the header reads
         objects = self.series_files.series_objects(study_uid, series_uid, deadline)
         try:
-            headers = self._map(lambda info: self.headers.header(info, deadline), objects)
+            headers = self._series_headers(objects, deadline, (study_uid, series_uid))
         except ObjectMissing as missing:
             relist = getattr(self.series_files, "listed_after_missing", None)
             if relist is None:
                 raise
             objects = relist(study_uid, series_uid, deadline, missing)
-            headers = self._map(lambda info: self.headers.header(info, deadline), objects)
+            headers = self._series_headers(objects, deadline, (study_uid, series_uid))
         found = [
-            InstanceMetadata(location_of(info), header.dicom_json)
+            InstanceMetadata(location_of(info), header.dicom_json, revision_of(info))
             for info, header in zip(objects, headers, strict=True)
             if first_value(header.dicom_json, "0020000E", "") in (series_uid, "")
         ]
@@ -175,6 +228,13 @@ class FileFrameSource:
             raise FetchError(f"series {series_uid}: no instance files in "
                              f"{self.store.description}")
         return found
+
+    def _series_headers(self, objects: Sequence[ObjectInfo], deadline: float,
+                        series: tuple[str, str]) -> list[FileHeader]:
+        def header(info: ObjectInfo) -> FileHeader:
+            return self._header(info, deadline, series)
+
+        return self._map(header, objects)
 
     # -- frames ---------------------------------------------------------------------
 
@@ -226,7 +286,7 @@ class FileFrameSource:
 
     def _indexed(self, info: ObjectInfo, deadline: float,
                  allow_scan: bool = True) -> tuple[FileHeader, FrameIndex]:
-        header = self.headers.header(info, deadline)
+        header = self._header(info, deadline)
         name = location_of(info)
         with self._lock:
             index = self._indexes.get(name)
@@ -269,7 +329,48 @@ class FileFrameSource:
         return index
 
     def _read(self, info: ObjectInfo, start: int, length: int, deadline: float) -> bytes:
-        return self.store.read(info.key, start, length, deadline)
+        try:
+            return self.store.read(info.key, start, length, deadline, info.version)
+        except ObjectChanged as error:
+            self._changed(info, error)
+            raise
+
+    def _header(self, info: ObjectInfo, deadline: float,
+                series: tuple[str, str] | None = None) -> FileHeader:
+        try:
+            return self.headers.header(info, deadline)
+        except ObjectChanged as error:
+            self._changed(info, error, series)
+            raise
+
+    def _changed(self, info: ObjectInfo, error: ObjectChanged,
+                 series: tuple[str, str] | None = None) -> None:
+        """`info` is not the object that was listed: drop its frame index and header
+        (kept under its old location, they are never asked for again once the series
+        is listed anew), and tell the series files and the slide store, once, so
+        that the series is listed and read again when it is next entered. Reads through
+        the old location go on failing (EIO): their version check fails every time."""
+        name = location_of(info)
+        with self._lock:
+            self._indexes.pop(name, None)
+            first = name not in self._changed_locations
+            self._changed_locations.add(name)
+        header = self.headers.forget(info)
+        if not first:
+            return
+        if series is None and header is not None:
+            series = (str(first_value(header.dicom_json, "0020000D", "")),
+                      str(first_value(header.dicom_json, "0020000E", "")))
+        log.warning("%s; what was kept about it and its series is dropped: its tiles not "
+                    "read yet are EIO in this mount, and the series is listed and read "
+                    "again when it is next entered (after a remount)", error)
+        if series is None or not all(series):
+            return
+        for listener in self._listeners:
+            listener(*series)
+        forget = getattr(self.series_files, "forget_series", None)
+        if forget is not None:
+            forget(*series)
 
     def _map(self, work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """`work` over `items` on the read pool (inline for one item); the first error."""
@@ -326,13 +427,22 @@ class ScanAhead:
 
 class HeaderReader:
     """Instance headers by object, read once: kept in memory and in `kept` (keyed by the
-    store, the key and the size, so a changed file is read again)."""
+    store and the object's location: key, size and version, so a changed file is read
+    again)."""
 
     def __init__(self, store: ObjectStore, kept: KeyValueStore | None = None) -> None:
         self.store = store
         self._kept = kept
         self._headers: dict[str, FileHeader] = {}
         self._lock = threading.Lock()
+
+    def forget(self, info: ObjectInfo) -> FileHeader | None:
+        """Drop the header kept in memory for `info` (changed since it was listed); the
+        header as it was, from memory or the disk cache, if kept."""
+        name = location_of(info)
+        with self._lock:
+            header = self._headers.pop(name, None)
+        return header if header is not None else self._kept_header(name)
 
     def header(self, info: ObjectInfo, deadline: float) -> FileHeader:
         name = location_of(info)
@@ -357,7 +467,7 @@ class HeaderReader:
 
     def _read_header(self, info: ObjectInfo, deadline: float) -> FileHeader:
         def read(start: int, length: int) -> bytes:
-            return self.store.read(info.key, start, length, deadline)
+            return self.store.read(info.key, start, length, deadline, info.version)
 
         try:
             header = read_header(read, info.size)

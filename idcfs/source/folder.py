@@ -7,11 +7,17 @@ grouped by their own Study and Series Instance UIDs, so a folder that s5cmd or i
 filled gives the same `studies/<study>/<series>/` tree as IDC. Files that are not DICOM
 (a README, a manifest) are skipped with a log line; a file that cannot be read because
 of the server fails the scan (EIO at mount), never silently shrinks the tree.
+
+Each file is kept as listed, with its version (`ObjectInfo.version`), so a file
+rewritten since a previous mount is read again, whatever its size. A file found changed
+during the mount (`forget_series`) makes its series' files listed again when the
+series is next asked for.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -24,7 +30,7 @@ from idcfs.dicom.dicom_json import first_value
 from idcfs.dicom.times import series_time_ns
 from idcfs.errors import FetchError, MetadataError
 from idcfs.source.dicomfile import FileHeader
-from idcfs.source.files import HeaderReader
+from idcfs.source.files import HeaderReader, series_version_of
 from idcfs.source.objects import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ class FolderCatalog(FlatCatalog):
         self._fields: dict[Key, dict[str, Any]] = {}
         self._times: dict[Key, int | None] = {}
         self._studies: dict[str, list[str]] = {}
+        self._stale: set[Key] = set()
         self._lock = threading.Lock()
         self._scanned = False
 
@@ -126,10 +133,42 @@ class FolderCatalog(FlatCatalog):
     def series_objects(self, study_uid: str, series_uid: str,
                        deadline: float) -> list[ObjectInfo]:
         self.scan()
-        files = self._series.get((study_uid, series_uid))
+        key = (study_uid, series_uid)
+        with self._lock:
+            files = self._series.get(key)
+            stale = key in self._stale
         if not files:
             raise FetchError(f"series {series_uid}: no files under {self.prefix!r}")
-        return list(files)
+        return self._listed_again(key, files, deadline) if stale else list(files)
+
+    def series_version(self, study_uid: str, series_uid: str) -> str | None:
+        """The series' files as listed, digested; None before a scan found them."""
+        self.scan()
+        with self._lock:
+            files = self._series.get((study_uid, series_uid))
+        return series_version_of(files) if files else None
+
+    def forget_series(self, study_uid: str, series_uid: str) -> None:
+        """A file of the series changed since it was listed: list its files again when
+        the series is next asked for."""
+        with self._lock:
+            self._stale.add((study_uid, series_uid))
+
+    def _listed_again(self, key: Key, files: list[ObjectInfo],
+                      deadline: float) -> list[ObjectInfo]:
+        """The series' files as they are now: one listing of the folder that holds
+        them all (files added since the scan are found at the next mount)."""
+        shared = os.path.commonprefix([info.key for info in files]).rpartition("/")[0]
+        listed = {info.key: info for info in
+                  self.store.list(f"{shared}/" if shared else "", deadline)}
+        now = [listed[info.key] for info in files if info.key in listed]
+        if not now:
+            raise FetchError(f"series {key[1]}: its files are gone from {self.store.description}")
+        with self._lock:
+            self._series[key] = now
+            self._stale.discard(key)
+        log.info("series %s: %d files listed again", key[1], len(now))
+        return now
 
 
 def _series_fields(meta: dict[str, Any]) -> dict[str, Any]:

@@ -49,15 +49,29 @@ BODY_CHUNK = 8 * 1024 * 1024  # deadline checked between chunks; see `_body`
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One object of a listing: its key (relative to the bucket or folder) and size."""
+    """One object of a listing: its key (relative to the bucket or folder), its size and
+    its version, a token only the store that listed it reads (a bucket's LastModified
+    and ETag, a folder's file mtime and inode), which changes when the object is
+    rewritten, even at the same size. Everything kept about an object (its header, its
+    frame index) is keyed by it, and reads given it fail with `ObjectChanged` rather
+    than return bytes of another version. None: not known (IDC's `sm_instance_index`
+    names objects without one; IDC never rewrites an object under a
+    crdc_instance_uuid, so none is needed)."""
 
     key: str
     size: int
+    version: str | None = None
 
 
 class ObjectMissing(FetchError):
     """The store has no object of that key (HTTP 404, no such file): still EIO, but a
     caller that named the key from an index can tell the index is out of step."""
+
+
+class ObjectChanged(FetchError):
+    """The object is not the version that was listed (HTTP 412 to If-Match, another
+    ETag, another mtime or inode): still EIO, never ENOENT; the caller drops what it
+    kept about the object, since its offsets belong to the old version."""
 
 
 class ObjectStore(Protocol):
@@ -73,8 +87,11 @@ class ObjectStore(Protocol):
         finished by `deadline` (monotonic) when given."""
         ...
 
-    def read(self, key: str, start: int, length: int, deadline: float) -> bytes:
-        """Bytes [start, start + length) of `key`, finished by `deadline` (monotonic)."""
+    def read(self, key: str, start: int, length: int, deadline: float,
+             version: str | None = None) -> bytes:
+        """Bytes [start, start + length) of `key`, finished by `deadline` (monotonic);
+        with `version` (from this store's listing), `ObjectChanged` when the object is
+        no longer that version."""
         ...
 
     def probe(self, prefix: str, deadline: float) -> None:
@@ -129,6 +146,13 @@ class _Counters:
             }
 
 
+def _file_version(found: os.stat_result) -> str:
+    """A local file's version: its mtime (ns) and inode, which a rewrite in place or a
+    replacement by rename changes (a tool that also restores the old mtime on the same
+    inode at the same size defeats it; none that writes DICOM files does)."""
+    return f"{found.st_mtime_ns}:{found.st_ino}"
+
+
 def _check_range(start: int, length: int) -> None:
     if start < 0 or length < 0:
         raise ValueError(f"bad byte range: start {start}, length {length}")
@@ -181,25 +205,33 @@ class LocalFolderStore:
                     yield from self._walk(Path(entry.path))
                 elif entry.is_file():
                     key = Path(entry.path).relative_to(self.root).as_posix()
-                    yield ObjectInfo(key, entry.stat().st_size)
+                    found = entry.stat()
+                    yield ObjectInfo(key, found.st_size, _file_version(found))
 
-    def read(self, key: str, start: int, length: int, deadline: float) -> bytes:
+    def read(self, key: str, start: int, length: int, deadline: float,
+             version: str | None = None) -> bytes:
         _check_range(start, length)
         self._counters.request("read")
         if time.monotonic() >= deadline:
             raise FetchError(f"{self.description}: {key} {_range_text(start, length)}: "
                              "deadline already passed")
         try:
-            data = self._pread(self._path(key), start, length)
+            data, now = self._pread(self._path(key), start, length)
         except FileNotFoundError as error:
             raise ObjectMissing(f"{self.description}: {key}: {error}") from error
         except OSError as error:
             raise FetchError(f"{self.description}: {key}: {error}") from error
+        if version is not None and now != version:
+            raise ObjectChanged(f"{self.description}: {key}: changed since it was listed "
+                                f"(mtime_ns:inode {version} then, {now} now)")
         self._counters.received(len(data))
         return data
 
     @staticmethod
-    def _pread(path: Path, start: int, length: int) -> bytes:
+    def _pread(path: Path, start: int, length: int) -> tuple[bytes, str]:
+        """The bytes, and the file's version after reading them: a file changed before
+        or while they were read shows another mtime (a file replaced by a rename keeps
+        its old inode open here, whose bytes are still the listed ones)."""
         descriptor = os.open(path, os.O_RDONLY)
         try:
             parts: list[bytes] = []
@@ -211,7 +243,7 @@ class LocalFolderStore:
                 parts.append(part)
                 offset += len(part)
                 wanted -= len(part)
-            return b"".join(parts)
+            return b"".join(parts), _file_version(os.fstat(descriptor))
         finally:
             os.close(descriptor)
 
@@ -364,13 +396,21 @@ class HttpBucketStore:
 
     # -- reading ------------------------------------------------------------------
 
-    def read(self, key: str, start: int, length: int, deadline: float) -> bytes:
+    def read(self, key: str, start: int, length: int, deadline: float,
+             version: str | None = None) -> bytes:
+        """With `version`, the GET carries `If-Match: <its ETag>` (S3 and GCS answer 412
+        when the object is another now), and the answer's own ETag is checked too, for
+        servers that ignore If-Match (rclone serve s3 does)."""
         _check_range(start, length)
         if length == 0:
             return b""
         headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        etag = _etag_of(version)
+        if etag is not None:
+            headers["If-Match"] = etag
         call = self._call("read", key, headers, deadline, _range_text(start, length))
-        return self._send(call, lambda response: self._range_body(call, response, start, length))
+        return self._send(call, lambda response: self._range_body(call, response, start,
+                                                                  length, etag))
 
     def size(self, key: str, deadline: float | None = None) -> int:
         call = self._call("size", key, {"Range": "bytes=0-0"}, self._deadline(deadline), "size")
@@ -381,10 +421,13 @@ class HttpBucketStore:
         path = f"{self._bucket_path}/{quote(key, safe='/')}"
         return _Call(kind, f"GET {self.bucket}/{key} {detail}", path, headers, deadline)
 
-    def _range_body(self, call: _Call, response: Response, start: int, length: int) -> bytes:
+    def _range_body(self, call: _Call, response: Response, start: int, length: int,
+                    etag: str | None = None) -> bytes:
         if response.status == 416:
             return b""  # the range starts at or after the end of the object
         self._check_status(call, response, ok=(200, 206))
+        if etag is not None:
+            self._check_etag(call, response, etag)
         content_range = response.headers.get("Content-Range")
         if content_range is not None:
             answer = self._content_range(call, content_range)
@@ -550,7 +593,16 @@ class HttpBucketStore:
             raise _Retryable(f"HTTP {response.status} {excerpt}", retry_after)
         if response.status == 404:
             raise ObjectMissing(f"{self.description}: {call.what}: HTTP 404 {excerpt}")
+        if response.status == 412:
+            raise ObjectChanged(f"{self.description}: {call.what}: the object changed since "
+                                f"it was listed (HTTP 412 Precondition Failed to If-Match)")
         self._fail(call, f"HTTP {response.status} {excerpt}")
+
+    def _check_etag(self, call: _Call, response: Response, etag: str) -> None:
+        answered = response.headers.get("ETag")
+        if answered is not None and _bare_etag(answered) != _bare_etag(etag):
+            raise ObjectChanged(f"{self.description}: {call.what}: the object changed since "
+                                f"it was listed (ETag {etag} then, {answered} now)")
 
     def _content_range(self, call: _Call, value: str) -> _ContentRange:
         try:
@@ -618,7 +670,29 @@ def _object_info(element: ElementTree.Element) -> ObjectInfo:
     size = _child_text(element, "Size", "")
     if not key or not size.isdigit():
         raise ValueError(f"an entry without a key or size (key {key!r}, size {size!r})")
-    return ObjectInfo(key, int(size))
+    etag = _child_text(element, "ETag", "")
+    modified = _child_text(element, "LastModified", "")
+    return ObjectInfo(key, int(size), _bucket_version(modified, etag))
+
+
+def _bucket_version(modified: str, etag: str) -> str | None:
+    """A listed object's version: 'LastModified|"ETag"' (the ETag quoted as HTTP wants
+    it in If-Match; rclone lists it bare), None when the listing gives neither."""
+    if etag and not etag.startswith(('"', 'W/"')):
+        etag = f'"{etag}"'
+    return f"{modified}|{etag}" if modified or etag else None
+
+
+def _etag_of(version: str | None) -> str | None:
+    """The ETag in a version `_bucket_version` made, None when it has none."""
+    if version is None:
+        return None
+    return version.partition("|")[2] or None
+
+
+def _bare_etag(etag: str) -> str:
+    """An ETag without its quotes or weak mark, to compare a listing's with an answer's."""
+    return etag.strip().removeprefix("W/").strip('"')
 
 
 def _local_name(tag: str) -> str:

@@ -5,6 +5,8 @@ bodies, slow answers)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 import threading
 import time
@@ -21,7 +23,9 @@ from idcfs.source.objects import (
     BucketSettings,
     HttpBucketStore,
     LocalFolderStore,
+    ObjectChanged,
     ObjectInfo,
+    ObjectMissing,
     ObjectStore,
 )
 
@@ -38,6 +42,10 @@ class FakeS3(ThreadingHTTPServer):
 
     `mode` is "s3", "rclone" or "ignore-range"; `faults` answer the next requests first.
     Records (method, path, headers) of every request and the most connections open at once.
+    With `versions`, listings give each object's ETag (the MD5 of its bytes, quoted as S3
+    does, bare as rclone does when `mode` is "rclone") and LastModified; answers always
+    carry the ETag, and If-Match is answered 412 when it names another (ignored, as
+    rclone ignores it, when `honour_if_match` is False).
     """
 
     daemon_threads = True
@@ -49,6 +57,8 @@ class FakeS3(ThreadingHTTPServer):
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.listing_override: bytes | None = None
+        self.versions = False
+        self.honour_if_match = True
         self.lock = threading.Lock()
         self.open_connections = 0
         self.most_connections = 0
@@ -110,11 +120,16 @@ class _FakeHandler(BaseHTTPRequestHandler):
         keys = sorted(key for key in self.server.objects if key.startswith(prefix))
         first = int(query.get("continuation-token", ["0"])[0])
         page = keys[first : first + int(query["max-keys"][0])]
-        answer(self, 200, listing_xml(self.server.objects, page, first + len(page), len(keys)))
+        versions = "quoted" if self.server.mode != "rclone" else "bare"
+        answer(self, 200, listing_xml(self.server.objects, page, first + len(page), len(keys),
+                                      versions if self.server.versions else None))
 
     def _object(self, data: bytes) -> None:
         first, last = (int(part) for part in self.headers["Range"][6:].split("-"))
-        if self.server.mode == "ignore-range":
+        wanted = self.headers.get("If-Match")
+        if wanted is not None and self.server.honour_if_match and wanted != etag(data):
+            answer(self, 412, b"<Error><Code>PreconditionFailed</Code></Error>")
+        elif self.server.mode == "ignore-range":
             answer(self, 200, data)
         elif first >= len(data):
             answer(self, 416, b"<Error><Code>InvalidRange</Code></Error>",
@@ -123,7 +138,11 @@ class _FakeHandler(BaseHTTPRequestHandler):
             last = min(last, len(data) - 1)
             status = 206 if self.server.mode == "s3" else 200
             answer(self, status, data[first : last + 1],
-                   {"Content-Range": f"bytes {first}-{last}/{len(data)}"})
+                   {"Content-Range": f"bytes {first}-{last}/{len(data)}", "ETag": etag(data)})
+
+
+def etag(data: bytes) -> str:
+    return f'"{hashlib.md5(data).hexdigest()}"'
 
 
 def answer(handler: BaseHTTPRequestHandler, status: int, body: bytes,
@@ -139,9 +158,18 @@ def answer(handler: BaseHTTPRequestHandler, status: int, body: bytes,
         handler.close_connection = True
 
 
-def listing_xml(objects: dict[str, bytes], page: list[str], next_index: int, total: int) -> bytes:
-    contents = "".join(f"<Contents><Key>{key}</Key><Size>{len(objects[key])}</Size></Contents>"
-                       for key in page)
+def listing_xml(objects: dict[str, bytes], page: list[str], next_index: int, total: int,
+                versions: str | None = None) -> bytes:
+    def version(data: bytes) -> str:
+        if versions is None:
+            return ""
+        tag = etag(data) if versions == "quoted" else etag(data).strip('"')
+        escaped = tag.replace('"', "&quot;")
+        return (f"<LastModified>2025-01-02T03:04:05.000Z</LastModified>"
+                f"<ETag>{escaped}</ETag>")
+
+    contents = "".join(f"<Contents><Key>{key}</Key>{version(objects[key])}"
+                       f"<Size>{len(objects[key])}</Size></Contents>" for key in page)
     truncated = next_index < total
     token = f"<NextContinuationToken>{next_index}</NextContinuationToken>" if truncated else ""
     return (f'<?xml version="1.0"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
@@ -454,7 +482,7 @@ def test_folder_listing_uses_key_prefixes(folder: LocalFolderStore) -> None:
     assert [info.key for info in folder.list("ser1")] == [
         "ser1/a.dcm", "ser1/b.dcm", "ser1/deep/d.dcm", "ser10/c.dcm"]
     assert len(folder.list("")) == 5
-    assert folder.list("ser1/b") == [ObjectInfo("ser1/b.dcm", 20)]
+    assert [(info.key, info.size) for info in folder.list("ser1/b")] == [("ser1/b.dcm", 20)]
     assert folder.list("nothing/") == []
 
 
@@ -525,3 +553,80 @@ def test_preconnect_is_bounded_by_the_pool_and_never_fails() -> None:
     with pytest.raises(FetchError):
         dead.read("series/0.dcm", 0, 10, soon(2))
     dead.close()
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def test_a_listing_gives_each_object_its_version(fake: FakeS3, store: HttpBucketStore) -> None:
+    fake.versions = True
+    listed = store.list("series/")
+    assert [info.key for info in listed] == sorted(fake.objects)
+    for info in listed:
+        assert info.version == f"2025-01-02T03:04:05.000Z|{etag(fake.objects[info.key])}"
+
+
+def test_a_bare_etag_of_rclone_is_quoted_as_if_match_wants(fake: FakeS3,
+                                                           store: HttpBucketStore) -> None:
+    fake.versions, fake.mode = True, "rclone"
+    info = store.list("series/0")[0]
+    assert info.version is not None and info.version.endswith(etag(fake.objects[info.key]))
+
+
+def test_a_versioned_read_sends_if_match_and_gets_the_bytes(fake: FakeS3,
+                                                            store: HttpBucketStore) -> None:
+    fake.versions = True
+    info = store.list("series/1")[0]
+    assert store.read(info.key, 10, 20, soon(), info.version) == fake.objects[info.key][10:30]
+    assert fake.requests[-1][2]["If-Match"] == etag(fake.objects[info.key])
+    store.read(info.key, 0, 5, soon())
+    assert "If-Match" not in fake.requests[-1][2]  # unversioned (IDC's index): none sent
+
+
+def test_an_object_changed_since_listing_is_a_412_never_missing_nor_retried(
+        fake: FakeS3, store: HttpBucketStore) -> None:
+    fake.versions = True
+    info = store.list("series/2")[0]
+    fake.objects[info.key] = bytes(reversed(fake.objects[info.key]))  # the same size
+    before = read_requests(store)
+    with pytest.raises(ObjectChanged, match="changed since it was listed.*412") as raised:
+        store.read(info.key, 0, 100, soon(), info.version)
+    assert not isinstance(raised.value, (ObjectMissing, NotFoundError))
+    assert read_requests(store) == before + 1
+
+
+def test_a_server_that_ignores_if_match_is_caught_by_the_answers_etag(
+        fake: FakeS3, store: HttpBucketStore) -> None:
+    fake.versions, fake.honour_if_match = True, False
+    info = store.list("series/3")[0]
+    fake.objects[info.key] = bytes(reversed(fake.objects[info.key]))
+    with pytest.raises(ObjectChanged, match="changed since it was listed.*ETag"):
+        store.read(info.key, 0, 100, soon(), info.version)
+
+
+def test_a_folder_file_rewritten_at_the_same_size_is_another_version(
+        folder: LocalFolderStore) -> None:
+    path = folder.root / "ser1" / "a.dcm"
+    listed = folder.list("ser1/a")[0]
+    assert listed.version is not None
+    data = path.read_bytes()
+    with path.open("r+b") as handle:  # in place: the same inode, a later mtime
+        handle.write(bytes(reversed(data)))
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 1_000_000))
+    now = folder.list("ser1/a")[0]
+    assert (now.key, now.size) == (listed.key, listed.size) and now.version != listed.version
+    with pytest.raises(ObjectChanged, match="changed since it was listed"):
+        folder.read(listed.key, 0, 4, soon(), listed.version)
+    assert folder.read(now.key, 0, 4, soon(), now.version) == bytes(reversed(data))[:4]
+    assert folder.read(now.key, 0, 4, soon()) == bytes(reversed(data))[:4]
+
+
+def test_a_folder_file_replaced_by_a_rename_is_another_version(folder: LocalFolderStore) -> None:
+    path = folder.root / "ser1" / "b.dcm"
+    listed = folder.list("ser1/b")[0]
+    replacement = path.with_suffix(".new")
+    replacement.write_bytes(path.read_bytes())
+    os.utime(replacement, ns=(0, path.stat().st_mtime_ns))  # even the same mtime
+    replacement.rename(path)
+    with pytest.raises(ObjectChanged):
+        folder.read(listed.key, 0, 4, soon(), listed.version)
