@@ -485,7 +485,13 @@ class HeaderReader:
 
 
 class PrefixSeriesFiles:
-    """Series found by a key prefix the catalog gives (IDC: `<crdc_series_uuid>/`)."""
+    """Series found by a key prefix the catalog gives (IDC: `<crdc_series_uuid>/`).
+
+    The objects are taken without their listed versions: IDC never rewrites an object
+    under a `crdc_instance_uuid` (new data gets a new UUID), so a version would only
+    make the same object's header, index and tiles kept under two keys, one when
+    `sm_instance_index` names it (no version) and one when it was listed, and send an
+    If-Match with every read for nothing."""
 
     def __init__(self, store: ObjectStore, prefix_of: Callable[[str, str], str]) -> None:
         self.store = store
@@ -494,7 +500,8 @@ class PrefixSeriesFiles:
     def series_objects(self, study_uid: str, series_uid: str,
                        deadline: float) -> list[ObjectInfo]:
         prefix = self.prefix_of(study_uid, series_uid)
-        objects = [info for info in self.store.list(prefix, deadline) if _is_dicom(info)]
+        objects = [ObjectInfo(info.key, info.size)
+                   for info in self.store.list(prefix, deadline) if _is_dicom(info)]
         if not objects:
             raise FetchError(f"series {series_uid}: nothing under {prefix!r} in "
                              f"{self.store.description}")

@@ -185,6 +185,10 @@ def test_idc_series_are_found_by_the_index_url(tmp_path: Path) -> None:
     store = LocalFolderStore(tmp_path)
     found = PrefixSeriesFiles(store, prefix_of).series_objects("1.1", "9.9", 1e18)
     assert [info.key for info in found] == ["0f-uuid/x.dcm"]
+    # listed with a version (the folder's mtime and inode), kept without one: IDC's
+    # objects are immutable, and keyed alike with or without sm_instance_index
+    assert next(iter(store.list("0f-uuid/", 1e18))).version is not None
+    assert [info.version for info in found] == [None]
 
 
 def _only_instance(source: FileFrameSource, layout: LayoutFile):  # noqa: ANN202
