@@ -8,9 +8,16 @@ time it was stored and a CRC-32 of its content; an entry that fails the check is
 dropped and the caller fetches it again. (CRC-32 finds torn writes and flipped bits,
 the failures of a private 0700 directory, in 9 us per tile against SHA-256's 22 us.)
 
-The threads of one mount take turns through a lock of their own. (Left to SQLite,
-threads that collide wait in its busy handler, which sleeps 1, 2, 5, 10... ms: stalls
-of up to 70 ms in a read of a level from disk, when read-ahead batches met.)
+The threads of one mount take turns through a lock of their own, over one SQLite
+connection (`_OneConnection`). (Left to SQLite, threads that collide wait in its busy
+handler, which sleeps 1, 2, 5, 10... ms: stalls of up to 70 ms in a read of a level from
+disk, when read-ahead batches met.) diskcache itself opens a connection in every thread
+that uses it, each with its descriptors (the database and its WAL file), page cache and
+memory map, and a mount's FUSE worker threads (up to 64, started and ended by trio) all
+read tiles: 14 connections in a soak, 21 descriptors more after it than before
+(docs/PERFORMANCE.md), since SQLite keeps the database descriptor of a closed
+connection while other connections of the process hold locks on the file. Handing
+every call to one thread of the cache's own instead cost 75 us a read (32 -> 113 us).
 
 The directory is private: created 0700, and an existing one is used only when it belongs
 to this user and nobody else can write to it (`CacheDirError` otherwise: another user's
@@ -30,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import stat
 import struct
 import threading
@@ -49,11 +57,9 @@ HEADER = struct.Struct(">4sQdI")  # magic, content length, stored at, CRC-32 of 
 MAGIC = b"IDC3"
 REFRESH_S = 3600.0
 LARGEST_IN_DATABASE = 1 << 20
-# SQLite's page cache and memory map per connection. diskcache opens one connection per
-# thread that touches it (trio's worker threads come and go; the connections of ended
-# threads are not closed at once), so its defaults of 32 MiB and 64 MiB per connection
-# multiply; a tile cache read once per open needs little of either, and the kernel's
-# page cache holds the database's hot pages anyway.
+# SQLite's page cache and memory map of the connection (diskcache's defaults: 32 MiB and
+# 64 MiB): a tile cache read once per open needs little of either, and the kernel's page
+# cache holds the database's hot pages anyway.
 SQLITE_CACHE_PAGES = 256
 SQLITE_MMAP_BYTES = 4 << 20
 PRIVATE_DIRECTORY = 0o700
@@ -138,6 +144,42 @@ class _PrivateDisk(diskcache.Disk):
         return size, mode, filename, stored
 
 
+class _OneConnection(diskcache.Cache):
+    """diskcache's Cache over one SQLite connection for every thread of the process, not
+    one per thread. Only for callers that never use it at once (`DiskCache`'s lock): a
+    diskcache transaction then never meets another thread's on the connection."""
+
+    _shared: sqlite3.Connection | None = None
+    _shared_pid = 0
+
+    @property
+    def _con(self) -> sqlite3.Connection:  # diskcache's per-thread connection, replaced
+        if self._shared is None or self._shared_pid != os.getpid():  # new, or forked
+            self._shared = sqlite3.connect(os.path.join(self.directory, DATABASE),
+                                           timeout=self.timeout, isolation_level=None,
+                                           check_same_thread=False)
+            self._shared_pid = os.getpid()
+            self._apply_settings()
+        return self._shared
+
+    def _apply_settings(self) -> None:
+        """The per-connection pragmas stored in the Settings table, as diskcache applies
+        them to each new connection (the table is missing while the cache is created)."""
+        assert self._shared is not None
+        try:
+            settings = self._shared.execute("SELECT key, value FROM Settings").fetchall()
+        except sqlite3.OperationalError:
+            return
+        for key, value in settings:
+            if key.startswith("sqlite_"):
+                self.reset(key, value, update=False)
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+
+
 class DiskCache:
     """A bounded, checked, persistent byte store keyed by strings."""
 
@@ -145,7 +187,7 @@ class DiskCache:
         private_directory(directory)
         self.directory = directory
         self.max_bytes = max_bytes
-        self._store = diskcache.Cache(
+        self._store = _OneConnection(
             str(directory),
             disk=_PrivateDisk,
             size_limit=max_bytes,

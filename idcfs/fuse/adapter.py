@@ -43,6 +43,7 @@ from idcfs.fs.nodes import FetchedFile, FileNode, Node, RangedFile
 from idcfs.fs.tree import Attributes, Tree
 from idcfs.fuse.counts import FuseCounts, eio_cause
 from idcfs.fuse.openfiles import OpenFile, OpenFiles
+from idcfs.fuse.releases import ReleaseBacklog
 from idcfs.metrics import Histogram, Metrics
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class IdcfsOperations(pyfuse3.Operations):
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._counts = FuseCounts(metrics, open_files)
+        self._releases = ReleaseBacklog(open_files, metrics)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -183,6 +185,7 @@ class IdcfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, FileNode):
             raise self._counts.error(errno.EISDIR)
+        await self._releases.before_open()
         node.note_open()
         shown_size = node.size()[0]
         if isinstance(node, RangedFile):
@@ -296,6 +299,7 @@ class IdcfsOperations(pyfuse3.Operations):
         opened = self._open.remove(fh)
         if opened is not None:
             self._counts.released(opened)
+            self._releases.released()
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
