@@ -40,6 +40,7 @@ not hold what the index says) raise `FetchError`. Nothing else is raised on bad 
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import struct
@@ -49,11 +50,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import parse_basic_offsets
-from pydicom.sequence import Sequence as DicomSequence
+from pydicom.errors import BytesLengthException
+from pydicom.jsonrep import convert_to_python_number
 from pydicom.uid import UID
+from pydicom.valuerep import PersonName
+from pydicom.values import convert_value
 
 from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.dicom.pixels import PixelFormat
@@ -441,11 +446,9 @@ def _dicom_json(dataset: Any, syntax: UID) -> dict[str, Any]:
     """DICOM JSON of the elements `HEADER_TAGS` names (bulk binary values left out),
     with the file meta's TransferSyntaxUID, which DICOMweb metadata may lack."""
     try:
-        tree = _kept(dataset, _HEADER_TAGS).to_json_dict(
-            bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=lambda _e: _DROPPED)
+        tree = _json_of(dataset, _HEADER_TAGS, [default_encoding])
     except Exception as error:  # pydicom's value conversions raise various types
         raise MetadataError(f"header cannot be converted to DICOM JSON: {error}") from error
-    _drop_bulk(tree)
     tree["00020010"] = {"vr": "UI", "Value": [str(syntax)]}
     return tree
 
@@ -455,34 +458,105 @@ def _int_tags(tags: dict[str, Any]) -> dict[int, Any]:
 
 
 _HEADER_TAGS = _int_tags(HEADER_TAGS)
+_CHARACTER_SET = 0x00080005
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+_PLAIN_VRS = frozenset({
+    "AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI",
+    "UR", "UT", "FL", "FD", "SL", "SS", "SV", "UL", "US", "UV", "PN", "AT", *_BINARY_VRS})
+_LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
+_INLINE_BINARY_LIMIT = (BULK_THRESHOLD // 4) * 3  # pydicom's rule: base64 grows by 4/3
 
 
-def _kept(dataset: Any, wanted: dict[int, Any]) -> Dataset:
-    """The elements of `dataset` that `wanted` names, the items of its sequences cut to
-    theirs; others are never converted. Each is converted in its own dataset, whose
-    character set decodes it."""
-    kept = Dataset()
+def _json_of(dataset: Dataset, wanted: dict[int, Any] | None,
+             inherited: str | list[str]) -> dict[str, Any]:
+    """DICOM JSON of the elements of `dataset` that `wanted` names (all when None), the
+    items of its sequences cut to theirs; binary values over BULK_THRESHOLD left out.
+
+    The same JSON as pydicom's `Dataset.to_json_dict` of those elements
+    (tests/unit/test_header_json.py compares them), made from the raw elements: each
+    value is decoded by pydicom's own converter (`pydicom.values.convert_value`) and
+    shaped by the rules of `DataElement.to_json_dict`, without a `DataElement` or a
+    `Dataset` made for it, which cost ~4 times as much (a header has ~70 elements,
+    entering a series reads one header per instance, while the listing waits). Elements
+    whose VR pydicom would first look up or correct (implicit VR, UN, LUT descriptors)
+    go through pydicom's `Dataset` path."""
+    encodings = inherited
+    if _CHARACTER_SET in dataset:
+        encodings = convert_encodings(dataset[_CHARACTER_SET].value) or inherited
+    tree: dict[str, Any] = {}
     for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset converts every element)
-        if tag not in wanted:
+        if wanted is not None and tag not in wanted:
             continue
-        element = dataset[tag]
-        inner = wanted[tag]
-        if inner is not None and element.VR == "SQ":
-            items = [_kept(item, inner) for item in element.value or ()]
-            element = DataElement(tag, "SQ", DicomSequence(items))
-        kept.add(element)
-    return kept
+        element = _element_json(dataset, tag, None if wanted is None else wanted[tag],
+                                encodings)
+        if element is not None:
+            tree[f"{tag:08X}"] = element
+    return tree
 
 
-def _drop_bulk(tree: dict[str, Any]) -> None:
-    for tag in list(tree):
-        element = tree[tag]
-        if element.get("BulkDataURI") == _DROPPED:
-            del tree[tag]
-        elif element.get("vr") == "SQ":
-            for item in element.get("Value") or ():
-                if isinstance(item, dict):
-                    _drop_bulk(item)
+def _element_json(dataset: Dataset, tag: int, inner: dict[int, Any] | None,
+                  encodings: str | list[str]) -> dict[str, Any] | None:
+    """One element's DICOM JSON; None for a binary value left out."""
+    raw = dataset.get_item(tag)
+    if isinstance(raw, RawDataElement) and raw.VR in _PLAIN_VRS and (
+            tag not in _LUT_DESCRIPTORS):
+        try:
+            return _value_json(raw.VR, convert_value(raw.VR, raw, encodings))
+        except BytesLengthException:  # pydicom's path below raises, or reads it as UN
+            pass
+    element = dataset[tag]
+    if element.VR == "SQ":
+        return {"vr": "SQ", "Value": [_json_of(item, inner, encodings)
+                                      for item in element.value or ()]}
+    return _pydicom_json(element)
+
+
+def _pydicom_json(element: DataElement) -> dict[str, Any] | None:
+    tree = element.to_json_dict(bulk_data_threshold=BULK_THRESHOLD,
+                                bulk_data_element_handler=lambda _e: _DROPPED)
+    return None if tree.get("BulkDataURI") == _DROPPED else tree
+
+
+def _value_json(vr: str, value: Any) -> dict[str, Any] | None:
+    """`DataElement.to_json_dict` of a decoded value, for the VRs of `_PLAIN_VRS`."""
+    multiplicity = _multiplicity(value)
+    if vr in _BINARY_VRS:
+        if not multiplicity:
+            return {"vr": vr}
+        if len(value) > _INLINE_BINARY_LIMIT:
+            return None
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("utf-8")}
+    if not multiplicity:
+        return {"vr": vr}
+    values = list(value) if multiplicity > 1 else [value]
+    if vr == "PN":
+        return {"vr": vr, "Value": [_person_name(name) for name in values]}
+    if vr == "AT":
+        return {"vr": vr, "Value": [format(tag, "08X") for tag in values]}
+    return {"vr": vr, "Value": convert_to_python_number(values, vr)}
+
+
+def _multiplicity(value: Any) -> int:
+    """`DataElement.VM` of a decoded value."""
+    if value is None:
+        return 0
+    if isinstance(value, str | bytes | PersonName):
+        return 1 if value else 0
+    try:
+        iter(value)
+    except TypeError:
+        return 1
+    return len(value)
+
+
+def _person_name(name: PersonName) -> dict[str, str]:
+    components = name.components
+    found = {"Alphabetic": components[0]}
+    if len(components) > 1:
+        found["Ideographic"] = components[1]
+    if len(components) > 2:
+        found["Phonetic"] = components[2]
+    return found
 
 
 # --------------------------------------------------------------------------- frames
