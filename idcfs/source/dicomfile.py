@@ -40,6 +40,7 @@ not hold what the index says) raise `FetchError`. Nothing else is raised on bad 
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import struct
@@ -49,11 +50,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import parse_basic_offsets
-from pydicom.sequence import Sequence as DicomSequence
+from pydicom.errors import BytesLengthException
+from pydicom.jsonrep import convert_to_python_number
 from pydicom.uid import UID
+from pydicom.valuerep import PersonName
+from pydicom.values import convert_value
 
 from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.dicom.pixels import PixelFormat
@@ -66,7 +71,13 @@ __all__ = ["strip_jpeg_padding"]  # the pad rule, re-exported for callers of thi
 Read = Callable[[int, int], bytes]
 """`read(start, length)`: at most `length` bytes from `start`; fewer only at end of file."""
 
-FIRST_RANGE = 256 * 1024
+# The first read of a header. IDC's headers are a few KB, up to tens with an ICC
+# profile; reading more costs time for bytes thrown away (the frame index reads its own
+# ranges): four headers entering a series through rclone, 256 KiB each took ~6 ms more
+# than 64 KiB at an RTT of 0 and of 20 ms, while 16 KiB saved only ~1-2 ms more and
+# would send a second round trip for every mid-sized ICC profile. A longer header
+# costs one more read when its long elements have defined lengths (`read_header`).
+FIRST_RANGE = 64 * 1024
 MAX_HEADER = 64 * 1024 * 1024
 NEAR_RANGE = 64 * 1024
 SCAN_RANGE = 4 * 1024 * 1024
@@ -322,10 +333,14 @@ def _read_exactly(read: Read, offset: int, length: int) -> bytes:
 
 def read_header(read: Read, size: int, first_range: int = FIRST_RANGE, *,
                 max_header: int = MAX_HEADER) -> FileHeader:
-    """The instance's header, parsed by pydicom from the first `first_range` bytes; the
-    range doubles (reading only the new part) while the Pixel Data element is not in it,
-    up to `max_header` bytes: TILED_SPARSE per-frame groups or an ICC profile can make
-    headers of many megabytes. MetadataError when it is not a WSI Part 10 file."""
+    """The instance's header, parsed by pydicom from the first `first_range` bytes.
+
+    While the Pixel Data element is not in the bytes read, more are read (only the new
+    part), up to `max_header` bytes (TILED_SPARSE per-frame groups or an ICC profile can
+    make headers of many megabytes): at least twice as many, and at least up to where
+    the elements read so far say the header reaches (`_header_reach`), so a long
+    element of defined length costs one more read, not a doubling per power of two.
+    MetadataError when it is not a WSI Part 10 file."""
     if size < 132:
         raise MetadataError(f"a {size}-byte file is too short for a DICOM Part 10 file")
     buffer = b""
@@ -337,7 +352,22 @@ def read_header(read: Read, size: int, first_range: int = FIRST_RANGE, *,
             return _header(buffer, size, *found)
         if length >= min(size, max_header):
             raise MetadataError(f"no Pixel Data element in the first {length} bytes")
-        length = min(size, length * 2, max_header)
+        length = min(size, max(length * 2, _header_reach(buffer) + NEAR_RANGE), max_header)
+
+
+def _header_reach(buffer: bytes) -> int:
+    """How far the header reaches at least, from the lengths of the elements that
+    start in `buffer` (which ends before the Pixel Data): pydicom reads it again leaving
+    out (deferring) the values of large elements, so one of defined length that runs
+    past the end (an ICC profile, per-frame groups) puts the stream at its end. 0 when
+    that tells nothing (the end cuts a sequence of undefined length: its end is
+    unknown until read)."""
+    stream = io.BytesIO(buffer)
+    try:
+        pydicom.dcmread(stream, stop_before_pixels=True, defer_size=BULK_THRESHOLD)
+    except Exception:  # pydicom raises many types on a cut header
+        return 0
+    return stream.tell()
 
 
 def _parse_up_to_pixels(buffer: bytes, complete: bool) -> tuple[Any, int] | None:
@@ -346,7 +376,7 @@ def _parse_up_to_pixels(buffer: bytes, complete: bool) -> tuple[Any, int] | None
         raise MetadataError("not a DICOM Part 10 file: no 'DICM' at byte 128")
     stream = io.BytesIO(buffer)
     try:
-        dataset = pydicom.dcmread(stream, stop_before_pixels=True)
+        dataset = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=_READ_TAGS)
     except Exception as error:  # pydicom raises many types on a cut or damaged header
         if complete:
             raise MetadataError(f"unreadable DICOM header: {error}") from error
@@ -441,11 +471,9 @@ def _dicom_json(dataset: Any, syntax: UID) -> dict[str, Any]:
     """DICOM JSON of the elements `HEADER_TAGS` names (bulk binary values left out),
     with the file meta's TransferSyntaxUID, which DICOMweb metadata may lack."""
     try:
-        tree = _kept(dataset, _HEADER_TAGS).to_json_dict(
-            bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=lambda _e: _DROPPED)
+        tree = _json_of(dataset, _HEADER_TAGS, [default_encoding])
     except Exception as error:  # pydicom's value conversions raise various types
         raise MetadataError(f"header cannot be converted to DICOM JSON: {error}") from error
-    _drop_bulk(tree)
     tree["00020010"] = {"vr": "UI", "Value": [str(syntax)]}
     return tree
 
@@ -455,34 +483,108 @@ def _int_tags(tags: dict[str, Any]) -> dict[int, Any]:
 
 
 _HEADER_TAGS = _int_tags(HEADER_TAGS)
+# What pydicom keeps of a header: the values of other elements are skipped, not read
+# (a quarter of dcmread's time), their lengths still passed over to the Pixel Data.
+_READ_TAGS = [*_HEADER_TAGS, EXTENDED_OFFSETS, EXTENDED_LENGTHS]
+_CHARACTER_SET = 0x00080005
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+_PLAIN_VRS = frozenset({
+    "AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI",
+    "UR", "UT", "FL", "FD", "SL", "SS", "SV", "UL", "US", "UV", "PN", "AT", *_BINARY_VRS})
+_LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
+_INLINE_BINARY_LIMIT = (BULK_THRESHOLD // 4) * 3  # pydicom's rule: base64 grows by 4/3
 
 
-def _kept(dataset: Any, wanted: dict[int, Any]) -> Dataset:
-    """The elements of `dataset` that `wanted` names, the items of its sequences cut to
-    theirs; others are never converted. Each is converted in its own dataset, whose
-    character set decodes it."""
-    kept = Dataset()
+def _json_of(dataset: Dataset, wanted: dict[int, Any] | None,
+             inherited: str | list[str]) -> dict[str, Any]:
+    """DICOM JSON of the elements of `dataset` that `wanted` names (all when None), the
+    items of its sequences cut to theirs; binary values over BULK_THRESHOLD left out.
+
+    The same JSON as pydicom's `Dataset.to_json_dict` of those elements
+    (tests/unit/test_header_json.py compares them), made from the raw elements: each
+    value is decoded by pydicom's own converter (`pydicom.values.convert_value`) and
+    shaped by the rules of `DataElement.to_json_dict`, without a `DataElement` or a
+    `Dataset` made for it, which cost ~4 times as much (a header has ~70 elements,
+    entering a series reads one header per instance, while the listing waits). Elements
+    whose VR pydicom would first look up or correct (implicit VR, UN, LUT descriptors)
+    go through pydicom's `Dataset` path."""
+    encodings = inherited
+    if _CHARACTER_SET in dataset:
+        encodings = convert_encodings(dataset[_CHARACTER_SET].value) or inherited
+    tree: dict[str, Any] = {}
     for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset converts every element)
-        if tag not in wanted:
+        if wanted is not None and tag not in wanted:
             continue
-        element = dataset[tag]
-        inner = wanted[tag]
-        if inner is not None and element.VR == "SQ":
-            items = [_kept(item, inner) for item in element.value or ()]
-            element = DataElement(tag, "SQ", DicomSequence(items))
-        kept.add(element)
-    return kept
+        element = _element_json(dataset, tag, None if wanted is None else wanted[tag],
+                                encodings)
+        if element is not None:
+            tree[f"{tag:08X}"] = element
+    return tree
 
 
-def _drop_bulk(tree: dict[str, Any]) -> None:
-    for tag in list(tree):
-        element = tree[tag]
-        if element.get("BulkDataURI") == _DROPPED:
-            del tree[tag]
-        elif element.get("vr") == "SQ":
-            for item in element.get("Value") or ():
-                if isinstance(item, dict):
-                    _drop_bulk(item)
+def _element_json(dataset: Dataset, tag: int, inner: dict[int, Any] | None,
+                  encodings: str | list[str]) -> dict[str, Any] | None:
+    """One element's DICOM JSON; None for a binary value left out."""
+    raw = dataset.get_item(tag)
+    if isinstance(raw, RawDataElement) and raw.VR in _PLAIN_VRS and (
+            tag not in _LUT_DESCRIPTORS):
+        try:
+            return _value_json(raw.VR, convert_value(raw.VR, raw, encodings))
+        except BytesLengthException:  # pydicom's path below raises, or reads it as UN
+            pass
+    element = dataset[tag]
+    if element.VR == "SQ":
+        return {"vr": "SQ", "Value": [_json_of(item, inner, encodings)
+                                      for item in element.value or ()]}
+    return _pydicom_json(element)
+
+
+def _pydicom_json(element: DataElement) -> dict[str, Any] | None:
+    tree = element.to_json_dict(bulk_data_threshold=BULK_THRESHOLD,
+                                bulk_data_element_handler=lambda _e: _DROPPED)
+    return None if tree.get("BulkDataURI") == _DROPPED else tree
+
+
+def _value_json(vr: str, value: Any) -> dict[str, Any] | None:
+    """`DataElement.to_json_dict` of a decoded value, for the VRs of `_PLAIN_VRS`."""
+    multiplicity = _multiplicity(value)
+    if vr in _BINARY_VRS:
+        if not multiplicity:
+            return {"vr": vr}
+        if len(value) > _INLINE_BINARY_LIMIT:
+            return None
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("utf-8")}
+    if not multiplicity:
+        return {"vr": vr}
+    values = list(value) if multiplicity > 1 else [value]
+    if vr == "PN":
+        return {"vr": vr, "Value": [_person_name(name) for name in values]}
+    if vr == "AT":
+        return {"vr": vr, "Value": [format(tag, "08X") for tag in values]}
+    return {"vr": vr, "Value": convert_to_python_number(values, vr)}
+
+
+def _multiplicity(value: Any) -> int:
+    """`DataElement.VM` of a decoded value."""
+    if value is None:
+        return 0
+    if isinstance(value, str | bytes | PersonName):
+        return 1 if value else 0
+    try:
+        iter(value)
+    except TypeError:
+        return 1
+    return len(value)
+
+
+def _person_name(name: PersonName) -> dict[str, str]:
+    components = name.components
+    found = {"Alphabetic": components[0]}
+    if len(components) > 1:
+        found["Ideographic"] = components[1]
+    if len(components) > 2:
+        found["Phonetic"] = components[2]
+    return found
 
 
 # --------------------------------------------------------------------------- frames

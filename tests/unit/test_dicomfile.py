@@ -172,13 +172,39 @@ def test_scan_reads_the_pixel_data_in_large_ranges(layouts: dict[str, LayoutFile
     assert len(index) == 2731
 
 
-def test_header_grows_by_doubling(layouts: dict[str, LayoutFile],
-                                  results: dict[str, tuple]) -> None:
+def test_a_long_header_of_defined_lengths_takes_one_more_read(
+        layouts: dict[str, LayoutFile], results: dict[str, tuple]) -> None:
+    """The per-frame groups (a sequence of defined length) run past the first range:
+    their length says how far to read next."""
     data = layouts["sparse_long_header"].path.read_bytes()
     source = CountingFile(data)
     header = read_header(source.read, source.size, first_range=4096)
-    assert source.calls == math.ceil(math.log2(header.pixel_data_offset / 4096)) + 1
+    assert header.pixel_data_offset > 64 * 4096
+    assert source.calls == 2
     assert header == results["sparse_long_header"][0]
+
+
+def test_a_long_header_of_undefined_lengths_grows_by_doubling(
+        layouts: dict[str, LayoutFile], results: dict[str, tuple], tmp_path: Path) -> None:
+    dataset = pydicom.dcmread(layouts["sparse_long_header"].path)
+    groups = dataset[0x52009230]
+    groups.is_undefined_length = True
+    for item in groups.value:
+        item.is_undefined_length_sequence_item = True
+    path = tmp_path / "undefined.dcm"
+    dataset.save_as(path)
+    data = path.read_bytes()
+    ends: list[int] = []
+
+    def read(start: int, length: int) -> bytes:
+        ends.append(start + length)
+        return data[start : start + length]
+
+    header = read_header(read, len(data), first_range=4096)
+    assert header.pixel_data_offset > 64 * 4096
+    assert len(ends) > 3 and ends[-2] < header.pixel_data_offset + 12 <= ends[-1]
+    assert all(later == 2 * earlier for earlier, later in zip(ends[1:], ends[2:], strict=False))
+    assert header.dicom_json == results["sparse_long_header"][0].dicom_json
 
 
 def test_extended_offset_table_is_in_the_header(layouts: dict[str, LayoutFile]) -> None:
