@@ -133,7 +133,8 @@ class RequestCoalescer:
 
     def _drain(self, key: Hashable) -> None:
         """One slot: send what is pending, then what queued meanwhile, until none is."""
-        time.sleep(self.settings.gather_s)
+        if self.settings.gather_s > 0:  # sleep(0) would still hand the GIL to another thread
+            time.sleep(self.settings.gather_s)
         expected_arrivals, wait_s = 0, 0.0
         while True:
             with self._lock:
