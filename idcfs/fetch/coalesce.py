@@ -141,9 +141,10 @@ class RequestCoalescer:
                 queue = self._queues.get(key)
                 if queue is None:
                     return
-                self._arrived.wait_for(
-                    lambda q=queue, n=expected_arrivals: q.arrivals >= n or q.closed,
-                    timeout=wait_s)
+                if wait_s > 0:  # anticipation (a wait of 0 would only drop the lock)
+                    self._arrived.wait_for(
+                        lambda q=queue, n=expected_arrivals: q.arrivals >= n or q.closed,
+                        timeout=wait_s)
                 if queue.closed:
                     return
                 batch = self._take(queue)
