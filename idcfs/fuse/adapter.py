@@ -354,7 +354,7 @@ async def in_worker_thread(call: Callable[[], T], limiter: trio.CapacityLimiter,
         waiting[0] = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+    return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 async def _until_done(future: Future[bytes]) -> None:
