@@ -133,16 +133,18 @@ class RequestCoalescer:
 
     def _drain(self, key: Hashable) -> None:
         """One slot: send what is pending, then what queued meanwhile, until none is."""
-        time.sleep(self.settings.gather_s)
+        if self.settings.gather_s > 0:  # sleep(0) would still hand the GIL to another thread
+            time.sleep(self.settings.gather_s)
         expected_arrivals, wait_s = 0, 0.0
         while True:
             with self._lock:
                 queue = self._queues.get(key)
                 if queue is None:
                     return
-                self._arrived.wait_for(
-                    lambda q=queue, n=expected_arrivals: q.arrivals >= n or q.closed,
-                    timeout=wait_s)
+                if wait_s > 0:  # anticipation (a wait of 0 would only drop the lock)
+                    self._arrived.wait_for(
+                        lambda q=queue, n=expected_arrivals: q.arrivals >= n or q.closed,
+                        timeout=wait_s)
                 if queue.closed:
                     return
                 batch = self._take(queue)

@@ -45,6 +45,7 @@ Response = urllib3.BaseHTTPResponse
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 ERROR_EXCERPT_BYTES = 300
 BODY_CHUNK = 8 * 1024 * 1024  # deadline checked between chunks; see `_body`
+TIMEOUT_SLACK_S = 0.05  # a body's socket wait may end this much past the deadline
 
 
 @dataclass(frozen=True)
@@ -575,14 +576,14 @@ class HttpBucketStore:
             left = call.deadline - time.monotonic()
             if left <= 0:
                 raise _Retryable("deadline reached while reading the body")
-            connection = response.connection
-            if connection is not None and connection.sock is not None:
-                connection.sock.settimeout(min(self.settings.read_timeout, left))
+            _bound_socket_waits(response, min(self.settings.read_timeout, left))
             chunk = response.read(BODY_CHUNK, decode_content=False)
             if not chunk:
                 return b"".join(chunks)
             self._counters.received(len(chunk))
             chunks.append(chunk)
+            if response.length_remaining == 0:  # all its Content-Length: nothing to wait for
+                return b"".join(chunks)
 
     def _check_status(self, call: _Call, response: Response, ok: tuple[int, ...]) -> None:
         if response.status in ok:
@@ -612,6 +613,21 @@ class HttpBucketStore:
 
     def _fail(self, call: _Call, reason: str) -> NoReturn:
         raise FetchError(f"{self.description}: {call.what}: {reason}")
+
+
+def _bound_socket_waits(response: Response, timeout: float) -> None:
+    """Bound each wait of the response's socket by `timeout`. `settimeout` is a system
+    call that lets go of the GIL (with other threads waiting for it, a thread switch), so
+    it is skipped when the socket's timeout, set by urllib3 for this attempt from the
+    same deadline, is longer by less than `TIMEOUT_SLACK_S`: the time since the attempt
+    began (a round trip, usually)."""
+    connection = response.connection
+    sock = connection.sock if connection is not None else None
+    if sock is None:
+        return
+    current = sock.gettimeout()
+    if current is None or current > timeout + TIMEOUT_SLACK_S:
+        sock.settimeout(timeout)
 
 
 def _excerpt(response: Response) -> str:

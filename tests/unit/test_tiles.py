@@ -184,6 +184,33 @@ def test_with_rgb_app14_drops_jfif_next_to_an_existing_app14() -> None:
     assert fixed == with_rgb_app14(frame)
 
 
+@pytest.mark.parametrize("kind", ["rgb_jfif", "rgb", "rgb_app14", "ybr"])
+def test_frames_sharing_a_header_are_served_as_each_alone(kind: str) -> None:
+    """The header of the frames before is remembered (`_RecentHeads`): each frame's
+    bytes are still exactly what parsing its own header gives, and a truncated one that
+    starts with a remembered header still raises."""
+    def frame_of(seed: int) -> bytes:
+        source = tissue(seed)
+        if kind == "rgb_app14":
+            return imagecodecs.jpeg8_encode(source, level=95, colorspace="RGB",
+                                            outcolorspace="RGB")
+        if kind == "ybr":
+            return pillow_jpeg(Image.fromarray(source), quality=90)
+        return rgb_components_jpeg(source, jfif=kind == "rgb_jfif")
+
+    pixels = rgb_format("YBR_FULL_422" if kind == "ybr" else "RGB")
+    frames = [frame_of(seed) for seed in (11, 12, 13)]
+    sos = frames[0].index(b"\xff\xda")
+    assert all(frame[:sos] == frames[0][:sos] for frame in frames), "one header"
+    expected = [frame if kind == "ybr" else with_rgb_app14(frame) for frame in frames]
+    for _ in range(2):
+        assert [served_jpeg(frame + b"\x00", pixels, BASELINE) for frame in frames] == expected
+    with pytest.raises(TileDecodeError, match="truncated"):
+        served_jpeg(frames[1][: len(frames[1]) // 2], pixels, BASELINE)
+    other = pillow_jpeg(Image.fromarray(tissue(14)[:128]), quality=80)  # another header
+    assert served_jpeg(other, rgb_format("YBR_FULL_422"), BASELINE) == other
+
+
 def test_jpeg_info_reads_the_frame_header() -> None:
     frame = pillow_jpeg(Image.fromarray(tissue(7)[:100, :60]), quality=80)
     info = jpeg_info(frame)
