@@ -46,6 +46,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 import urllib3
 
@@ -63,7 +64,13 @@ from benchmarks.common import (
     save,
 )
 from idcfs.dicom.frames import strip_jpeg_padding
-from idcfs.source.dicomfile import FramePosition, frame_bytes, frame_index, read_header
+from idcfs.source.dicomfile import (
+    FIRST_RANGE,
+    FramePosition,
+    frame_bytes,
+    frame_index,
+    read_header,
+)
 from idcfs.source.objects import LocalFolderStore
 from tests.support.file_layouts import add_tiff_personality
 from tests.support.relay import TcpLatencyRelay
@@ -307,7 +314,36 @@ def enter_series(rtt: int, endpoint: str, bench: Bench, work: Path) -> Row:
     batches = math.ceil(bench.instances / PARALLEL_HEADERS)
     return Row(rtt, "(n) idcfs enter series (IDC layout)", len(names), seconds, 0, requests,
                {"instances": bench.instances,
-                "bar_ms": (2 + batches) * rtt})
+                "bar_ms": (2 + batches) * rtt,
+                "direct_ms": direct_entering(endpoint, bench) * 1000})
+
+
+def direct_entering(endpoint: str, bench: Bench, repeats: int = 7) -> float:
+    """The same requests as (n) sent by a bare urllib3 client on warm connections, no
+    parsing: one ListObjectsV2 of the series' prefix, then a first-range GET of each
+    instance, all at once; the median of `repeats`. What the server and the relay take
+    on this machine, so (n) minus it is idcfs's own share."""
+    pool = urllib3.connection_from_url(endpoint, maxsize=PARALLEL_HEADERS, block=True)
+    listing = f"/{BUCKET}?list-type=2&prefix={bench.crdc_uuid}/"
+    keys = [f"/{BUCKET}/{key}" for key in _listed_keys(pool.request("GET", listing).data)]
+
+    def first_range(path: str) -> int:
+        return len(pool.request("GET", path, headers={"Range": f"bytes=0-{FIRST_RANGE - 1}"}).data)
+
+    timings = []
+    with ThreadPoolExecutor(PARALLEL_HEADERS) as workers:
+        list(workers.map(first_range, keys * 2))  # open the connections
+        for _ in range(repeats):
+            start = time.perf_counter()
+            listed_keys = _listed_keys(pool.request("GET", listing).data)
+            list(workers.map(first_range, [f"/{BUCKET}/{key}" for key in listed_keys]))
+            timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def _listed_keys(body: bytes) -> list[str]:
+    return [element.text or "" for element in ElementTree.fromstring(body).iter()
+            if element.tag.endswith("}Key") or element.tag == "Key"]
 
 
 # --------------------------------------------------------------------------- rounds
@@ -381,7 +417,8 @@ def bars(rows: list[Row], rtt: int) -> list[tuple[str, str, bool]]:
          reads.extra["median_latency_ms"] <= reads.extra["bar_ms"]),
         ("(n) enter series <= (2 + header batches) RTT",
          f"{entering.seconds * 1000:.1f} ms, bar {entering.extra['bar_ms']:.0f} ms "
-         f"({entering.extra['instances']} instances, {entering.requests} requests)",
+         f"({entering.extra['instances']} instances, {entering.requests} requests; "
+         f"the same requests from a bare client {entering.extra['direct_ms']:.1f} ms)",
          entering.seconds * 1000 <= entering.extra["bar_ms"]),
         (f"daemon RSS <= cache + read-ahead + 200 MB ({rss_bar:.0f} MB)",
          f"{rss:.0f} MB peak", rss <= rss_bar),
