@@ -557,6 +557,11 @@ def _element_json(dataset: Dataset, tag: int, inner: dict[int, Any] | None,
     return _pydicom_json(element)
 
 
+def forget_converted() -> None:
+    """Drop the elements' JSON kept (`_CONVERTED`): the next header converts each again."""
+    _CONVERTED.clear()
+
+
 def _converted_key(raw: RawDataElement, encodings: str | list[str]) -> tuple[Any, ...] | None:
     """What an element's JSON is a function of: its tag, VR, raw value, byte order and
     the character sets in force; None for a long value (not kept)."""

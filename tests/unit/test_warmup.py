@@ -52,7 +52,7 @@ def test_the_warm_up_runs_every_round_unless_stopped() -> None:
         return False
 
     assert warmup.warm_up(never, rounds=3) is True
-    assert len(asked) == 3
+    assert len(asked) == 3 * 3  # before each step (listing, answer headers, header) of each round
     assert warmup.warm_up(lambda: True, rounds=3) is False
 
 
