@@ -190,6 +190,13 @@ class Mounted:
         if self.disk_filler is not None:
             self.disk_filler.start()
 
+    def ready(self) -> None:
+        """The mount answers: a source with a warm-up (`FileFrameSource.warm_up`) starts
+        it, on a thread of its own, off every request's path."""
+        warm_up = getattr(self.source, "warm_up", None)
+        if warm_up is not None:
+            warm_up()
+
     def session_closing(self) -> None:
         """The FUSE session is about to close: notifications must stop first."""
         if self.page_filler is not None:
@@ -393,7 +400,11 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
         raise SetupError(f"cannot mount {config.mountpoint}: {error}") from None
     log.info("mounted %s from %s", config.mountpoint, mounted.source.description)
     mounted.session_opened()
-    readiness = Readiness(config.mountpoint, on_ready, ServiceNotifier.from_environment(),
+    def ready() -> None:
+        on_ready()
+        mounted.ready()
+
+    readiness = Readiness(config.mountpoint, ready, ServiceNotifier.from_environment(),
                           mounted.statistics, config.timeout)
     try:
         trio.run(main_until_signal, readiness.run)

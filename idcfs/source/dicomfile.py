@@ -493,6 +493,14 @@ _PLAIN_VRS = frozenset({
     "UR", "UT", "FL", "FD", "SL", "SS", "SV", "UL", "US", "UV", "PN", "AT", *_BINARY_VRS})
 _LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 _INLINE_BINARY_LIMIT = (BULK_THRESHOLD // 4) * 3  # pydicom's rule: base64 grows by 4/3
+# Elements' JSON by what it is made from (`_converted_key`): the headers of one series
+# repeat most of their elements (UIDs, dates, device, optical path, pixel format), and
+# converting one costs ~20-40 us; bounded, cleared when full. Any thread may use it
+# (a dict's get and set are atomic); a race only converts an element twice.
+_CONVERTED: dict[tuple[Any, ...], dict[str, Any] | None] = {}
+_CONVERTED_MAX = 4096
+_CONVERTED_VALUE_MAX = 256
+_UNKNOWN = object()
 
 
 def _json_of(dataset: Dataset, wanted: dict[int, Any] | None,
@@ -528,15 +536,50 @@ def _element_json(dataset: Dataset, tag: int, inner: dict[int, Any] | None,
     raw = dataset.get_item(tag)
     if isinstance(raw, RawDataElement) and raw.VR in _PLAIN_VRS and (
             tag not in _LUT_DESCRIPTORS):
+        key = _converted_key(raw, encodings)
+        found = _CONVERTED.get(key, _UNKNOWN) if key is not None else _UNKNOWN
+        if found is not _UNKNOWN:
+            return _fresh(found)
         try:
-            return _value_json(raw.VR, convert_value(raw.VR, raw, encodings))
+            found = _value_json(raw.VR, convert_value(raw.VR, raw, encodings))
         except BytesLengthException:  # pydicom's path below raises, or reads it as UN
             pass
+        else:
+            if key is not None:
+                if len(_CONVERTED) >= _CONVERTED_MAX:
+                    _CONVERTED.clear()
+                _CONVERTED[key] = _fresh(found)
+            return found
     element = dataset[tag]
     if element.VR == "SQ":
         return {"vr": "SQ", "Value": [_json_of(item, inner, encodings)
                                       for item in element.value or ()]}
     return _pydicom_json(element)
+
+
+def forget_converted() -> None:
+    """Drop the elements' JSON kept (`_CONVERTED`): the next header converts each again."""
+    _CONVERTED.clear()
+
+
+def _converted_key(raw: RawDataElement, encodings: str | list[str]) -> tuple[Any, ...] | None:
+    """What an element's JSON is a function of: its tag, VR, raw value, byte order and
+    the character sets in force; None for a long value (not kept)."""
+    value = raw.value
+    if value is not None and len(value) > _CONVERTED_VALUE_MAX:
+        return None
+    charsets = encodings if isinstance(encodings, str) else tuple(encodings)
+    return raw.tag, raw.VR, value, raw.is_little_endian, raw.is_implicit_VR, charsets
+
+
+def _fresh(tree: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A copy of an element's JSON that shares no list or dict with `tree`."""
+    if tree is None:
+        return None
+    values = tree.get("Value")
+    if values is None:
+        return dict(tree)
+    return {**tree, "Value": [dict(v) if isinstance(v, dict) else v for v in values]}
 
 
 def _pydicom_json(element: DataElement) -> dict[str, Any] | None:

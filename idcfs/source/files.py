@@ -56,6 +56,7 @@ from idcfs.source.dicomfile import (
     read_header,
 )
 from idcfs.source.objects import ObjectChanged, ObjectInfo, ObjectMissing, ObjectStore
+from idcfs.source.warmup import WarmUp
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,20 @@ class FileFrameSource:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.settings.parallel_reads, "idcfs-ranges")
         _start_threads(self._pool, self.settings.parallel_reads)
+        self._warm_up: WarmUp | None = None
+
+    def warm_up(self) -> WarmUp:
+        """Warm the code of entering a series on a thread of its own (`warmup.py`), once
+        the mount answers; any request to this source stops it before its next step."""
+        if self._warm_up is None:
+            self._warm_up = WarmUp()
+            self._warm_up.start()
+        return self._warm_up
+
+    def _requested(self) -> None:
+        """A request arrived: the warm-up, if running, gives way."""
+        if self._warm_up is not None:
+            self._warm_up.stop()
 
     @property
     def description(self) -> str:
@@ -210,6 +225,7 @@ class FileFrameSource:
 
     def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceMetadata]:
         """List the series' files and read every header, in parallel."""
+        self._requested()
         deadline = self._deadline()
         self.store.preconnect(self.settings.parallel_reads)  # for the header reads
         objects = self.series_files.series_objects(study_uid, series_uid, deadline)
@@ -331,6 +347,7 @@ class FileFrameSource:
         return index
 
     def _read(self, info: ObjectInfo, start: int, length: int, deadline: float) -> bytes:
+        self._requested()
         try:
             return self.store.read(info.key, start, length, deadline, info.version)
         except ObjectChanged as error:

@@ -509,7 +509,7 @@ class HttpBucketStore:
     def _page(self, call: _Call, response: Response) -> tuple[list[ObjectInfo], str | None]:
         self._check_status(call, response, ok=(200,))
         try:
-            return _parse_listing(self._body(call, response))
+            return parse_listing(self._body(call, response))
         except (ElementTree.ParseError, ValueError) as error:
             self._fail(call, f"malformed listing: {error}")
 
@@ -666,7 +666,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, moment.timestamp() - time.time())
 
 
-def _parse_listing(body: bytes) -> tuple[list[ObjectInfo], str | None]:
+def parse_listing(body: bytes) -> tuple[list[ObjectInfo], str | None]:
     """A ListObjectsV2 page: (objects, continuation token or None when it is the last)."""
     root = ElementTree.fromstring(body)
     if _local_name(root.tag) != "ListBucketResult":

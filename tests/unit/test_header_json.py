@@ -20,7 +20,13 @@ from pydicom.errors import BytesLengthException
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from idcfs.source.dicomfile import _HEADER_TAGS, BULK_THRESHOLD, _json_of
+from idcfs.source.dicomfile import (
+    _CONVERTED,
+    _HEADER_TAGS,
+    BULK_THRESHOLD,
+    _json_of,
+    forget_converted,
+)
 from tests.support.file_layouts import write_layouts
 from tests.support.fixtures import real_files
 from tests.support.slides import GeneratedSlide
@@ -243,3 +249,21 @@ def test_a_wrong_length_is_an_error_either_way() -> None:
         pydicom_json(pydicom.dcmread(io.BytesIO(broken)), _HEADER_TAGS)
     with pytest.raises(BytesLengthException):
         _json_of(pydicom.dcmread(io.BytesIO(broken)), _HEADER_TAGS, ["iso8859"])
+
+
+def test_elements_converted_before_give_the_same_json_and_share_nothing() -> None:
+    """Each element's JSON is kept by what it is made from (`_CONVERTED`): a header read
+    again gives the reference's JSON from the kept values, and a change to one header's
+    JSON shows in no other."""
+    data = _file(odd_dataset("ISO_IR 100"), ExplicitVRLittleEndian)
+    forget_converted()
+    first, reference = both(data, None)
+    assert _CONVERTED  # kept
+    second, _ = both(data, None)
+    assert first == second == reference
+    for tree in (first, second):  # share no list or dict with each other or the kept
+        for element in tree.values():
+            element.get("Value", [None]).append("changed")
+            element["vr"] = "changed"
+    third, _ = both(data, None)
+    assert third == reference
