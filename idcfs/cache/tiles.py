@@ -40,6 +40,13 @@ def _revision(slide: Slide, frame: FrameRef) -> str:
     return info.revision if info is not None else ""
 
 
+def _revised(key: str, slide: Slide, frame: FrameRef) -> str:
+    """A disk key with the instance's revision, when it has one (keys of instances
+    without one are as they were before revisions)."""
+    revision = _revision(slide, frame)
+    return f"{key}/r{revision}" if revision else key
+
+
 @dataclass(frozen=True)
 class Found:
     """A tile at hand, and the tier it was in: "memory" or "staged" (read ahead)."""
@@ -158,9 +165,9 @@ class TileCache:
 
     def disk_key(self, slide: Slide, frame: FrameRef) -> str:
         """A tile's key in the disk cache (the helper process reads it by this key)."""
-        key = f"tile/{slide.series_uid}/{frame.instance_uid}/{frame.number}/q{self.quality}"
-        revision = _revision(slide, frame)
-        return f"{key}/r{revision}" if revision else key
+        return _revised(
+            f"tile/{slide.series_uid}/{frame.instance_uid}/{frame.number}/q{self.quality}",
+            slide, frame)
 
     def flush(self) -> None:
         """Write the size index (at unmount: before the disk cache closes)."""
@@ -172,6 +179,4 @@ class TileCache:
             self.sizes.note(self._instance_key(slide, frame), frame.number, len(data))
 
     def _instance_key(self, slide: Slide, frame: FrameRef) -> str:
-        key = f"{slide.series_uid}/{frame.instance_uid}/q{self.quality}"
-        revision = _revision(slide, frame)
-        return f"{key}/r{revision}" if revision else key
+        return _revised(f"{slide.series_uid}/{frame.instance_uid}/q{self.quality}", slide, frame)

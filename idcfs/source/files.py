@@ -180,7 +180,11 @@ class FileFrameSource:
         self._indexes: dict[str, FrameIndex] = {}
         self._index_locks: dict[str, threading.Lock] = {}
         self._changed_locations: set[str] = set()
-        self._listeners: list[Callable[[str, str], None]] = []
+        # told when a file of a series changed: the slide store, and the series files
+        # when they keep listings (`--files`: list that series again)
+        forget_series = getattr(series_files, "forget_series", None)
+        self._listeners: list[Callable[[str, str], None]] = (
+            [forget_series] if forget_series is not None else [])
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.settings.parallel_reads, "idcfs-ranges")
         _start_threads(self._pool, self.settings.parallel_reads)
@@ -387,9 +391,6 @@ class FileFrameSource:
             return
         for listener in self._listeners:
             listener(*series)
-        forget = getattr(self.series_files, "forget_series", None)
-        if forget is not None:
-            forget(*series)
 
     def _map(self, work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """`work` over `items`, the first on the calling thread (which would only wait),
