@@ -34,6 +34,7 @@ from tests.support.orthanc import OrthancServer
 from tests.support.relay import HttpRelay
 from tests.support.slides import GeneratedSlide
 from tests.support.stress import (
+    StressReport,
     StressSettings,
     failed_checks,
     oracle,
@@ -60,13 +61,7 @@ def stress_server(stress_slides: list[GeneratedSlide]) -> Iterator[OrthancServer
 def test_64_readers_under_faults_get_exact_bytes_or_eio(
     stress_server: OrthancServer, stress_slides: list[GeneratedSlide], mount_idcfs
 ) -> None:  # type: ignore[no-untyped-def]
-    expected = oracle(stress_server.dicomweb_url, stress_slides)
-    with HttpRelay(stress_server.host, stress_server.port) as relay:
-        mount = mount_idcfs(relay.url + "/dicom-web", *SETTINGS.mount_options())
-        report = run_stress(mount.path, mount.pid, relay, expected, SETTINGS, mount.log_file)
-    summary = "\n".join(report.lines())
-    print(summary)  # shown with -s
-    assert failed_checks(report) == [], summary
+    expected, report, summary = _stressed(stress_server, stress_slides, mount_idcfs, SETTINGS)
     # The load was a load: faults near the asked rate, and tiles fetched again and again.
     assert 0.05 <= report.faults_injected / report.frame_requests <= 0.15, summary
     assert report.frame_requests > 2 * len(expected), summary
@@ -84,13 +79,21 @@ def test_64_readers_of_the_disk_cache_stay_within_memory_and_descriptors(
     # idcfs/fuse/releases.py: ~5 MB a second) to pass the memory bound.
     settings = replace(SETTINGS, seconds=40.0,
                        extra_options=("--cache-dir", str(tmp_path / "cache")))
-    expected = oracle(stress_server.dicomweb_url, stress_slides)
-    with HttpRelay(stress_server.host, stress_server.port) as relay:
+    expected, report, summary = _stressed(stress_server, stress_slides, mount_idcfs, settings)
+    # The load was the disk cache's: each tile fetched about once, read many times.
+    assert report.frame_requests <= len(expected), summary
+    assert report.tally.ok > 50 * len(expected), summary
+
+
+def _stressed(server: OrthancServer, slides: list[GeneratedSlide], mount_idcfs,  # noqa: ANN001
+              settings: StressSettings) -> tuple[dict[str, bytes], StressReport, str]:
+    """The stress load on a mount behind a relay: (expected tiles, report, its summary),
+    after asserting that every check of the soak held."""
+    expected = oracle(server.dicomweb_url, slides)
+    with HttpRelay(server.host, server.port) as relay:
         mount = mount_idcfs(relay.url + "/dicom-web", *settings.mount_options())
         report = run_stress(mount.path, mount.pid, relay, expected, settings, mount.log_file)
     summary = "\n".join(report.lines())
     print(summary)  # shown with -s
     assert failed_checks(report) == [], summary
-    # The load was the disk cache's: each tile fetched about once, read many times.
-    assert report.frame_requests <= len(expected), summary
-    assert report.tally.ok > 50 * len(expected), summary
+    return expected, report, summary
