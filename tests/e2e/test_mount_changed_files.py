@@ -1,8 +1,10 @@
 """A DICOM file rewritten in place, at the same size, under the same UIDs (a user
 regenerating a slide), through real `--files` mounts of a local folder and of a real S3
 server (`rclone serve s3`): never served from what was kept about its old version.
-Between mounts the same `--cache-dir` serves the new file's frames; during a mount its
-tiles not read yet are EIO with a log line, and a remount serves the new frames.
+Between mounts the same `--cache-dir` serves the new file's frames, and its computed
+files (a rendered DeepZoom tile, the tissue mask) as a fresh cache computes them; during
+a mount its tiles not read yet are EIO with a log line, and a remount serves the new
+frames.
 
 rclone serve s3 ignores If-Match (checked by hand: a GET with another ETag is answered
 200), so against it the answer's own ETag is what catches the change; the 412 path is
@@ -23,6 +25,10 @@ from tests.support.s3server import RcloneS3Server, rclone_binary
 from tests.support.slides import GeneratedSlide, generate_test_slides
 
 BUCKET = "wsi"
+COMPUTED = ["slide_files/10/3_0.jpeg", "tissue-mask.png"]
+"""Files computed from level 0 (the file rewritten): DeepZoom's full-resolution edge
+tile (232 x 256, rendered: the base level's tiles are 256) and the mask (the slide's
+1000 pixels are less than MASK_MIN_SIDE, so it is made from level 0)."""
 Mounter = Callable[..., Mount]
 
 
@@ -71,6 +77,26 @@ def test_a_file_rewritten_between_mounts_is_served_anew_from_the_same_cache_dir(
     assert sum(new[path] != old[path] for path in old) >= 4  # level 0's tiles moved
     again = mount_idcfs(None, *options, *cache)
     assert read_tiles(again, generated, sorted(new)) == new
+
+
+@pytest.mark.parametrize("where", ["folder"], indirect=True)
+def test_computed_files_of_a_file_rewritten_between_mounts_are_computed_anew(
+        where: tuple[Path, list[str]], generated: GeneratedSlide, tmp_path: Path,
+        mount_idcfs: Mounter) -> None:
+    folder, options = where
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    first = mount_idcfs(None, *options, *cache)
+    old = read_tiles(first, generated, COMPUTED)  # kept on disk
+    stop_mount(first)
+
+    reverse_frames(largest(folder))
+    again = mount_idcfs(None, *options, *cache)
+    after_remount = read_tiles(again, generated, COMPUTED)
+    stop_mount(again)
+    fresh = mount_idcfs(None, *options, "--cache-dir", str(tmp_path / "fresh-cache"))
+    new = read_tiles(fresh, generated, COMPUTED)
+    assert all(new[path] != old[path] for path in COMPUTED)
+    assert after_remount == new
 
 
 def test_a_file_changed_during_a_mount_is_eio_then_served_anew_after_a_remount(
