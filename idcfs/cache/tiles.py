@@ -13,7 +13,8 @@ the JPEG quality is part of the key too, since a re-encoded tile depends on it. 
 revision (`InstanceInfo.revision`) is "" for DICOMweb and IDC's files (new pixel data
 gets a new SOP Instance UID, as DICOM requires), a digest of the file's version for
 files that can be rewritten (`--files`), so a file regenerated under the same UIDs is
-never served from tiles of its old version.
+never served from tiles of its old version. Computed files (renders, tissue masks,
+`idcfs.fetch.computed`) carry the slide's revision (`Slide.revision`) the same way.
 """
 
 from __future__ import annotations
@@ -40,11 +41,15 @@ def _revision(slide: Slide, frame: FrameRef) -> str:
     return info.revision if info is not None else ""
 
 
-def _revised(key: str, slide: Slide, frame: FrameRef) -> str:
-    """A disk key with the instance's revision, when it has one (keys of instances
-    without one are as they were before revisions)."""
-    revision = _revision(slide, frame)
+def revised(key: str, revision: str) -> str:
+    """A disk key with a revision (an instance's, or a slide's for its computed files),
+    when there is one: keys without one are as they were before revisions."""
     return f"{key}/r{revision}" if revision else key
+
+
+def _revised(key: str, slide: Slide, frame: FrameRef) -> str:
+    """A disk key with the frame's instance's revision, when it has one."""
+    return revised(key, _revision(slide, frame))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ memory LRU, else the disk cache (when `--cache-dir` is on), else computed by the
 asker while the others wait on its claim (bounded by the mount's `--timeout`). Each
 read is counted as one tile read by where it came from (`tile_reads.*`), with its
 disk-cache lookups, so the statistics' sums hold (docs/SEMANTICS.md, "Statistics").
+
+Keys: what the caller names the file by (its series and what it is), with the slide's
+revision (`Slide.revision`, `idcfs.cache.tiles.revised`) when its instances have one,
+added here for every computed file: a DICOM file rewritten under the same UIDs between
+mounts never serves a render or a mask of its old version from the disk cache. Slides
+without revisions (DICOMweb, IDC) keep the caller's key as it is.
 """
 
 from __future__ import annotations
@@ -12,15 +18,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from idcfs.cache.tiles import TileCache
+from idcfs.cache.tiles import TileCache, revised
 from idcfs.fetch.claims import DEFAULT_WAIT_S, Claims, wait
 from idcfs.metrics import Metrics
+from idcfs.slide.model import Slide
 
 READ_TIERS = ("memory", "waited", "disk", "source", "failed")
 
 
 class ComputedFiles:
-    """Computed contents by key (one string for memory and disk); thread-safe."""
+    """Computed contents of slides by key (one string for memory and disk, with the
+    slide's revision); thread-safe."""
 
     def __init__(self, tiles: TileCache, metrics: Metrics, wait_s: float = DEFAULT_WAIT_S) -> None:
         self._memory = tiles.memory
@@ -30,9 +38,10 @@ class ComputedFiles:
         self._disk_lookups = metrics.counter("disk_cache.lookups")
         self._disk_hits = metrics.counter("disk_cache.hits")
 
-    def get(self, key: str, compute: Callable[[], bytes]) -> bytes:
+    def get(self, slide: Slide, name: str, compute: Callable[[], bytes]) -> bytes:
         """The content: from memory, from disk, or `compute()`d (one at a time per key;
         the others wait for it). Whatever `compute` raises reaches every waiter."""
+        key = self.key(slide, name)
         found = self._memory.get(key)
         if found is not None:
             return self._served("memory", found)
@@ -53,14 +62,15 @@ class ComputedFiles:
         claim.resolve(data)
         return self._served(where, data)
 
-    def cached(self, key: str) -> bytes | None:
+    def cached(self, slide: Slide, name: str) -> bytes | None:
         """The content in memory, else None; never blocks (counted when found)."""
-        found = self._memory.get(key)
+        found = self._memory.get(self.key(slide, name))
         return None if found is None else self._served("memory", found)
 
-    def known(self, key: str) -> bytes | None:
+    def known(self, slide: Slide, name: str) -> bytes | None:
         """The content in memory or on disk, else None: for a listing's exact sizes,
         neither a read nor a request (a disk hit is kept in memory)."""
+        key = self.key(slide, name)
         found = self._memory.get(key)
         if found is None and self._disk is not None:
             found = self._disk.get(key)
@@ -68,9 +78,15 @@ class ComputedFiles:
                 self._memory.put(key, found)
         return found
 
-    def running(self, key: str) -> Future[bytes] | None:
+    def running(self, slide: Slide, name: str) -> Future[bytes] | None:
         """The future of a computation under way, else None."""
-        return self._claims.running(key)
+        return self._claims.running(self.key(slide, name))
+
+    @staticmethod
+    def key(slide: Slide, name: str) -> str:
+        """The file's key in the memory and disk caches: `name` with the slide's
+        revision when it has one (module docstring)."""
+        return revised(name, slide.revision)
 
     def waited(self, future: Future[bytes]) -> bytes:
         """The content of a finished `running` future the caller waited for."""

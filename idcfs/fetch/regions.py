@@ -147,8 +147,8 @@ class RegionReader:
         disk) under `key` and the arguments (a key reused for another region cannot
         serve the wrong pixels); one render at a time per key, others wait for it."""
         identity = self._identity(slide, grid_key, region, out_width, out_height, key)
-        return self._kept.get(identity, lambda: self._render(slide, grid_key, region,
-                                                             out_width, out_height, key))
+        return self._kept.get(slide, identity, lambda: self._render(
+            slide, grid_key, region, out_width, out_height, key))
 
     # -- for views: never blocking ----------------------------------------------------
 
@@ -156,13 +156,13 @@ class RegionReader:
                out_height: int, key: str) -> bytes | None:
         """A render in memory, else None (counted as a read only when found)."""
         return self._kept.cached(
-            self._identity(slide, grid_key, region, out_width, out_height, key))
+            slide, self._identity(slide, grid_key, region, out_width, out_height, key))
 
     def in_flight(self, slide: Slide, grid_key: GridKey, region: Region, out_width: int,
                   out_height: int, key: str) -> Future[bytes] | None:
         """The future of a render under way, else None."""
         return self._kept.running(
-            self._identity(slide, grid_key, region, out_width, out_height, key))
+            slide, self._identity(slide, grid_key, region, out_width, out_height, key))
 
     def waited(self, future: Future[bytes]) -> bytes:
         """The render of a finished `in_flight` future the caller waited for."""
@@ -192,8 +192,9 @@ class RegionReader:
 
     def _identity(self, slide: Slide, grid_key: GridKey, region: Region, out_width: int,
                   out_height: int, key: str) -> str:
-        """The render's key in the memory and disk caches (the quality is part of it:
-        the disk cache outlives a mount and its --quality)."""
+        """The render's name in the memory and disk caches (the quality is part of it:
+        the disk cache outlives a mount and its --quality; `ComputedFiles.key` adds the
+        slide's revision)."""
         plane, path = grid_key
         return (f"region/{slide.series_uid}/{key}/{plane}/{path}/{region.x},{region.y},"
                 f"{region.width},{region.height}/{out_width}x{out_height}/q{self.quality}")
@@ -278,8 +279,8 @@ class RegionReader:
     def grid_positions(self, slide: Slide, level: Level,
                        grid_key: GridKey) -> dict[tuple[int, int], FrameRef]:
         """(column, row) → frame of one grid of a level (empty when the level has no such
-        grid), made once per grid (kept for a few)."""
-        cache_key = (slide.series_uid, level.index, grid_key)
+        grid), made once per grid (kept for a few; a rewritten file's slide has its own)."""
+        cache_key = (slide.series_uid, slide.revision, level.index, grid_key)
         with self._positions_lock:
             found = self._positions.get(cache_key)
         if found is not None:

@@ -10,7 +10,8 @@ from the shared `RegionReader.pixels` (at that level's downsample, so it reads e
 that level's frames, in batches), the threshold from `idcfs.tiles.tissue`.
 
 Kept: the mask's PNG in the tiles' memory LRU and, with `--cache-dir`, in the disk cache
-(MASK_VERSION in the key: a changed rule is computed afresh, not read back). One
+(MASK_VERSION in the key: a changed rule is computed afresh, not read back; and the
+slide's revision, `ComputedFiles.key`: a rewritten file's mask too). One
 computation per series at a time (claims): concurrent readers of tissue.txt files and
 of tissue-mask.png wait for it, bounded by the mount's deadline. Selecting a grid's
 tiles from a kept mask is arithmetic on it (no request).
@@ -87,17 +88,17 @@ class TissueMasks:
     def png(self, slide: Slide) -> bytes:
         """A reader's mask: from memory, from disk, or computed (once at a time); counted
         as one tile read by where it came from."""
-        return self._kept.get(self._key(slide), lambda: self._compute(slide))
+        return self._kept.get(slide, self._name(slide), lambda: self._compute(slide))
 
     def at_hand(self, slide: Slide) -> bytes | None:
         """A reader's mask when it is in memory (never blocks; counted when found)."""
-        return self._kept.cached(self._key(slide))
+        return self._kept.cached(slide, self._name(slide))
 
     def known(self, slide: Slide) -> bytes | None:
         """The mask when it is in memory or the disk cache, for a listing's exact sizes
         (so `rsync` after a remount sees them unchanged); neither a tile read nor a
         request. One read of a small entry per directory listed."""
-        return self._kept.known(self._key(slide))
+        return self._kept.known(slide, self._name(slide))
 
     def selected(self, slide: Slide, level: Level, grid: TileGrid,
                  png: bytes) -> list[bool]:
@@ -121,6 +122,7 @@ class TissueMasks:
         return mask_png(tissue_mask(pixels))
 
     @staticmethod
-    def _key(slide: Slide) -> str:
-        """The mask's key in the memory and disk caches."""
+    def _name(slide: Slide) -> str:
+        """The mask's name in the caches (`ComputedFiles.key` adds the slide's
+        revision)."""
         return f"tissue-mask/{slide.series_uid}/v{MASK_VERSION}"

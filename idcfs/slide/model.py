@@ -6,9 +6,11 @@ touches the network.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple, overload
 
 from idcfs.dicom.pixels import PixelFormat
@@ -229,6 +231,18 @@ class Slide:
     optical_paths: list[str]
     time_ns: int | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def revision(self) -> str:
+        """What the slide's computed files (renders, tissue mask) are keyed by besides
+        its series: a digest of its instances' revisions (`InstanceInfo.revision`), so a
+        file rewritten under the same UIDs, or one added or removed, gets them computed
+        afresh; "" when no instance has one (DICOMweb, IDC), whose keys stay as before."""
+        if not any(info.revision for info in self.instances.values()):
+            return ""
+        revisions = "\n".join(sorted(f"{uid}#{info.revision}"
+                                     for uid, info in self.instances.items()))
+        return hashlib.blake2b(revisions.encode(), digest_size=8).hexdigest()
 
     @property
     def has_plane_directories(self) -> bool:

@@ -1,11 +1,12 @@
 """A file rewritten in place is never served from what was kept about its old version
 (issue 13): locations carry the object's version, the header, frame index, series
-metadata and tile keys follow it, and a file changed during a mount is an error that
+metadata, tile and computed-file keys follow it, and a file changed during a mount is an error that
 drops its series, never bytes cut at old offsets. Against a real folder
 (`LocalFolderStore`) and the disk cache; the bucket's If-Match is in test_objects.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -16,7 +17,10 @@ from idcfs.cache.disk import DiskCache
 from idcfs.cache.memory import ByteLRU
 from idcfs.cache.tiles import TileCache, tile_key
 from idcfs.errors import FetchError, NotFoundError
+from idcfs.fetch.loader import TileLoader
+from idcfs.fetch.regions import Region, RegionReader
 from idcfs.fetch.slides import SlideStore
+from idcfs.fetch.tissue import TissueMasks
 from idcfs.metrics import Metrics
 from idcfs.slide.model import FrameRef, Slide
 from idcfs.source.base import ChangingSeries
@@ -142,6 +146,42 @@ def test_tile_keys_follow_the_file_version(folder: Path, tmp_path: Path) -> None
     tiles.keep(old, changed, b"old tile", staged=False)
     assert tiles.for_reading(new, changed) is None
     assert tiles.from_disk(new, [changed], staged=False) == {}
+    disk.close()
+
+
+def with_revisions(slide: Slide, revision_of_uid: dict[str, str]) -> Slide:
+    """The slide with these instances' revisions (the others' are "")."""
+    return dataclasses.replace(slide, instances={
+        uid: dataclasses.replace(info, revision=revision_of_uid.get(uid, ""))
+        for uid, info in slide.instances.items()})
+
+
+def test_computed_files_are_keyed_by_the_slides_revision_and_unrevised_keys_are_as_before(
+        folder: Path, tmp_path: Path) -> None:
+    """A render and a tissue mask, computed for real into the disk cache, for the slide
+    without revisions (DICOMweb, IDC: today's exact keys, so an existing cache hits) and
+    for two slides that differ only in one instance's revision (each computed anew)."""
+    disk = DiskCache(tmp_path / "cache", 1 << 30)
+    listed = Mounted(folder.parent, disk)
+    slide = listed.slide()
+    uid = uid_of(slide, largest(folder), folder.parent)
+    slides = [with_revisions(slide, {}), with_revisions(slide, {uid: "a"}),
+              with_revisions(slide, {uid: "b"})]
+    assert slides[0].revision == "" and "" != slides[1].revision != slides[2].revision
+    series = slide.series_uid
+    bare = [f"region/{series}/deepzoom/7/0_0.jpeg/0/1/0,0,1000,700/125x88/q97",
+            f"tissue-mask/{series}/v1"]
+    for number, revised in enumerate(slides, start=1):
+        metrics = Metrics()  # a fresh memory cache, as a remount has
+        tiles = TileCache(ByteLRU(32 << 20), ByteLRU(8 << 20), disk, 97, metrics)
+        reader = RegionReader(TileLoader(listed.source, tiles, metrics), metrics)
+        reader.jpeg(revised, (0, "1"), Region(0, 0, 1000, 700), 125, 88, "deepzoom/7/0_0.jpeg")
+        TissueMasks(reader, tiles, metrics).png(revised)
+        assert metrics.value("regions.rendered") == 1  # not the other slides' from disk
+        assert metrics.value("tissue_masks.computed") == 1
+        keys = [f"{key}/r{revised.revision}" if revised.revision else key for key in bare]
+        assert disk.holds(keys) == set(keys), number
+    assert disk.holds(bare) == set(bare)
     disk.close()
 
 
