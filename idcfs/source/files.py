@@ -28,7 +28,6 @@ pad byte so a served JPEG ends at its EOI whatever the source (`idcfs.dicom.fram
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -56,6 +55,7 @@ from idcfs.source.dicomfile import (
     read_header,
 )
 from idcfs.source.objects import ObjectChanged, ObjectInfo, ObjectMissing, ObjectStore
+from idcfs.source.threads import started_pool
 from idcfs.source.warmup import WarmUp
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,7 @@ class FileFrameSource:
         self._listeners: list[Callable[[str, str], None]] = (
             [forget_series] if forget_series is not None else [])
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(self.settings.parallel_reads, "idcfs-ranges")
-        _start_threads(self._pool, self.settings.parallel_reads)
+        self._pool = started_pool(self.settings.parallel_reads, "idcfs-ranges")
         self._warm_up: WarmUp | None = None
 
     def warm_up(self) -> WarmUp:
@@ -403,22 +402,6 @@ class FileFrameSource:
 
     def _deadline(self) -> float:
         return time.monotonic() + self.settings.timeout
-
-
-def _start_threads(pool: ThreadPoolExecutor, count: int) -> None:
-    """Start `count` threads of `pool` now (at mount): it starts them one per task
-    otherwise, so the header reads of the first series entered each waited for a new
-    thread to start, and for the GIL to begin, spreading reads sent together over ~5 ms
-    (measured at an RTT of 20 ms). Each task waits until all have started (a thread
-    busy is not reused), for a few seconds at most; nothing waits for them."""
-    started = threading.Barrier(count)
-
-    def wait() -> None:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            started.wait(timeout=5.0)
-
-    for _ in range(count):
-        pool.submit(wait)
 
 
 class ScanAhead:

@@ -20,6 +20,7 @@ costs no new dependency (docs/DEPENDENCIES.md, "Object store client (issue 13)")
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import queue
@@ -29,6 +30,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, TypeVar
@@ -38,6 +40,7 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from idcfs.errors import FetchError, without_credentials
+from idcfs.source.threads import started_pool
 
 T = TypeVar("T")
 Response = urllib3.BaseHTTPResponse
@@ -341,6 +344,8 @@ class HttpBucketStore:
             retries=False,
         )
         self._counters = _Counters()
+        self._connect_pool: ThreadPoolExecutor | None = None
+        self._connector_lock = threading.Lock()
 
     @property
     def description(self) -> str:
@@ -348,6 +353,8 @@ class HttpBucketStore:
 
     def close(self) -> None:
         self._pool.close()
+        if self._connect_pool is not None:
+            self._connect_pool.shutdown(wait=False, cancel_futures=True)
 
     def statistics(self) -> dict[str, Any]:
         return self._counters.snapshot()
@@ -371,17 +378,18 @@ class HttpBucketStore:
             pass
         for connection in idle:
             slots.put(connection, block=False)
-        if empty:  # starting threads costs ~0.5 ms each: not on the lister's thread
-            threading.Thread(target=self._connect_slots, args=(slots, len(empty)),
-                             daemon=True, name="idcfs-preconnect").start()
+        for _ in empty:  # on threads started at mount: the caller does not wait
+            with contextlib.suppress(RuntimeError):  # the store is closing
+                self._connector().submit(self._connect_slot, slots)
 
-    def _connect_slots(self, slots: queue.Queue[Any], count: int) -> None:
-        """One connection on this thread, the others each on a thread of its own: a
-        connect waits a round trip, so they go out together."""
-        for _ in range(count - 1):
-            threading.Thread(target=self._connect_slot, args=(slots,), daemon=True,
-                             name="idcfs-preconnect").start()
-        self._connect_slot(slots)
+    def _connector(self) -> ThreadPoolExecutor:
+        """The threads that open connections, all started on first use (the mount's
+        `probe`), so that a `preconnect` only hands them work."""
+        with self._connector_lock:
+            if self._connect_pool is None:
+                self._connect_pool = started_pool(self.settings.max_connections,
+                                                  "idcfs-preconnect")
+            return self._connect_pool
 
     def _connect_slot(self, slots: queue.Queue[Any]) -> None:
         connection = None
@@ -493,7 +501,9 @@ class HttpBucketStore:
             seen_tokens.add(token)
 
     def probe(self, prefix: str, deadline: float) -> None:
-        """One listing page of at most one key: the endpoint and bucket answer."""
+        """One listing page of at most one key: the endpoint and bucket answer. Run at
+        mount, it also starts the threads `preconnect` hands its connections to."""
+        self._connector()
         call = self._list_call(prefix, None, deadline, page_size=1)
         self._send(call, lambda response: self._page(call, response))
 

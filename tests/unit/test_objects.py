@@ -28,6 +28,7 @@ from idcfs.source.objects import (
     ObjectMissing,
     ObjectStore,
 )
+from idcfs.source.threads import started_pool
 
 BUCKET = "idc-open-data"
 FAST = BucketSettings(backoff=0.001, max_backoff=0.01, max_attempts=4, page_size=3)
@@ -553,6 +554,31 @@ def test_preconnect_is_bounded_by_the_pool_and_never_fails() -> None:
     with pytest.raises(FetchError):
         dead.read("series/0.dcm", 0, 10, soon(2))
     dead.close()
+
+
+def test_preconnect_hands_the_connects_to_threads_started_at_the_probe(
+        fake: FakeS3, store: HttpBucketStore) -> None:
+    """The caller (entering a series, about to list it) does not start threads or wait
+    for connects: the probe at mount started them, preconnect only hands them work."""
+    store.probe("series/", soon())
+    connecting = {thread.name for thread in threading.enumerate()
+                  if thread.name.startswith("idcfs-preconnect")}
+    assert len(connecting) == store.settings.max_connections
+    before = set(threading.enumerate())
+    store.preconnect(4)
+    assert set(threading.enumerate()) <= before  # no thread started by it
+    assert _until(lambda: fake.open_connections == 4)
+
+
+def test_started_pool_starts_every_thread_before_any_task() -> None:
+    pool = started_pool(5, "idcfs-test")
+    try:
+        assert _until(lambda: len([thread for thread in threading.enumerate()
+                                   if thread.name.startswith("idcfs-test")]) == 5)
+        assert pool.submit(lambda: threading.current_thread().name).result(
+            timeout=5).startswith("idcfs-test")
+    finally:
+        pool.shutdown()
 
 
 # --------------------------------------------------------------------------- versions
