@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
-from idcfs.catalog.base import Catalog
+from idcfs.catalog.base import Catalog, SeriesEntry
 from idcfs.dicom.dicom_json import first_value
 from idcfs.errors import FetchError, MetadataError
 from idcfs.slide.model import InstanceInfo
@@ -230,7 +230,7 @@ class FileFrameSource:
         """List the series' files and read every header, in parallel."""
         self._requested()
         deadline = self._deadline()
-        self.store.preconnect(self.settings.parallel_reads)  # for the header reads
+        self.store.preconnect(self._header_connections(study_uid, series_uid))
         objects = self.series_files.series_objects(study_uid, series_uid, deadline)
         try:
             headers = self._series_headers(objects, deadline, (study_uid, series_uid))
@@ -249,6 +249,14 @@ class FileFrameSource:
             raise FetchError(f"series {series_uid}: no instance files in "
                              f"{self.store.description}")
         return found
+
+    def _header_connections(self, study_uid: str, series_uid: str) -> int:
+        """Connections to open while the series is listed, for its header reads: one a
+        header (the catalog's instance count), at most `parallel_reads`; each more is a
+        connection set up (a TLS handshake to a bucket) on the way for nothing."""
+        expected = getattr(self.series_files, "expected_instances", None)
+        count = expected(study_uid, series_uid) if expected is not None else None
+        return min(self.settings.parallel_reads, count or self.settings.parallel_reads)
 
     def _series_headers(self, objects: Sequence[ObjectInfo], deadline: float,
                         series: tuple[str, str]) -> list[FileHeader]:
@@ -514,9 +522,16 @@ class PrefixSeriesFiles:
     `sm_instance_index` names it (no version) and one when it was listed, and send an
     If-Match with every read for nothing."""
 
-    def __init__(self, store: ObjectStore, prefix_of: Callable[[str, str], str]) -> None:
+    def __init__(self, store: ObjectStore, prefix_of: Callable[[str, str], str],
+                 count_of: Callable[[str, str], int | None] | None = None) -> None:
         self.store = store
         self.prefix_of = prefix_of
+        self.count_of = count_of
+
+    def expected_instances(self, study_uid: str, series_uid: str) -> int | None:
+        """How many instance files the catalog says the series has (IDC's
+        `instanceCount`), before listing it; None when it does not say."""
+        return self.count_of(study_uid, series_uid) if self.count_of is not None else None
 
     def series_objects(self, study_uid: str, series_uid: str,
                        deadline: float) -> list[ObjectInfo]:
@@ -550,6 +565,9 @@ class IndexedSeriesFiles:
         self._stale: set[str] = set()
         self._lock = threading.Lock()
 
+    def expected_instances(self, study_uid: str, series_uid: str) -> int | None:
+        return self.listed.expected_instances(study_uid, series_uid)
+
     def series_objects(self, study_uid: str, series_uid: str,
                        deadline: float) -> list[ObjectInfo]:
         with self._lock:
@@ -579,7 +597,8 @@ def idc_series_files(store: ObjectStore, catalog: Catalog,
     """Where IDC's series are in `bucket`: named by the catalog's instance index when it
     has one (`IdcIndexCatalog.series_instances`, from a downloaded sm_instance_index),
     else found by listing each series' prefix."""
-    listed = PrefixSeriesFiles(store, idc_bucket_prefix(catalog, bucket))
+    listed = PrefixSeriesFiles(store, idc_bucket_prefix(catalog, bucket),
+                               idc_instance_count(catalog))
     views = getattr(catalog, "views", {})
     if getattr(catalog, "instance_table", None) is None:
         return listed
@@ -593,13 +612,32 @@ def idc_bucket_prefix(catalog: Catalog, bucket: str) -> Callable[[str, str], str
     (`s3://idc-open-data/<crdc_series_uuid>/*`); the GCS bucket uses the same keys."""
 
     def prefix_of(study_uid: str, series_uid: str) -> str:
-        for entry in catalog.series(study_uid):
-            if entry.series_uid == series_uid:
-                return _prefix_from_url(str(entry.fields.get("series_aws_url") or ""),
-                                        series_uid, bucket)
-        raise MetadataError(f"series {series_uid} is not in the index")
+        entry = _indexed_entry(catalog, study_uid, series_uid)
+        return _prefix_from_url(str(entry.fields.get("series_aws_url") or ""), series_uid,
+                                bucket)
 
     return prefix_of
+
+
+def idc_instance_count(catalog: Catalog) -> Callable[[str, str], int | None]:
+    """The index's `instanceCount` of a series (None when it has none): how many
+    connections the header reads after its listing will want (`preconnect`)."""
+
+    def count_of(study_uid: str, series_uid: str) -> int | None:
+        try:
+            count = _indexed_entry(catalog, study_uid, series_uid).fields.get("instanceCount")
+            return int(count) if count is not None else None
+        except (MetadataError, TypeError, ValueError):
+            return None
+
+    return count_of
+
+
+def _indexed_entry(catalog: Catalog, study_uid: str, series_uid: str) -> SeriesEntry:
+    for entry in catalog.series(study_uid):
+        if entry.series_uid == series_uid:
+            return entry
+    raise MetadataError(f"series {series_uid} is not in the index")
 
 
 def _prefix_from_url(url: str, series_uid: str, bucket: str) -> str:

@@ -21,6 +21,7 @@ from idcfs.source.files import (
     PrefixSeriesFiles,
     ScanAhead,
     idc_bucket_prefix,
+    idc_series_files,
     location_of,
     parse_location,
     plan_runs,
@@ -189,6 +190,44 @@ def test_idc_series_are_found_by_the_index_url(tmp_path: Path) -> None:
     # objects are immutable, and keyed alike with or without sm_instance_index
     assert next(iter(store.list("0f-uuid/", 1e18))).version is not None
     assert [info.version for info in found] == [None]
+
+
+class CountedSeriesCatalog:
+    def __init__(self, series_uid: str, count: object) -> None:
+        self.series_uid, self.count = series_uid, count
+
+    def series(self, study_uid: str, collection_id: str | None = None) -> list[SeriesEntry]:
+        return [SeriesEntry(study_uid, self.series_uid, None,
+                            {"series_aws_url": "s3://idc-open-data/0f-uuid/*",
+                             "instanceCount": self.count})]
+
+
+class PreconnectCounting(LocalFolderStore):
+    """A folder store that records what `preconnect` was asked for."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.asked: list[int] = []
+
+    def preconnect(self, count: int) -> None:
+        self.asked.append(count)
+
+
+@pytest.mark.parametrize(("count", "asked"), [(5, 5), (40, 16), (None, 16), ("x", 16)])
+def test_entering_an_idc_series_preconnects_one_connection_per_indexed_instance(
+        layouts: dict[str, LayoutFile], tmp_path: Path, count: object, asked: int) -> None:
+    """The index's instanceCount says how many header reads follow the listing; more
+    connections would be set up (TLS handshakes) for nothing; at most parallel_reads."""
+    spec = layouts["bot"].spec
+    (tmp_path / "0f-uuid").mkdir()
+    (tmp_path / "0f-uuid" / "x.dcm").write_bytes(layouts["bot"].path.read_bytes())
+    store = PreconnectCounting(tmp_path)
+    catalog = CountedSeriesCatalog(spec.identity.series_uid, count)
+    series_files = idc_series_files(store, catalog, "idc-open-data")  # type: ignore[arg-type]
+    source = FileFrameSource(store, series_files)
+    assert len(source.series_metadata(spec.identity.study_uid, spec.identity.series_uid)) == 1
+    assert store.asked == [asked]
+    source.close()
 
 
 def _only_instance(source: FileFrameSource, layout: LayoutFile):  # noqa: ANN202
