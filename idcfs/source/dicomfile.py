@@ -51,14 +51,21 @@ from typing import Any
 
 import pydicom
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.encaps import parse_basic_offsets
 from pydicom.errors import BytesLengthException
+from pydicom.filereader import data_element_generator
 from pydicom.jsonrep import convert_to_python_number
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    PrivateTransferSyntaxes,
+)
 from pydicom.valuerep import PersonName
-from pydicom.values import convert_value
+from pydicom.values import convert_value, converters
 
 from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.dicom.pixels import PixelFormat
@@ -340,13 +347,18 @@ def read_header(read: Read, size: int, first_range: int = FIRST_RANGE, *,
     make headers of many megabytes): at least twice as many, and at least up to where
     the elements read so far say the header reaches (`_header_reach`), so a long
     element of defined length costs one more read, not a doubling per power of two.
-    MetadataError when it is not a WSI Part 10 file."""
+    Each buffer is read by `_walked_header` first, then, when it is unsure, by
+    pydicom's `dcmread` (which decides the errors). MetadataError when it is not a WSI
+    Part 10 file."""
     if size < 132:
         raise MetadataError(f"a {size}-byte file is too short for a DICOM Part 10 file")
     buffer = b""
     length = min(size, max(first_range, 132))
     while True:
         buffer += _read_exactly(read, len(buffer), length - len(buffer))
+        header = _walked_header(buffer, size)
+        if header is not None:
+            return header
         found = _parse_up_to_pixels(buffer, complete=length >= size)
         if found is not None:
             return _header(buffer, size, *found)
@@ -391,6 +403,14 @@ def _parse_up_to_pixels(buffer: bytes, complete: bool) -> tuple[Any, int] | None
 
 def _header(buffer: bytes, size: int, dataset: Any, tag_at: int) -> FileHeader:
     syntax = _transfer_syntax(dataset)
+    value_at, length = _pixel_value(buffer, size, syntax, tag_at)
+    offsets, lengths = _extended_offsets(dataset)
+    return _file_header(buffer, size, syntax, value_at, length, _dicom_json(dataset, syntax),
+                        _frame_count(dataset), offsets, lengths)
+
+
+def _pixel_value(buffer: bytes, size: int, syntax: UID, tag_at: int) -> tuple[int, int]:
+    """(offset, length) of the Pixel Data value whose tag is at `tag_at`, checked."""
     endian = "<" if syntax.is_little_endian else ">"
     group, element = struct.unpack_from(f"{endian}HH", buffer, tag_at)
     if (group << 16 | element) != PIXEL_DATA:
@@ -402,14 +422,21 @@ def _header(buffer: bytes, size: int, dataset: Any, tag_at: int) -> FileHeader:
                             f"does not match transfer syntax {syntax}")
     if value_at + (0 if encapsulated else length) > size:
         raise MetadataError("the Pixel Data value runs past the end of the file")
-    offsets, lengths = _extended_offsets(dataset)
+    return value_at, length
+
+
+def _file_header(buffer: bytes, size: int, syntax: UID, value_at: int, length: int,
+                 dicom_json: dict[str, Any], frame_count: int,
+                 offsets: tuple[int, ...] | None, lengths: tuple[int, ...] | None
+                 ) -> FileHeader:
+    encapsulated = length == UNDEFINED_LENGTH
     return FileHeader(
-        dicom_json=_dicom_json(dataset, syntax),
+        dicom_json=dicom_json,
         transfer_syntax=str(syntax),
         pixel_data_offset=value_at,
         pixel_data_length=None if encapsulated else length,
         encapsulated=encapsulated,
-        frame_count=_frame_count(dataset),
+        frame_count=frame_count,
         extended_offsets=offsets,
         extended_lengths=lengths,
         preamble=buffer[:PREAMBLE_BYTES],
@@ -441,13 +468,17 @@ def _extended_offsets(dataset: Any) -> tuple[tuple[int, ...] | None, tuple[int, 
     if EXTENDED_OFFSETS not in dataset:
         return None, None
     table = _uint64s(dataset[EXTENDED_OFFSETS].value, "Extended Offset Table")
-    lengths = None
-    if EXTENDED_LENGTHS in dataset:
-        lengths = _uint64s(dataset[EXTENDED_LENGTHS].value, "Extended Offset Table Lengths")
-        if len(lengths) != len(table):
-            raise MetadataError(f"Extended Offset Table has {len(table)} offsets "
-                                f"but {len(lengths)} lengths")
-    return table, lengths
+    if EXTENDED_LENGTHS not in dataset:
+        return table, None
+    return table, _table_lengths(table, dataset[EXTENDED_LENGTHS].value)
+
+
+def _table_lengths(table: tuple[int, ...], value: Any) -> tuple[int, ...]:
+    lengths = _uint64s(value, "Extended Offset Table Lengths")
+    if len(lengths) != len(table):
+        raise MetadataError(f"Extended Offset Table has {len(table)} offsets "
+                            f"but {len(lengths)} lengths")
+    return lengths
 
 
 def _uint64s(value: Any, what: str) -> tuple[int, ...]:
@@ -458,8 +489,12 @@ def _uint64s(value: Any, what: str) -> tuple[int, ...]:
 
 
 def _frame_count(dataset: Any) -> int:
+    return _checked_frame_count(dataset.get("NumberOfFrames", 1))
+
+
+def _checked_frame_count(value: Any) -> int:
     try:
-        count = int(dataset.get("NumberOfFrames", 1) or 1)
+        count = int(value or 1)
     except (TypeError, ValueError) as error:
         raise MetadataError(f"unreadable NumberOfFrames: {error}") from error
     if count < 1:
@@ -486,6 +521,7 @@ _HEADER_TAGS = _int_tags(HEADER_TAGS)
 # What pydicom keeps of a header: the values of other elements are skipped, not read
 # (a quarter of dcmread's time), their lengths still passed over to the Pixel Data.
 _READ_TAGS = [*_HEADER_TAGS, EXTENDED_OFFSETS, EXTENDED_LENGTHS]
+_NUMBER_OF_FRAMES = 0x00280008
 _CHARACTER_SET = 0x00080005
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _PLAIN_VRS = frozenset({
@@ -534,27 +570,37 @@ def _element_json(dataset: Dataset, tag: int, inner: dict[int, Any] | None,
                   encodings: str | list[str]) -> dict[str, Any] | None:
     """One element's DICOM JSON; None for a binary value left out."""
     raw = dataset.get_item(tag)
-    if isinstance(raw, RawDataElement) and raw.VR in _PLAIN_VRS and (
-            tag not in _LUT_DESCRIPTORS):
-        key = _converted_key(raw, encodings)
-        found = _CONVERTED.get(key, _UNKNOWN) if key is not None else _UNKNOWN
+    if isinstance(raw, RawDataElement):
+        found = _converted_json(raw, encodings)
         if found is not _UNKNOWN:
-            return _fresh(found)
-        try:
-            found = _value_json(raw.VR, convert_value(raw.VR, raw, encodings))
-        except BytesLengthException:  # pydicom's path below raises, or reads it as UN
-            pass
-        else:
-            if key is not None:
-                if len(_CONVERTED) >= _CONVERTED_MAX:
-                    _CONVERTED.clear()
-                _CONVERTED[key] = _fresh(found)
-            return found
+            return found  # type: ignore[no-any-return]
     element = dataset[tag]
     if element.VR == "SQ":
         return {"vr": "SQ", "Value": [_json_of(item, inner, encodings)
                                       for item in element.value or ()]}
     return _pydicom_json(element)
+
+
+def _converted_json(raw: RawDataElement, encodings: str | list[str]) -> Any:
+    """A raw element's JSON (None: a binary value left out), converted here or kept
+    (`_CONVERTED`); `_UNKNOWN` when pydicom's `Dataset` must convert it: a VR it looks
+    up or corrects (not in `_PLAIN_VRS`), a LUT descriptor, a value of a wrong length
+    (pydicom raises, or reads it as UN)."""
+    if raw.VR not in _PLAIN_VRS or raw.tag in _LUT_DESCRIPTORS:
+        return _UNKNOWN
+    key = _converted_key(raw, encodings)
+    found = _CONVERTED.get(key, _UNKNOWN) if key is not None else _UNKNOWN
+    if found is not _UNKNOWN:
+        return _fresh(found)
+    try:
+        found = _value_json(raw.VR, convert_value(raw.VR, raw, encodings))
+    except BytesLengthException:
+        return _UNKNOWN
+    if key is not None:
+        if len(_CONVERTED) >= _CONVERTED_MAX:
+            _CONVERTED.clear()
+        _CONVERTED[key] = _fresh(found)
+    return found
 
 
 def forget_converted() -> None:
@@ -628,6 +674,268 @@ def _person_name(name: PersonName) -> dict[str, str]:
     if len(components) > 2:
         found["Phonetic"] = components[2]
     return found
+
+
+# --------------------------------------------------------------------------- header, walked
+#
+# `dcmread` makes a `Dataset` of the header and, as `_json_of` asks for each sequence, a
+# `Dataset` of each item, and it reads every sequence of undefined length whole, wanted
+# or not: ~0.8 ms of a header's ~1.9 ms of CPU (the benchmark's series), and entering a
+# series parses its headers one after another under the GIL. The walk below reads the
+# same elements with pydicom's own reader (`data_element_generator`, the same options,
+# so the same bytes kept and passed over), keeps them in plain dicts, reads only the
+# wanted items' wanted elements and passes over the rest, and converts each value with
+# `_converted_json` as `_json_of` does. It takes only what it reads exactly as `dcmread`
+# would (Part 10, explicit VR little endian throughout, sequences of items); on anything
+# else it is unsure and `dcmread`'s path reads the buffer (tests/unit/test_header_json.py
+# compares the two over every layout, real file and odd case).
+
+
+class _Unsure(Exception):
+    """The walk met what only pydicom's `Dataset` path reads as idcfs must (implicit VR,
+    a VR pydicom looks up or corrects, a value of a wrong length, no item where an item
+    should be...)."""
+
+
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # `stop_before_pixels`'
+_ITEM_TAG = 0xFFFEE000
+_ITEM_END = b"\xfe\xff\x0d\xe0"
+_SEQUENCE_END_TAG = 0xFFFEE0DD
+_ITEM_HEAD = struct.Struct("<HHL")
+_SEQUENCE_HEAD = struct.Struct("<HH2s2xL")
+_NOTHING: dict[int, Any] = {}  # the wanted tags of a sequence passed over
+_DATASET_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRBigEndian,
+                     DeflatedExplicitVRLittleEndian)  # `read_partial` reads these otherwise
+
+
+def _walked_header(buffer: bytes, size: int) -> FileHeader | None:
+    """The header `_header` makes of what `_parse_up_to_pixels` finds in `buffer`, from
+    the walk; None when the walk is unsure or the buffer ends before the Pixel Data
+    (`dcmread`'s path then decides, raising what it raises)."""
+    try:
+        return _walk_header(buffer, size)
+    except Exception:  # noqa: BLE001 (any surprise: dcmread's path reads it as before)
+        return None
+
+
+def _walk_header(buffer: bytes, size: int) -> FileHeader | None:
+    if buffer[128:132] != b"DICM":
+        return None
+    stream = io.BytesIO(buffer)
+    stream.seek(132)
+    syntax = _meta_syntax(stream)
+    if syntax is None or not _explicit_vr(buffer, stream.tell()):
+        return None
+    walk = _Walk(stream, top=True)
+    elements = walk.elements(_HEADER_TAGS, _READ_TAGS, None)
+    tag_at = walk.pixel_at
+    if tag_at is None or tag_at + 12 > len(buffer):
+        return None
+    value_at, length = _pixel_value(buffer, size, syntax, tag_at)
+    offsets = lengths = None
+    if EXTENDED_OFFSETS in elements:
+        offsets = _uint64s(_binary(elements[EXTENDED_OFFSETS]), "Extended Offset Table")
+        if EXTENDED_LENGTHS in elements:
+            lengths = _table_lengths(offsets, _binary(elements[EXTENDED_LENGTHS]))
+    tree = _walked_json(elements, _HEADER_TAGS, [default_encoding])
+    tree["00020010"] = {"vr": "UI", "Value": [str(syntax)]}
+    count = elements.get(_NUMBER_OF_FRAMES)
+    frames = _checked_frame_count(1 if count is None else _value(count, "IS"))
+    return _file_header(buffer, size, syntax, value_at, length, tree, frames, offsets,
+                        lengths)
+
+
+def _meta_syntax(stream: io.BytesIO) -> UID | None:
+    """The file meta's TransferSyntaxUID, the stream left after the meta, as
+    `_read_file_meta_info` reads them; None unless pydicom then reads the dataset as
+    explicit VR little endian (`read_partial`) and idcfs can read it by ranges."""
+    start = stream.tell()
+    if not _explicit_vr(stream.getbuffer(), start):
+        return None  # pydicom reads such a meta as implicit VR
+    stopped: list[int] = []
+
+    def after_meta(tag: int, _vr: str | None, length: int) -> bool:
+        if tag >> 16 != 2 or length == UNDEFINED_LENGTH:
+            stopped.append(tag)
+            return True
+        return False
+
+    meta = {raw.tag: raw for raw in data_element_generator(stream, False, True, after_meta)}
+    if not meta or not stopped or stopped[0] >> 16 in (0, 2):
+        return None  # no meta, one pydicom reads otherwise, or a command set after it
+    if next(iter(meta.values())).VR not in converters:  # pydicom reads it as implicit VR
+        return None
+    raw = meta.get(0x00020010)
+    if raw is None or not (value := _value(raw, "UI")):
+        return None
+    syntax = UID(str(value))
+    if (syntax.is_private or syntax in PrivateTransferSyntaxes or syntax in _DATASET_SYNTAXES
+            or not syntax.is_transfer_syntax):
+        return None
+    return syntax
+
+
+def _explicit_vr(data: Any, at: int) -> bool:
+    """pydicom reads the dataset at `at` as explicit VR (`_is_implicit_vr`): its first
+    element's VR is two capital letters."""
+    vr = bytes(data[at + 4 : at + 6])
+    return len(vr) == 2 and 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B
+
+
+class _Walk:
+    """The raw elements of an explicit VR little endian dataset in `stream`, read as
+    pydicom's `read_dataset` reads them: `data_element_generator` yields the elements of
+    defined length (with `specific_tags`, the others passed over), and a sequence of
+    undefined length, which it would read whole into `Dataset`s, is read here into a list
+    of its items, each a dict of its wanted elements. At the top level the walk stops at
+    the Pixel Data, as `stop_before_pixels` does, and says where (`pixel_at`)."""
+
+    def __init__(self, stream: io.BytesIO, top: bool = False) -> None:
+        self.stream, self.top = stream, top
+        self.pixel_at: int | None = None
+        self._stopped: list[int] = []
+
+    def _stop_when(self, tag: int, _vr: str | None, length: int) -> bool:
+        if length == UNDEFINED_LENGTH or (self.top and tag in _PIXEL_TAGS):
+            self._stopped.append(tag)
+            return True
+        return False
+
+    def elements(self, wanted: dict[int, Any] | None, keep: list[int] | None,
+                 length: int | None) -> dict[int, Any]:
+        """The elements from here to the end of `length` bytes (None: to an item
+        delimiter or the end of the bytes), keyed by tag; those of tags not in `keep`
+        (None: all) passed over. `wanted` says what to keep of a sequence's items."""
+        stream, found = self.stream, {}
+        start = stream.tell()
+        kept = None if keep is None else {*keep, _CHARACTER_SET}
+        while length is None or stream.tell() - start < length:
+            self._stopped.clear()
+            for raw in data_element_generator(stream, False, True, self._stop_when,
+                                              specific_tags=keep):
+                found[raw.tag] = raw
+                if length is not None and stream.tell() - start >= length:
+                    return found
+            if not self._stopped:
+                return found  # the end of the bytes or of an item of undefined length
+            tag = self._stopped[0]
+            if self.top and tag in _PIXEL_TAGS:
+                self.pixel_at = stream.tell()
+                return found
+            items = self._sequence(_inner(wanted, tag))
+            if kept is None or tag in kept:
+                found[tag] = items
+        return found
+
+    def _sequence(self, wanted: dict[int, Any] | None) -> list[dict[int, Any]]:
+        """The items of the sequence of undefined length whose element starts here."""
+        _group, _element, vr, _length = _SEQUENCE_HEAD.unpack(self.stream.read(12))
+        if vr != b"SQ":
+            raise _Unsure(f"an element of undefined length has VR {vr!r}")
+        return _Walk(self.stream).items(wanted, None)
+
+    def items(self, wanted: dict[int, Any] | None, length: int | None
+              ) -> list[dict[int, Any]]:
+        """A sequence's items from here (as `read_sequence`): up to the sequence
+        delimiter (`length` None) or over `length` bytes."""
+        stream, found = self.stream, []
+        start = stream.tell()
+        keep = _keep(wanted)
+        while length is None or stream.tell() - start < length:
+            group, element, item_length = _ITEM_HEAD.unpack(stream.read(8))
+            tag = group << 16 | element
+            if tag == _SEQUENCE_END_TAG:
+                break
+            if tag != _ITEM_TAG:
+                raise _Unsure(f"({group:04X},{element:04X}) where an item should be")
+            found.append(self._item(wanted, keep, item_length))
+        return found
+
+    def _item(self, wanted: dict[int, Any] | None, keep: list[int] | None,
+              length: int) -> dict[int, Any]:
+        stream = self.stream
+        at = stream.tell()
+        if length == 0:
+            return {}
+        if length == UNDEFINED_LENGTH:
+            if stream.read(4) == _ITEM_END:  # empty: pydicom finds it implicit, reads none
+                stream.seek(at + 8)
+                return {}
+            stream.seek(at)
+        if not _explicit_vr(stream.getbuffer(), at):
+            raise _Unsure("an item in implicit VR")  # pydicom reads it so
+        return self.elements(wanted, keep, None if length == UNDEFINED_LENGTH else length)
+
+
+def _inner(wanted: dict[int, Any] | None, tag: int) -> dict[int, Any] | None:
+    """What to keep of the items of sequence `tag` (None: all, `_NOTHING`: none)."""
+    if wanted is None:
+        return None
+    return wanted.get(tag, _NOTHING)
+
+
+def _keep(wanted: dict[int, Any] | None) -> list[int] | None:
+    """`specific_tags` for the items' elements: `_NOTHING` still keeps the character set
+    (pydicom reads every element when given none)."""
+    if wanted is None:
+        return None
+    return list(wanted) or [_CHARACTER_SET]
+
+
+def _walked_json(elements: dict[int, Any], wanted: dict[int, Any] | None,
+                 inherited: str | list[str]) -> dict[str, Any]:
+    """`_json_of` of walked elements: the same elements in the same order, each value
+    converted by `_converted_json`, the character set by pydicom's `DataElement` (as
+    `_json_of` finds it, converted by the `Dataset`)."""
+    encodings = inherited
+    charset = elements.get(_CHARACTER_SET)
+    charset_json = None
+    if charset is not None:
+        if not isinstance(charset, RawDataElement) or charset.VR != "CS":
+            raise _Unsure("a Specific Character Set not of VR CS")
+        element = convert_raw_data_element(charset, encoding=default_encoding)
+        encodings = convert_encodings(element.value) or inherited
+        charset_json = _pydicom_json(element)
+    tree: dict[str, Any] = {}
+    for tag, element in elements.items():
+        if wanted is not None and tag not in wanted:
+            continue
+        inner = None if wanted is None else wanted[tag]
+        if tag == _CHARACTER_SET:
+            found = charset_json
+        elif isinstance(element, list):
+            found = {"vr": "SQ", "Value": [_walked_json(item, inner, encodings)
+                                           for item in element]}
+        elif element.VR == "SQ":
+            found = _sequence_json(element, inner, encodings)
+        else:
+            found = _converted_json(element, encodings)
+            if found is _UNKNOWN:
+                raise _Unsure(f"{element.tag} needs pydicom's Dataset")
+        if found is not None:
+            tree[f"{tag:08X}"] = found
+    return tree
+
+
+def _sequence_json(raw: RawDataElement, wanted: dict[int, Any] | None,
+                   encodings: str | list[str]) -> dict[str, Any]:
+    """A sequence of defined length: its items read from its value, as `convert_SQ`."""
+    value = raw.value or b""
+    items = _Walk(io.BytesIO(value)).items(wanted, len(value))
+    return {"vr": "SQ", "Value": [_walked_json(item, wanted, encodings) for item in items]}
+
+
+def _value(raw: Any, vr: str) -> Any:
+    """The value of a walked element of VR `vr`, as the `Dataset` converts it."""
+    if not isinstance(raw, RawDataElement) or vr != raw.VR:
+        raise _Unsure(f"{getattr(raw, 'tag', '?')} is not of VR {vr}")
+    return convert_value(vr, raw)
+
+
+def _binary(raw: Any) -> Any:
+    if not isinstance(raw, RawDataElement) or raw.VR not in _BINARY_VRS:
+        raise _Unsure("an offset table not of a binary VR")
+    return convert_value(raw.VR, raw)
 
 
 # --------------------------------------------------------------------------- frames
