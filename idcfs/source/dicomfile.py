@@ -64,7 +64,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     PrivateTransferSyntaxes,
 )
-from pydicom.valuerep import PersonName
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 from pydicom.values import convert_value, converters
 
 from idcfs.dicom.frames import strip_jpeg_padding
@@ -449,7 +449,7 @@ def _transfer_syntax(dataset: Any) -> UID:
     if not syntax:
         raise MetadataError("the file meta has no TransferSyntaxUID")
     syntax = UID(str(syntax))
-    if syntax.is_deflated or not syntax.is_transfer_syntax:
+    if not syntax.is_transfer_syntax or syntax.is_deflated:  # is_deflated raises on others
         raise MetadataError(f"transfer syntax {syntax} cannot be read by byte ranges")
     return syntax
 
@@ -700,6 +700,7 @@ class _Unsure(Exception):
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # `stop_before_pixels`'
 _ITEM_TAG = 0xFFFEE000
 _ITEM_END = b"\xfe\xff\x0d\xe0"
+_ITEM_END_TAG = 0xFFFEE00D
 _SEQUENCE_END_TAG = 0xFFFEE0DD
 _ITEM_HEAD = struct.Struct("<HHL")
 _SEQUENCE_HEAD = struct.Struct("<HH2s2xL")
@@ -793,9 +794,18 @@ class _Walk:
     def __init__(self, stream: io.BytesIO, top: bool = False) -> None:
         self.stream, self.top = stream, top
         self.pixel_at: int | None = None
+        self._end: int | None = None  # of the item read, when of defined length
         self._stopped: list[int] = []
 
-    def _stop_when(self, tag: int, _vr: str | None, length: int) -> bool:
+    def _stop_when(self, tag: int, vr: str | None, length: int) -> bool:
+        """Stop at the end of an item of defined length (where `read_dataset` stops
+        asking for elements: once one starts at or past it), at an element of undefined
+        length, or at the Pixel Data."""
+        if self._end is not None:
+            header = 12 if vr in EXPLICIT_VR_LENGTH_32 else 8  # the generator's rewind
+            if self.stream.tell() - header >= self._end:
+                self._stopped.append(_ITEM_END_TAG)
+                return True
         if length == UNDEFINED_LENGTH or (self.top and tag in _PIXEL_TAGS):
             self._stopped.append(tag)
             return True
@@ -807,18 +817,20 @@ class _Walk:
         delimiter or the end of the bytes), keyed by tag; those of tags not in `keep`
         (None: all) passed over. `wanted` says what to keep of a sequence's items."""
         stream, found = self.stream, {}
-        start = stream.tell()
+        self._end = None if length is None else stream.tell() + length
         kept = None if keep is None else {*keep, _CHARACTER_SET}
-        while length is None or stream.tell() - start < length:
+        while self._end is None or stream.tell() < self._end:
             self._stopped.clear()
             for raw in data_element_generator(stream, False, True, self._stop_when,
                                               specific_tags=keep):
                 found[raw.tag] = raw
-                if length is not None and stream.tell() - start >= length:
-                    return found
-            if not self._stopped:
-                return found  # the end of the bytes or of an item of undefined length
+            if not self._stopped:  # the end of the bytes or an item delimiter
+                if self._end is not None and stream.tell() > self._end:
+                    raise _Unsure("a delimiter past the end of an item of defined length")
+                return found
             tag = self._stopped[0]
+            if tag == _ITEM_END_TAG:
+                return found
             if self.top and tag in _PIXEL_TAGS:
                 self.pixel_at = stream.tell()
                 return found
