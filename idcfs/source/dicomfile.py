@@ -521,7 +521,6 @@ _HEADER_TAGS = _int_tags(HEADER_TAGS)
 # What pydicom keeps of a header: the values of other elements are skipped, not read
 # (a quarter of dcmread's time), their lengths still passed over to the Pixel Data.
 _READ_TAGS = [*_HEADER_TAGS, EXTENDED_OFFSETS, EXTENDED_LENGTHS]
-_NUMBER_OF_FRAMES = 0x00280008
 _CHARACTER_SET = 0x00080005
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _PLAIN_VRS = frozenset({
@@ -604,8 +603,10 @@ def _converted_json(raw: RawDataElement, encodings: str | list[str]) -> Any:
 
 
 def forget_converted() -> None:
-    """Drop the elements' JSON kept (`_CONVERTED`): the next header converts each again."""
+    """Drop the elements' JSON kept (`_CONVERTED`, and the walk's `_KEPT`): the next
+    header converts each again."""
     _CONVERTED.clear()
+    _KEPT.clear()
 
 
 def _converted_key(raw: RawDataElement, encodings: str | list[str]) -> tuple[Any, ...] | None:
@@ -614,8 +615,8 @@ def _converted_key(raw: RawDataElement, encodings: str | list[str]) -> tuple[Any
     value = raw.value
     if value is not None and len(value) > _CONVERTED_VALUE_MAX:
         return None
-    charsets = encodings if isinstance(encodings, str) else tuple(encodings)
-    return raw.tag, raw.VR, value, raw.is_little_endian, raw.is_implicit_VR, charsets
+    return (int(raw.tag), raw.VR, value, raw.is_little_endian, raw.is_implicit_VR,
+            _charsets(encodings))
 
 
 def _fresh(tree: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -740,8 +741,7 @@ def _walk_header(buffer: bytes, size: int) -> FileHeader | None:
             lengths = _table_lengths(offsets, _binary(elements[EXTENDED_LENGTHS]))
     tree = _walked_json(elements, _HEADER_TAGS, [default_encoding])
     tree["00020010"] = {"vr": "UI", "Value": [str(syntax)]}
-    count = elements.get(_NUMBER_OF_FRAMES)
-    frames = _checked_frame_count(1 if count is None else _value(count, "IS"))
+    frames = _checked_frame_count(_walked_frames(tree))
     return _file_header(buffer, size, syntax, value_at, length, tree, frames, offsets,
                         lengths)
 
@@ -767,9 +767,10 @@ def _meta_syntax(stream: io.BytesIO) -> UID | None:
     if next(iter(meta.values())).VR not in converters:  # pydicom reads it as implicit VR
         return None
     raw = meta.get(0x00020010)
-    if raw is None or not (value := _value(raw, "UI")):
-        return None
-    syntax = UID(str(value))
+    found = None if raw is None else _converted_json(raw, default_encoding)
+    if not isinstance(found, dict) or len(found.get("Value") or ()) != 1:
+        return None  # none, empty, several, or one pydicom's Dataset converts
+    syntax = UID(found["Value"][0])  # as `_transfer_syntax`: UID(str(the UI's value))
     if (syntax.is_private or syntax in PrivateTransferSyntaxes or syntax in _DATASET_SYNTAXES
             or not syntax.is_transfer_syntax):
         return None
@@ -807,7 +808,7 @@ class _Walk:
                 self._stopped.append(_ITEM_END_TAG)
                 return True
         if length == UNDEFINED_LENGTH or (self.top and tag in _PIXEL_TAGS):
-            self._stopped.append(tag)
+            self._stopped.append(int(tag))
             return True
         return False
 
@@ -823,7 +824,7 @@ class _Walk:
             self._stopped.clear()
             for raw in data_element_generator(stream, False, True, self._stop_when,
                                               specific_tags=keep):
-                found[raw.tag] = raw
+                found[int(raw.tag)] = raw  # int keys: BaseTag compares in Python
             if not self._stopped:  # the end of the bytes or an item delimiter
                 if self._end is not None and stream.tell() > self._end:
                     raise _Unsure("a delimiter past the end of an item of defined length")
@@ -899,15 +900,9 @@ def _walked_json(elements: dict[int, Any], wanted: dict[int, Any] | None,
     """`_json_of` of walked elements: the same elements in the same order, each value
     converted by `_converted_json`, the character set by pydicom's `DataElement` (as
     `_json_of` finds it, converted by the `Dataset`)."""
-    encodings = inherited
-    charset = elements.get(_CHARACTER_SET)
-    charset_json = None
-    if charset is not None:
-        if not isinstance(charset, RawDataElement) or charset.VR != "CS":
-            raise _Unsure("a Specific Character Set not of VR CS")
-        element = convert_raw_data_element(charset, encoding=default_encoding)
-        encodings = convert_encodings(element.value) or inherited
-        charset_json = _pydicom_json(element)
+    encodings, charset_json = inherited, None
+    if _CHARACTER_SET in elements:
+        charset_json, encodings = _character_set(elements[_CHARACTER_SET], inherited)
     tree: dict[str, Any] = {}
     for tag, element in elements.items():
         if wanted is not None and tag not in wanted:
@@ -929,19 +924,76 @@ def _walked_json(elements: dict[int, Any], wanted: dict[int, Any] | None,
     return tree
 
 
+def _character_set(raw: Any, inherited: str | list[str]
+                   ) -> tuple[dict[str, Any] | None, str | list[str]]:
+    """(the JSON of a walked Specific Character Set, the encodings it sets), as the
+    `Dataset` converts it (pydicom's `DataElement`); kept by its value (`_KEPT`)."""
+    if not isinstance(raw, RawDataElement) or raw.VR != "CS":
+        raise _Unsure("a Specific Character Set not of VR CS")
+    key = ("CS", raw.value, _charsets(inherited))
+    kept = _KEPT.get(key)
+    if kept is None:
+        element = convert_raw_data_element(raw, encoding=default_encoding)
+        kept = _pydicom_json(element), convert_encodings(element.value) or inherited
+        _keep_walked(key, kept)
+    tree, encodings = kept
+    return _copied(tree), encodings if isinstance(encodings, str) else list(encodings)
+
+
 def _sequence_json(raw: RawDataElement, wanted: dict[int, Any] | None,
                    encodings: str | list[str]) -> dict[str, Any]:
-    """A sequence of defined length: its items read from its value, as `convert_SQ`."""
+    """A sequence of defined length: its items read from its value, as `convert_SQ`;
+    kept by its value (`_KEPT`: a series' headers repeat their optical path, pixel
+    measures, origin...) with the `wanted` it was cut to."""
     value = raw.value or b""
+    key = ("SQ", int(raw.tag), value, _charsets(encodings))
+    kept = _KEPT.get(key) if len(value) <= _KEPT_VALUE_MAX else None
+    if kept is not None and kept[0] is wanted:
+        return _copied(kept[1])  # type: ignore[no-any-return]
     items = _Walk(io.BytesIO(value)).items(wanted, len(value))
-    return {"vr": "SQ", "Value": [_walked_json(item, wanted, encodings) for item in items]}
+    tree = {"vr": "SQ", "Value": [_walked_json(item, wanted, encodings) for item in items]}
+    if len(value) <= _KEPT_VALUE_MAX:
+        _keep_walked(key, (wanted, _copied(tree)))
+    return tree
 
 
-def _value(raw: Any, vr: str) -> Any:
-    """The value of a walked element of VR `vr`, as the `Dataset` converts it."""
-    if not isinstance(raw, RawDataElement) or vr != raw.VR:
-        raise _Unsure(f"{getattr(raw, 'tag', '?')} is not of VR {vr}")
-    return convert_value(vr, raw)
+# What the walk keeps besides `_CONVERTED`: character sets and whole sequences, by their
+# raw values (a sequence's value holds its items' ICC profiles, so it is kept only when
+# short), for any thread as `_CONVERTED` is; cleared with it by `forget_converted`.
+_KEPT: dict[tuple[Any, ...], Any] = {}
+_KEPT_MAX = 256
+_KEPT_VALUE_MAX = 16 * 1024
+
+
+def _keep_walked(key: tuple[Any, ...], value: Any) -> None:
+    if len(_KEPT) >= _KEPT_MAX:
+        _KEPT.clear()
+    _KEPT[key] = value
+
+
+def _charsets(encodings: str | list[str]) -> str | tuple[str, ...]:
+    return encodings if isinstance(encodings, str) else tuple(encodings)
+
+
+def _copied(tree: Any) -> Any:
+    """A JSON tree that shares no dict or list with `tree`."""
+    if isinstance(tree, dict):
+        return {key: _copied(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_copied(value) for value in tree]
+    return tree
+
+
+def _walked_frames(tree: dict[str, Any]) -> int | None:
+    """NumberOfFrames as `_frame_count` gets it (None: absent or empty) from its JSON,
+    when that JSON is of one integer, as an IS of one value gives; else unsure."""
+    found = tree.get("00280008")
+    if found is None or "Value" not in found:
+        return None
+    values = found["Value"]
+    if found["vr"] != "IS" or len(values) != 1 or type(values[0]) is not int:
+        raise _Unsure("NumberOfFrames is not one IS")
+    return values[0]  # type: ignore[no-any-return]
 
 
 def _binary(raw: Any) -> Any:

@@ -13,7 +13,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -24,8 +26,10 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from idcfs.errors import MetadataError
 from idcfs.source.dicomfile import (
+    _KEPT,
     _header,
     _parse_up_to_pixels,
+    _sequence_json,
     _walked_header,
     forget_converted,
     read_header,
@@ -318,3 +322,47 @@ def test_an_extended_offset_table_is_read_by_the_walk() -> None:
     header = json.loads(str(walked(data)))
     assert header["extended_offsets"] == [0, 100] and header["extended_lengths"] == [90, 80]
     assert header["frame_count"] == 2
+
+
+def mutate(tree: object) -> None:
+    """Change every dict and list of a JSON tree in place."""
+    if isinstance(tree, dict):
+        for value in list(tree.values()):
+            mutate(value)
+        tree["changed"] = True
+    elif isinstance(tree, list):
+        for value in tree:
+            mutate(value)
+        tree.append("changed")
+
+
+def test_kept_sequences_and_character_sets_share_nothing() -> None:
+    """The walk keeps whole sequences and character sets by their values (`_KEPT`): a
+    header read again is the same, and a change to one header's JSON, however deep,
+    shows in no other."""
+    body = (element(0x00080005, "CS", "\\ISO 2022 IR 100") + IDENTITY + TAIL
+            + sequence(0x00480105, [item(OPTICAL_PATH, True)], defined=True)
+            + sequence(0x52009229, [item(PIXEL_MEASURES, True)], defined=True))
+    data = part10(body)
+    expected = json.loads(str(reference(data)))["dicom"]
+    forget_converted()
+    trees = []
+    for _ in range(3):
+        header = _walked_header(data, len(data))
+        assert header is not None
+        trees.append(header.dicom_json)
+        assert trees[-1] == expected
+        mutate(trees[-1])
+    assert _KEPT
+
+
+def test_a_kept_sequence_is_cut_to_what_is_wanted_of_it() -> None:
+    value = item(OPTICAL_PATH, True) + item(element(0x00480106, "SH", "2"), True)
+    raw = RawDataElement(BaseTag(0x00480105), "SQ", len(value), value, 0, False, True)
+    forget_converted()
+    first = _sequence_json(raw, {0x00480106: None}, "iso8859")
+    assert _sequence_json(raw, {0x00480106: None}, "iso8859") == first  # another dict
+    every = _sequence_json(raw, None, "iso8859")
+    assert first["Value"] == [{"00480106": {"vr": "SH", "Value": ["1"]}},
+                              {"00480106": {"vr": "SH", "Value": ["2"]}}]
+    assert every["Value"][0]["00480107"] == {"vr": "ST", "Value": ["passed over"]}
