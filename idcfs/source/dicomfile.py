@@ -770,11 +770,22 @@ def _meta_syntax(stream: io.BytesIO) -> UID | None:
     found = None if raw is None else _converted_json(raw, default_encoding)
     if not isinstance(found, dict) or len(found.get("Value") or ()) != 1:
         return None  # none, empty, several, or one pydicom's Dataset converts
-    syntax = UID(found["Value"][0])  # as `_transfer_syntax`: UID(str(the UI's value))
-    if (syntax.is_private or syntax in PrivateTransferSyntaxes or syntax in _DATASET_SYNTAXES
-            or not syntax.is_transfer_syntax):
-        return None
-    return syntax
+    return _walked_syntax(found["Value"][0])
+
+
+def _walked_syntax(value: str) -> UID | None:
+    """The transfer syntax of UI `value` (as `_transfer_syntax`: UID(str(the value))),
+    when `read_partial` reads its dataset as explicit VR little endian and `_header`
+    takes it; kept by value (`_KEPT`: pydicom's UID validates with a pattern)."""
+    key = ("UID", value)
+    kept = _KEPT.get(key)
+    if kept is None:
+        syntax = UID(value)
+        readable = not (syntax.is_private or syntax in PrivateTransferSyntaxes
+                        or syntax in _DATASET_SYNTAXES or not syntax.is_transfer_syntax)
+        kept = (syntax if readable else None,)
+        _keep_walked(key, kept)
+    return kept[0]  # type: ignore[no-any-return]
 
 
 def _explicit_vr(data: Any, at: int) -> bool:
