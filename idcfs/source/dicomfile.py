@@ -809,16 +809,23 @@ class _Walk:
         self._end: int | None = None  # of the item read, when of defined length
         self._stopped: list[int] = []
 
-    def _stop_when(self, tag: int, vr: str | None, length: int) -> bool:
-        """Stop at the end of an item of defined length (where `read_dataset` stops
-        asking for elements: once one starts at or past it), at an element of undefined
-        length, or at the Pixel Data."""
-        if self._end is not None:
-            header = 12 if vr in EXPLICIT_VR_LENGTH_32 else 8  # the generator's rewind
-            if self.stream.tell() - header >= self._end:
-                self._stopped.append(_ITEM_END_TAG)
-                return True
-        if length == UNDEFINED_LENGTH or (self.top and tag in _PIXEL_TAGS):
+    # `stop_when`s of the generator (called for every element, so one for each kind of
+    # walk): stop at an element of undefined length, and at the top level at the Pixel
+    # Data, in an item of defined length at its end (where `read_dataset` stops asking
+    # for elements: once one starts at or past it)
+
+    def _stop_at_top(self, tag: int, _vr: str | None, length: int) -> bool:
+        if length == UNDEFINED_LENGTH or tag in _PIXEL_TAGS:
+            self._stopped.append(int(tag))
+            return True
+        return False
+
+    def _stop_in_item(self, tag: int, vr: str | None, length: int) -> bool:
+        header = 12 if vr in EXPLICIT_VR_LENGTH_32 else 8  # the generator's rewind
+        if self._end is not None and self.stream.tell() - header >= self._end:
+            self._stopped.append(_ITEM_END_TAG)
+            return True
+        if length == UNDEFINED_LENGTH:
             self._stopped.append(int(tag))
             return True
         return False
@@ -831,9 +838,10 @@ class _Walk:
         stream, found = self.stream, {}
         self._end = None if length is None else stream.tell() + length
         kept = None if keep is None else {*keep, _CHARACTER_SET}
+        stop_when = self._stop_at_top if self.top else self._stop_in_item
         while self._end is None or stream.tell() < self._end:
             self._stopped.clear()
-            for raw in data_element_generator(stream, False, True, self._stop_when,
+            for raw in data_element_generator(stream, False, True, stop_when,
                                               specific_tags=keep):
                 found[int(raw.tag)] = raw  # int keys: BaseTag compares in Python
             if not self._stopped:  # the end of the bytes or an item delimiter
