@@ -51,14 +51,21 @@ from typing import Any
 
 import pydicom
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.encaps import parse_basic_offsets
 from pydicom.errors import BytesLengthException
+from pydicom.filereader import data_element_generator
 from pydicom.jsonrep import convert_to_python_number
-from pydicom.uid import UID
-from pydicom.valuerep import PersonName
-from pydicom.values import convert_value
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    PrivateTransferSyntaxes,
+)
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
+from pydicom.values import convert_value, converters
 
 from idcfs.dicom.frames import strip_jpeg_padding
 from idcfs.dicom.pixels import PixelFormat
@@ -340,13 +347,18 @@ def read_header(read: Read, size: int, first_range: int = FIRST_RANGE, *,
     make headers of many megabytes): at least twice as many, and at least up to where
     the elements read so far say the header reaches (`_header_reach`), so a long
     element of defined length costs one more read, not a doubling per power of two.
-    MetadataError when it is not a WSI Part 10 file."""
+    Each buffer is read by `_walked_header` first, then, when it is unsure, by
+    pydicom's `dcmread` (which decides the errors). MetadataError when it is not a WSI
+    Part 10 file."""
     if size < 132:
         raise MetadataError(f"a {size}-byte file is too short for a DICOM Part 10 file")
     buffer = b""
     length = min(size, max(first_range, 132))
     while True:
         buffer += _read_exactly(read, len(buffer), length - len(buffer))
+        header = _walked_header(buffer, size)
+        if header is not None:
+            return header
         found = _parse_up_to_pixels(buffer, complete=length >= size)
         if found is not None:
             return _header(buffer, size, *found)
@@ -391,6 +403,14 @@ def _parse_up_to_pixels(buffer: bytes, complete: bool) -> tuple[Any, int] | None
 
 def _header(buffer: bytes, size: int, dataset: Any, tag_at: int) -> FileHeader:
     syntax = _transfer_syntax(dataset)
+    value_at, length = _pixel_value(buffer, size, syntax, tag_at)
+    offsets, lengths = _extended_offsets(dataset)
+    return _file_header(buffer, size, syntax, value_at, length, _dicom_json(dataset, syntax),
+                        _frame_count(dataset), offsets, lengths)
+
+
+def _pixel_value(buffer: bytes, size: int, syntax: UID, tag_at: int) -> tuple[int, int]:
+    """(offset, length) of the Pixel Data value whose tag is at `tag_at`, checked."""
     endian = "<" if syntax.is_little_endian else ">"
     group, element = struct.unpack_from(f"{endian}HH", buffer, tag_at)
     if (group << 16 | element) != PIXEL_DATA:
@@ -402,14 +422,21 @@ def _header(buffer: bytes, size: int, dataset: Any, tag_at: int) -> FileHeader:
                             f"does not match transfer syntax {syntax}")
     if value_at + (0 if encapsulated else length) > size:
         raise MetadataError("the Pixel Data value runs past the end of the file")
-    offsets, lengths = _extended_offsets(dataset)
+    return value_at, length
+
+
+def _file_header(buffer: bytes, size: int, syntax: UID, value_at: int, length: int,
+                 dicom_json: dict[str, Any], frame_count: int,
+                 offsets: tuple[int, ...] | None, lengths: tuple[int, ...] | None
+                 ) -> FileHeader:
+    encapsulated = length == UNDEFINED_LENGTH
     return FileHeader(
-        dicom_json=_dicom_json(dataset, syntax),
+        dicom_json=dicom_json,
         transfer_syntax=str(syntax),
         pixel_data_offset=value_at,
         pixel_data_length=None if encapsulated else length,
         encapsulated=encapsulated,
-        frame_count=_frame_count(dataset),
+        frame_count=frame_count,
         extended_offsets=offsets,
         extended_lengths=lengths,
         preamble=buffer[:PREAMBLE_BYTES],
@@ -422,7 +449,7 @@ def _transfer_syntax(dataset: Any) -> UID:
     if not syntax:
         raise MetadataError("the file meta has no TransferSyntaxUID")
     syntax = UID(str(syntax))
-    if syntax.is_deflated or not syntax.is_transfer_syntax:
+    if not syntax.is_transfer_syntax or syntax.is_deflated:  # is_deflated raises on others
         raise MetadataError(f"transfer syntax {syntax} cannot be read by byte ranges")
     return syntax
 
@@ -441,13 +468,17 @@ def _extended_offsets(dataset: Any) -> tuple[tuple[int, ...] | None, tuple[int, 
     if EXTENDED_OFFSETS not in dataset:
         return None, None
     table = _uint64s(dataset[EXTENDED_OFFSETS].value, "Extended Offset Table")
-    lengths = None
-    if EXTENDED_LENGTHS in dataset:
-        lengths = _uint64s(dataset[EXTENDED_LENGTHS].value, "Extended Offset Table Lengths")
-        if len(lengths) != len(table):
-            raise MetadataError(f"Extended Offset Table has {len(table)} offsets "
-                                f"but {len(lengths)} lengths")
-    return table, lengths
+    if EXTENDED_LENGTHS not in dataset:
+        return table, None
+    return table, _table_lengths(table, dataset[EXTENDED_LENGTHS].value)
+
+
+def _table_lengths(table: tuple[int, ...], value: Any) -> tuple[int, ...]:
+    lengths = _uint64s(value, "Extended Offset Table Lengths")
+    if len(lengths) != len(table):
+        raise MetadataError(f"Extended Offset Table has {len(table)} offsets "
+                            f"but {len(lengths)} lengths")
+    return lengths
 
 
 def _uint64s(value: Any, what: str) -> tuple[int, ...]:
@@ -458,8 +489,12 @@ def _uint64s(value: Any, what: str) -> tuple[int, ...]:
 
 
 def _frame_count(dataset: Any) -> int:
+    return _checked_frame_count(dataset.get("NumberOfFrames", 1))
+
+
+def _checked_frame_count(value: Any) -> int:
     try:
-        count = int(dataset.get("NumberOfFrames", 1) or 1)
+        count = int(value or 1)
     except (TypeError, ValueError) as error:
         raise MetadataError(f"unreadable NumberOfFrames: {error}") from error
     if count < 1:
@@ -534,22 +569,10 @@ def _element_json(dataset: Dataset, tag: int, inner: dict[int, Any] | None,
                   encodings: str | list[str]) -> dict[str, Any] | None:
     """One element's DICOM JSON; None for a binary value left out."""
     raw = dataset.get_item(tag)
-    if isinstance(raw, RawDataElement) and raw.VR in _PLAIN_VRS and (
-            tag not in _LUT_DESCRIPTORS):
-        key = _converted_key(raw, encodings)
-        found = _CONVERTED.get(key, _UNKNOWN) if key is not None else _UNKNOWN
+    if isinstance(raw, RawDataElement):
+        found = _converted_json(raw, encodings)
         if found is not _UNKNOWN:
-            return _fresh(found)
-        try:
-            found = _value_json(raw.VR, convert_value(raw.VR, raw, encodings))
-        except BytesLengthException:  # pydicom's path below raises, or reads it as UN
-            pass
-        else:
-            if key is not None:
-                if len(_CONVERTED) >= _CONVERTED_MAX:
-                    _CONVERTED.clear()
-                _CONVERTED[key] = _fresh(found)
-            return found
+            return found  # type: ignore[no-any-return]
     element = dataset[tag]
     if element.VR == "SQ":
         return {"vr": "SQ", "Value": [_json_of(item, inner, encodings)
@@ -557,9 +580,33 @@ def _element_json(dataset: Dataset, tag: int, inner: dict[int, Any] | None,
     return _pydicom_json(element)
 
 
+def _converted_json(raw: RawDataElement, encodings: str | list[str]) -> Any:
+    """A raw element's JSON (None: a binary value left out), converted here or kept
+    (`_CONVERTED`); `_UNKNOWN` when pydicom's `Dataset` must convert it: a VR it looks
+    up or corrects (not in `_PLAIN_VRS`), a LUT descriptor, a value of a wrong length
+    (pydicom raises, or reads it as UN)."""
+    if raw.VR not in _PLAIN_VRS or raw.tag in _LUT_DESCRIPTORS:
+        return _UNKNOWN
+    key = _converted_key(raw, encodings)
+    found = _CONVERTED.get(key, _UNKNOWN) if key is not None else _UNKNOWN
+    if found is not _UNKNOWN:
+        return _fresh(found)
+    try:
+        found = _value_json(raw.VR, convert_value(raw.VR, raw, encodings))
+    except BytesLengthException:
+        return _UNKNOWN
+    if key is not None:
+        if len(_CONVERTED) >= _CONVERTED_MAX:
+            _CONVERTED.clear()
+        _CONVERTED[key] = _fresh(found)
+    return found
+
+
 def forget_converted() -> None:
-    """Drop the elements' JSON kept (`_CONVERTED`): the next header converts each again."""
+    """Drop the elements' JSON kept (`_CONVERTED`, and the walk's `_KEPT`): the next
+    header converts each again."""
     _CONVERTED.clear()
+    _KEPT.clear()
 
 
 def _converted_key(raw: RawDataElement, encodings: str | list[str]) -> tuple[Any, ...] | None:
@@ -568,8 +615,8 @@ def _converted_key(raw: RawDataElement, encodings: str | list[str]) -> tuple[Any
     value = raw.value
     if value is not None and len(value) > _CONVERTED_VALUE_MAX:
         return None
-    charsets = encodings if isinstance(encodings, str) else tuple(encodings)
-    return raw.tag, raw.VR, value, raw.is_little_endian, raw.is_implicit_VR, charsets
+    return (int(raw.tag), raw.VR, value, raw.is_little_endian, raw.is_implicit_VR,
+            _charsets(encodings))
 
 
 def _fresh(tree: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -628,6 +675,350 @@ def _person_name(name: PersonName) -> dict[str, str]:
     if len(components) > 2:
         found["Phonetic"] = components[2]
     return found
+
+
+# --------------------------------------------------------------------------- header, walked
+#
+# `dcmread` makes a `Dataset` of the header and, as `_json_of` asks for each sequence, a
+# `Dataset` of each item, and it reads every sequence of undefined length whole, wanted
+# or not: ~0.8 ms of a header's ~1.9 ms of CPU (the benchmark's series), and entering a
+# series parses its headers one after another under the GIL. The walk below reads the
+# same elements with pydicom's own reader (`data_element_generator`, the same options,
+# so the same bytes kept and passed over), keeps them in plain dicts, reads only the
+# wanted items' wanted elements and passes over the rest, and converts each value with
+# `_converted_json` as `_json_of` does. It takes only what it reads exactly as `dcmread`
+# would (Part 10, explicit VR little endian throughout, sequences of items); on anything
+# else it is unsure and `dcmread`'s path reads the buffer (tests/unit/test_header_json.py
+# compares the two over every layout, real file and odd case).
+
+
+class _Unsure(Exception):
+    """The walk met what only pydicom's `Dataset` path reads as idcfs must (implicit VR,
+    a VR pydicom looks up or corrects, a value of a wrong length, no item where an item
+    should be...)."""
+
+
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # `stop_before_pixels`'
+_ITEM_TAG = 0xFFFEE000
+_ITEM_END = b"\xfe\xff\x0d\xe0"
+_ITEM_END_TAG = 0xFFFEE00D
+_SEQUENCE_END_TAG = 0xFFFEE0DD
+_ITEM_HEAD = struct.Struct("<HHL")
+_SEQUENCE_HEAD = struct.Struct("<HH2s2xL")
+_NOTHING: dict[int, Any] = {}  # the wanted tags of a sequence passed over
+_DATASET_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRBigEndian,
+                     DeflatedExplicitVRLittleEndian)  # `read_partial` reads these otherwise
+
+
+def _walked_header(buffer: bytes, size: int) -> FileHeader | None:
+    """The header `_header` makes of what `_parse_up_to_pixels` finds in `buffer`, from
+    the walk; None when the walk is unsure or the buffer ends before the Pixel Data
+    (`dcmread`'s path then decides, raising what it raises)."""
+    try:
+        return _walk_header(buffer, size)
+    except Exception:  # noqa: BLE001 (any surprise: dcmread's path reads it as before)
+        return None
+
+
+def _walk_header(buffer: bytes, size: int) -> FileHeader | None:
+    if buffer[128:132] != b"DICM":
+        return None
+    stream = io.BytesIO(buffer)
+    stream.seek(132)
+    syntax = _meta_syntax(stream)
+    if syntax is None or not _explicit_vr(buffer, stream.tell()):
+        return None
+    walk = _Walk(stream, top=True)
+    elements = walk.elements(_HEADER_TAGS, _READ_TAGS, None)
+    tag_at = walk.pixel_at
+    if tag_at is None or tag_at + 12 > len(buffer):
+        return None
+    value_at, length = _pixel_value(buffer, size, syntax, tag_at)
+    offsets = lengths = None
+    if EXTENDED_OFFSETS in elements:
+        offsets = _uint64s(_binary(elements[EXTENDED_OFFSETS]), "Extended Offset Table")
+        if EXTENDED_LENGTHS in elements:
+            lengths = _table_lengths(offsets, _binary(elements[EXTENDED_LENGTHS]))
+    tree = _walked_json(elements, _HEADER_TAGS, [default_encoding])
+    tree["00020010"] = {"vr": "UI", "Value": [str(syntax)]}
+    frames = _checked_frame_count(_walked_frames(tree))
+    return _file_header(buffer, size, syntax, value_at, length, tree, frames, offsets,
+                        lengths)
+
+
+def _meta_syntax(stream: io.BytesIO) -> UID | None:
+    """The file meta's TransferSyntaxUID, the stream left after the meta, as
+    `_read_file_meta_info` reads them; None unless pydicom then reads the dataset as
+    explicit VR little endian (`read_partial`) and idcfs can read it by ranges."""
+    start = stream.tell()
+    if not _explicit_vr(stream.getbuffer(), start):
+        return None  # pydicom reads such a meta as implicit VR
+    stopped: list[int] = []
+
+    def after_meta(tag: int, _vr: str | None, length: int) -> bool:
+        if tag >> 16 != 2 or length == UNDEFINED_LENGTH:
+            stopped.append(tag)
+            return True
+        return False
+
+    meta = {raw.tag: raw for raw in data_element_generator(stream, False, True, after_meta)}
+    if not meta or not stopped or stopped[0] >> 16 in (0, 2):
+        return None  # no meta, one pydicom reads otherwise, or a command set after it
+    if next(iter(meta.values())).VR not in converters:  # pydicom reads it as implicit VR
+        return None
+    raw = meta.get(0x00020010)
+    found = None if raw is None else _converted_json(raw, default_encoding)
+    if not isinstance(found, dict) or len(found.get("Value") or ()) != 1:
+        return None  # none, empty, several, or one pydicom's Dataset converts
+    return _walked_syntax(found["Value"][0])
+
+
+def _walked_syntax(value: str) -> UID | None:
+    """The transfer syntax of UI `value` (as `_transfer_syntax`: UID(str(the value))),
+    when `read_partial` reads its dataset as explicit VR little endian and `_header`
+    takes it; kept by value (`_KEPT`: pydicom's UID validates with a pattern)."""
+    key = ("UID", value)
+    kept = _KEPT.get(key)
+    if kept is None:
+        syntax = UID(value)
+        readable = not (syntax.is_private or syntax in PrivateTransferSyntaxes
+                        or syntax in _DATASET_SYNTAXES or not syntax.is_transfer_syntax)
+        kept = (syntax if readable else None,)
+        _keep_walked(key, kept)
+    return kept[0]  # type: ignore[no-any-return]
+
+
+def _explicit_vr(data: Any, at: int) -> bool:
+    """pydicom reads the dataset at `at` as explicit VR (`_is_implicit_vr`): its first
+    element's VR is two capital letters."""
+    vr = bytes(data[at + 4 : at + 6])
+    return len(vr) == 2 and 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B
+
+
+class _Walk:
+    """The raw elements of an explicit VR little endian dataset in `stream`, read as
+    pydicom's `read_dataset` reads them: `data_element_generator` yields the elements of
+    defined length (with `specific_tags`, the others passed over), and a sequence of
+    undefined length, which it would read whole into `Dataset`s, is read here into a list
+    of its items, each a dict of its wanted elements. At the top level the walk stops at
+    the Pixel Data, as `stop_before_pixels` does, and says where (`pixel_at`)."""
+
+    def __init__(self, stream: io.BytesIO, top: bool = False) -> None:
+        self.stream, self.top = stream, top
+        self.pixel_at: int | None = None
+        self._end: int | None = None  # of the item read, when of defined length
+        self._stopped: list[int] = []
+
+    # `stop_when`s of the generator (called for every element, so one for each kind of
+    # walk): stop at an element of undefined length, and at the top level at the Pixel
+    # Data, in an item of defined length at its end (where `read_dataset` stops asking
+    # for elements: once one starts at or past it)
+
+    def _stop_at_top(self, tag: int, _vr: str | None, length: int) -> bool:
+        if length == UNDEFINED_LENGTH or tag in _PIXEL_TAGS:
+            self._stopped.append(int(tag))
+            return True
+        return False
+
+    def _stop_in_item(self, tag: int, vr: str | None, length: int) -> bool:
+        header = 12 if vr in EXPLICIT_VR_LENGTH_32 else 8  # the generator's rewind
+        if self._end is not None and self.stream.tell() - header >= self._end:
+            self._stopped.append(_ITEM_END_TAG)
+            return True
+        if length == UNDEFINED_LENGTH:
+            self._stopped.append(int(tag))
+            return True
+        return False
+
+    def elements(self, wanted: dict[int, Any] | None, keep: list[int] | None,
+                 length: int | None) -> dict[int, Any]:
+        """The elements from here to the end of `length` bytes (None: to an item
+        delimiter or the end of the bytes), keyed by tag; those of tags not in `keep`
+        (None: all) passed over. `wanted` says what to keep of a sequence's items."""
+        stream, found = self.stream, {}
+        self._end = None if length is None else stream.tell() + length
+        kept = None if keep is None else {*keep, _CHARACTER_SET}
+        stop_when = self._stop_at_top if self.top else self._stop_in_item
+        while self._end is None or stream.tell() < self._end:
+            self._stopped.clear()
+            for raw in data_element_generator(stream, False, True, stop_when,
+                                              specific_tags=keep):
+                found[int(raw.tag)] = raw  # int keys: BaseTag compares in Python
+            if not self._stopped:  # the end of the bytes or an item delimiter
+                if self._end is not None and stream.tell() > self._end:
+                    raise _Unsure("a delimiter past the end of an item of defined length")
+                return found
+            tag = self._stopped[0]
+            if tag == _ITEM_END_TAG:
+                return found
+            if self.top and tag in _PIXEL_TAGS:
+                self.pixel_at = stream.tell()
+                return found
+            items = self._sequence(_inner(wanted, tag))
+            if kept is None or tag in kept:
+                found[tag] = items
+        return found
+
+    def _sequence(self, wanted: dict[int, Any] | None) -> list[dict[int, Any]]:
+        """The items of the sequence of undefined length whose element starts here."""
+        _group, _element, vr, _length = _SEQUENCE_HEAD.unpack(self.stream.read(12))
+        if vr != b"SQ":
+            raise _Unsure(f"an element of undefined length has VR {vr!r}")
+        return _Walk(self.stream).items(wanted, None)
+
+    def items(self, wanted: dict[int, Any] | None, length: int | None
+              ) -> list[dict[int, Any]]:
+        """A sequence's items from here (as `read_sequence`): up to the sequence
+        delimiter (`length` None) or over `length` bytes."""
+        stream, found = self.stream, []
+        start = stream.tell()
+        keep = _keep(wanted)
+        while length is None or stream.tell() - start < length:
+            group, element, item_length = _ITEM_HEAD.unpack(stream.read(8))
+            tag = group << 16 | element
+            if tag == _SEQUENCE_END_TAG:
+                break
+            if tag != _ITEM_TAG:
+                raise _Unsure(f"({group:04X},{element:04X}) where an item should be")
+            found.append(self._item(wanted, keep, item_length))
+        return found
+
+    def _item(self, wanted: dict[int, Any] | None, keep: list[int] | None,
+              length: int) -> dict[int, Any]:
+        stream = self.stream
+        at = stream.tell()
+        if length == 0:
+            return {}
+        if length == UNDEFINED_LENGTH:
+            if stream.read(4) == _ITEM_END:  # empty: pydicom finds it implicit, reads none
+                stream.seek(at + 8)
+                return {}
+            stream.seek(at)
+        if not _explicit_vr(stream.getbuffer(), at):
+            raise _Unsure("an item in implicit VR")  # pydicom reads it so
+        return self.elements(wanted, keep, None if length == UNDEFINED_LENGTH else length)
+
+
+def _inner(wanted: dict[int, Any] | None, tag: int) -> dict[int, Any] | None:
+    """What to keep of the items of sequence `tag` (None: all, `_NOTHING`: none)."""
+    if wanted is None:
+        return None
+    return wanted.get(tag, _NOTHING)
+
+
+def _keep(wanted: dict[int, Any] | None) -> list[int] | None:
+    """`specific_tags` for the items' elements: `_NOTHING` still keeps the character set
+    (pydicom reads every element when given none)."""
+    if wanted is None:
+        return None
+    return list(wanted) or [_CHARACTER_SET]
+
+
+def _walked_json(elements: dict[int, Any], wanted: dict[int, Any] | None,
+                 inherited: str | list[str]) -> dict[str, Any]:
+    """`_json_of` of walked elements: the same elements in the same order, each value
+    converted by `_converted_json`, the character set by pydicom's `DataElement` (as
+    `_json_of` finds it, converted by the `Dataset`)."""
+    encodings, charset_json = inherited, None
+    if _CHARACTER_SET in elements:
+        charset_json, encodings = _character_set(elements[_CHARACTER_SET], inherited)
+    tree: dict[str, Any] = {}
+    for tag, element in elements.items():
+        if wanted is not None and tag not in wanted:
+            continue
+        inner = None if wanted is None else wanted[tag]
+        if tag == _CHARACTER_SET:
+            found = charset_json
+        elif isinstance(element, list):
+            found = {"vr": "SQ", "Value": [_walked_json(item, inner, encodings)
+                                           for item in element]}
+        elif element.VR == "SQ":
+            found = _sequence_json(element, inner, encodings)
+        else:
+            found = _converted_json(element, encodings)
+            if found is _UNKNOWN:
+                raise _Unsure(f"{element.tag} needs pydicom's Dataset")
+        if found is not None:
+            tree[f"{tag:08X}"] = found
+    return tree
+
+
+def _character_set(raw: Any, inherited: str | list[str]
+                   ) -> tuple[dict[str, Any] | None, str | list[str]]:
+    """(the JSON of a walked Specific Character Set, the encodings it sets), as the
+    `Dataset` converts it (pydicom's `DataElement`); kept by its value (`_KEPT`)."""
+    if not isinstance(raw, RawDataElement) or raw.VR != "CS":
+        raise _Unsure("a Specific Character Set not of VR CS")
+    key = ("CS", raw.value, _charsets(inherited))
+    kept = _KEPT.get(key)
+    if kept is None:
+        element = convert_raw_data_element(raw, encoding=default_encoding)
+        kept = _pydicom_json(element), convert_encodings(element.value) or inherited
+        _keep_walked(key, kept)
+    tree, encodings = kept
+    return _copied(tree), encodings if isinstance(encodings, str) else list(encodings)
+
+
+def _sequence_json(raw: RawDataElement, wanted: dict[int, Any] | None,
+                   encodings: str | list[str]) -> dict[str, Any]:
+    """A sequence of defined length: its items read from its value, as `convert_SQ`;
+    kept by its value (`_KEPT`: a series' headers repeat their optical path, pixel
+    measures, origin...) with the `wanted` it was cut to."""
+    value = raw.value or b""
+    key = ("SQ", int(raw.tag), value, _charsets(encodings))
+    kept = _KEPT.get(key) if len(value) <= _KEPT_VALUE_MAX else None
+    if kept is not None and kept[0] is wanted:
+        return _copied(kept[1])  # type: ignore[no-any-return]
+    items = _Walk(io.BytesIO(value)).items(wanted, len(value))
+    tree = {"vr": "SQ", "Value": [_walked_json(item, wanted, encodings) for item in items]}
+    if len(value) <= _KEPT_VALUE_MAX:
+        _keep_walked(key, (wanted, _copied(tree)))
+    return tree
+
+
+# What the walk keeps besides `_CONVERTED`: character sets and whole sequences, by their
+# raw values (a sequence's value holds its items' ICC profiles, so it is kept only when
+# short), for any thread as `_CONVERTED` is; cleared with it by `forget_converted`.
+_KEPT: dict[tuple[Any, ...], Any] = {}
+_KEPT_MAX = 256
+_KEPT_VALUE_MAX = 16 * 1024
+
+
+def _keep_walked(key: tuple[Any, ...], value: Any) -> None:
+    if len(_KEPT) >= _KEPT_MAX:
+        _KEPT.clear()
+    _KEPT[key] = value
+
+
+def _charsets(encodings: str | list[str]) -> str | tuple[str, ...]:
+    return encodings if isinstance(encodings, str) else tuple(encodings)
+
+
+def _copied(tree: Any) -> Any:
+    """A JSON tree that shares no dict or list with `tree`."""
+    if isinstance(tree, dict):
+        return {key: _copied(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_copied(value) for value in tree]
+    return tree
+
+
+def _walked_frames(tree: dict[str, Any]) -> int | None:
+    """NumberOfFrames as `_frame_count` gets it (None: absent or empty) from its JSON,
+    when that JSON is of one integer, as an IS of one value gives; else unsure."""
+    found = tree.get("00280008")
+    if found is None or "Value" not in found:
+        return None
+    values = found["Value"]
+    if found["vr"] != "IS" or len(values) != 1 or type(values[0]) is not int:
+        raise _Unsure("NumberOfFrames is not one IS")
+    return values[0]  # type: ignore[no-any-return]
+
+
+def _binary(raw: Any) -> Any:
+    if not isinstance(raw, RawDataElement) or raw.VR not in _BINARY_VRS:
+        raise _Unsure("an offset table not of a binary VR")
+    return convert_value(raw.VR, raw)
 
 
 # --------------------------------------------------------------------------- frames

@@ -12,8 +12,9 @@ at start-up), no pattern is compiled late.
 
 So, once the mount answers, a thread of its own runs that path over a
 header built here, in memory, with the kinds of elements whole-slide headers have
-(Part 10 file meta, nested sequences, PN, DS/IS, binary values, encapsulated Pixel
-Data), over a small listing and over an answer's headers (http.client's parser). It
+(Part 10 file meta, nested sequences of undefined and defined lengths, PN, DS/IS,
+binary values, encapsulated Pixel Data; read by `dicomfile`'s walk, as real headers
+are), over a small listing and over an answer's headers (http.client's parser). It
 sends nothing, keeps nothing (no cache is touched), takes no lock a request needs, and
 stops between steps as soon as `stop()` is true (a request arrived). A failure is
 logged and changes nothing else.
@@ -109,8 +110,8 @@ def warm_header() -> bytes:
         _element(0x00480003, "FL", struct.pack("<f", 0.001)),
         _element(0x00480006, "UL", struct.pack("<I", 256)),
         _element(0x00480007, "UL", struct.pack("<I", 256)),
-        _sequence(0x00480008, [_element(0x0040072A, "DS", "20.0")
-                               + _element(0x0040073A, "DS", "40.0")]),
+        _sequence(0x00480008, [_element(0x0040072A, "DS", "20.0")  # as pydicom writes
+                               + _element(0x0040073A, "DS", "40.0")], defined=True),
         _sequence(0x00480105, [_element(0x00480106, "SH", "1")  # an ICC profile:
                                + _element(0x00282000, "OB", bytes(2048))]),  # binary
         _element(0x00480302, "UL", struct.pack("<I", 1)),
@@ -139,13 +140,17 @@ def _element(tag: int, vr: str, value: str | bytes) -> bytes:
     return head + struct.pack("<H", len(data)) + data
 
 
-def _sequence(tag: int, items: list[bytes]) -> bytes:
+def _sequence(tag: int, items: list[bytes], defined: bool = False) -> bytes:
     """A sequence of undefined length, its items of undefined length (as most writers
-    of WSI files make them)."""
+    of WSI files make them), or of defined lengths (as pydicom writes them): the header
+    walk of `dicomfile` reads the two differently."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"SQ\x00\x00"
+    if defined:
+        content = b"".join(ITEM + struct.pack("<I", len(item)) + item for item in items)
+        return head + struct.pack("<I", len(content)) + content
     undefined = struct.pack("<I", UNDEFINED_LENGTH)
-    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"SQ\x00\x00" + undefined
-    return head + b"".join(ITEM + undefined + item + ITEM_DELIMITER + bytes(4)
-                           for item in items) + SEQUENCE_DELIMITER + bytes(4)
+    return head + undefined + b"".join(ITEM + undefined + item + ITEM_DELIMITER + bytes(4)
+                                       for item in items) + SEQUENCE_DELIMITER + bytes(4)
 
 
 def warm_up(stop: Callable[[], bool], rounds: int = ROUNDS) -> bool:

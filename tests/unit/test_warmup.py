@@ -11,7 +11,7 @@ import pytest
 
 from idcfs.slide.parse import parse_slide
 from idcfs.source import warmup
-from idcfs.source.dicomfile import read_header
+from idcfs.source.dicomfile import _walked_header, read_header
 from idcfs.source.files import FileFrameSource, HeaderReader
 from idcfs.source.folder import FolderCatalog
 from idcfs.source.objects import LocalFolderStore
@@ -33,6 +33,10 @@ def requests(store: LocalFolderStore) -> int:
 
 def test_the_built_header_reads_as_a_whole_slide_instance() -> None:
     data = warmup.warm_header()
+    # read by the walk, not left to dcmread: the warm-up runs what real headers run
+    assert _walked_header(data, len(data)) is not None
+    assert b"\x48\x00\x08\x00SQ\x00\x00\xff\xff\xff\xff" not in data  # a sequence of
+    assert b"\x00\x52\x29\x92SQ\x00\x00\xff\xff\xff\xff" in data  # each length kind
     header = read_header(lambda start, length: data[start : start + length], len(data))
     assert header.encapsulated and header.frame_count == 1
     assert header.dicom_json["00080008"]["Value"] == ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
