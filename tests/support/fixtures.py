@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.file_layouts import write_layouts
 from tests.support.orthanc import OrthancServer, orthanc_available
 from tests.support.relay import HttpRelay
 from tests.support.slides import GeneratedSlide, generate_test_slides
@@ -23,6 +24,25 @@ NO_ORTHANC = "Orthanc or its DICOMweb plugin (Debian packages orthanc, orthanc-d
 def real_files() -> list[Path]:
     """The real DICOM files kept in tests/data/real."""
     return sorted(REAL_DATA.glob("*.dcm"))
+
+
+def idc_style_files() -> list[Path]:
+    """The converter-made slide kept in tests/data/idc-style (its README says how)."""
+    return sorted((REAL_DATA.parent / "idc-style").glob("DCM_*"))
+
+
+def header_corpus(slides: list[GeneratedSlide], folder: Path) -> Iterator[tuple[bytes, object]]:
+    """(file bytes, what it is) of every DICOM file the header tests read: the generated
+    slides, every file layout (written into `folder`), the real and IDC-style files."""
+    for slide in slides:
+        for path in slide.files:
+            yield path.read_bytes(), path
+    for name, layout in write_layouts(folder).items():
+        yield layout.path.read_bytes(), name
+    files = [*real_files(), *idc_style_files()]
+    assert files, "tests/data holds no real or IDC-style files"
+    for path in files:
+        yield path.read_bytes(), path
 
 
 @pytest.fixture(scope="session")

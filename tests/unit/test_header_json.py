@@ -27,12 +27,9 @@ from idcfs.source.dicomfile import (
     _json_of,
     forget_converted,
 )
-from tests.support.file_layouts import write_layouts
-from tests.support.fixtures import real_files
+from tests.support.fixtures import header_corpus
 from tests.support.slides import GeneratedSlide
 
-DATA = Path(__file__).parent.parent / "data"
-IDC_STYLE = sorted((DATA / "idc-style").glob("DCM_*"))
 DROPPED = "dropped"
 
 
@@ -84,22 +81,10 @@ def assert_same(data: bytes, what: object) -> None:
         assert list(new) == list(reference), what  # the same order too
 
 
-def test_generated_slides(test_slides: list[GeneratedSlide]) -> None:
-    for slide in test_slides:
-        for path in slide.files:
-            assert_same(path.read_bytes(), path)
-
-
-def test_file_layouts(tmp_path: Path) -> None:
-    for name, layout in write_layouts(tmp_path).items():
-        assert_same(layout.path.read_bytes(), name)
-
-
-def test_real_and_idc_style_files() -> None:
-    files = [*real_files(), *IDC_STYLE]
-    assert files
-    for path in files:
-        assert_same(path.read_bytes(), path)
+def test_every_file_of_the_corpus(test_slides: list[GeneratedSlide], tmp_path: Path) -> None:
+    """Generated slides, every file layout, the real and IDC-style files."""
+    for data, what in header_corpus(test_slides, tmp_path):
+        assert_same(data, what)
 
 
 def _file(dataset: Dataset, syntax: str) -> bytes:

@@ -36,9 +36,9 @@ from idcfs.source.dicomfile import (
 )
 from idcfs.source.warmup import warm_header
 from tests.support.file_layouts import write_layouts
-from tests.support.fixtures import real_files
+from tests.support.fixtures import header_corpus
 from tests.support.slides import GeneratedSlide
-from tests.unit.test_header_json import CHARSETS, IDC_STYLE, _file, odd_dataset
+from tests.unit.test_header_json import CHARSETS, _file, odd_dataset
 
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -85,22 +85,10 @@ def assert_left_to_dcmread(data: bytes, what: object) -> None:
     assert read(data) == reference(data), what
 
 
-def test_generated_slides(test_slides: list[GeneratedSlide]) -> None:
-    for slide in test_slides:
-        for path in slide.files:
-            assert_walked(path.read_bytes(), path)
-
-
-def test_file_layouts(tmp_path: Path) -> None:
-    for name, layout in write_layouts(tmp_path).items():
-        assert_walked(layout.path.read_bytes(), name)
-
-
-def test_real_and_idc_style_files() -> None:
-    files = [*real_files(), *IDC_STYLE]
-    assert files
-    for path in files:
-        assert_walked(path.read_bytes(), path)
+def test_every_file_of_the_corpus(test_slides: list[GeneratedSlide], tmp_path: Path) -> None:
+    """Generated slides, every file layout, the real and IDC-style files."""
+    for data, what in header_corpus(test_slides, tmp_path):
+        assert_walked(data, what)
 
 
 def test_the_warm_up_header() -> None:
