@@ -252,11 +252,13 @@ class FileFrameSource:
 
     def _header_connections(self, study_uid: str, series_uid: str) -> int:
         """Connections to open while the series is listed, for its header reads: one a
-        header (the catalog's instance count), at most `parallel_reads`; each more is a
-        connection set up (a TLS handshake to a bucket) on the way for nothing."""
-        expected = getattr(self.series_files, "expected_instances", None)
-        count = expected(study_uid, series_uid) if expected is not None else None
-        return min(self.settings.parallel_reads, count or self.settings.parallel_reads)
+        header read to come (`header_reads_ahead` of the series files: the catalog's
+        instance count; none when the headers are kept), at most `parallel_reads`; each
+        more is a connection set up (a TLS handshake to a bucket) for nothing."""
+        ahead = getattr(self.series_files, "header_reads_ahead", None)
+        count = ahead(study_uid, series_uid) if ahead is not None else None
+        most = self.settings.parallel_reads
+        return most if count is None else max(0, min(most, count))
 
     def _series_headers(self, objects: Sequence[ObjectInfo], deadline: float,
                         series: tuple[str, str]) -> list[FileHeader]:
@@ -528,9 +530,9 @@ class PrefixSeriesFiles:
         self.prefix_of = prefix_of
         self.count_of = count_of
 
-    def expected_instances(self, study_uid: str, series_uid: str) -> int | None:
-        """How many instance files the catalog says the series has (IDC's
-        `instanceCount`), before listing it; None when it does not say."""
+    def header_reads_ahead(self, study_uid: str, series_uid: str) -> int | None:
+        """How many header reads entering the series will send: one per instance file
+        the catalog says it has (IDC's `instanceCount`); None when it does not say."""
         return self.count_of(study_uid, series_uid) if self.count_of is not None else None
 
     def series_objects(self, study_uid: str, series_uid: str,
@@ -565,8 +567,8 @@ class IndexedSeriesFiles:
         self._stale: set[str] = set()
         self._lock = threading.Lock()
 
-    def expected_instances(self, study_uid: str, series_uid: str) -> int | None:
-        return self.listed.expected_instances(study_uid, series_uid)
+    def header_reads_ahead(self, study_uid: str, series_uid: str) -> int | None:
+        return self.listed.header_reads_ahead(study_uid, series_uid)
 
     def series_objects(self, study_uid: str, series_uid: str,
                        deadline: float) -> list[ObjectInfo]:

@@ -141,6 +141,13 @@ class FolderCatalog(FlatCatalog):
             raise FetchError(f"series {series_uid}: no files under {self.prefix!r}")
         return self._listed_again(key, files, deadline) if stale else list(files)
 
+    def header_reads_ahead(self, study_uid: str, series_uid: str) -> int | None:
+        """0: the scan read every header, and they are kept (`HeaderReader`); None for a
+        series found changed, whose files are listed and read again."""
+        with self._lock:
+            stale = (study_uid, series_uid) in self._stale
+        return None if stale else 0
+
     def series_version(self, study_uid: str, series_uid: str) -> str | None:
         """The series' files as listed, digested; None before a scan found them."""
         self.scan()

@@ -230,6 +230,24 @@ def test_entering_an_idc_series_preconnects_one_connection_per_indexed_instance(
     source.close()
 
 
+def test_entering_a_files_series_preconnects_nothing_its_headers_are_kept(
+        layouts: dict[str, LayoutFile], tmp_path: Path) -> None:
+    """--files read every header at the scan: entering a series sends no header read,
+    so no connection is opened for one."""
+    (tmp_path / "x.dcm").write_bytes(layouts["bot"].path.read_bytes())
+    store = PreconnectCounting(tmp_path)
+    headers = HeaderReader(store)
+    catalog = FolderCatalog(store, headers)
+    catalog.scan()
+    source = FileFrameSource(store, catalog, headers=headers)
+    identity = layouts["bot"].spec.identity
+    reads = store.statistics()["requests"].get("read", 0)
+    assert len(source.series_metadata(identity.study_uid, identity.series_uid)) == 1
+    assert store.statistics()["requests"].get("read", 0) == reads
+    assert store.asked == [0]
+    source.close()
+
+
 def _only_instance(source: FileFrameSource, layout: LayoutFile):  # noqa: ANN202
     spec = layout.spec
     study, series = spec.identity.study_uid, spec.identity.series_uid
