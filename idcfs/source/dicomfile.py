@@ -57,6 +57,7 @@ from pydicom.encaps import parse_basic_offsets
 from pydicom.errors import BytesLengthException
 from pydicom.filereader import data_element_generator
 from pydicom.jsonrep import convert_to_python_number
+from pydicom.tag import ItemDelimiterTag, ItemTag, SequenceDelimiterTag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -95,6 +96,7 @@ PIXEL_DATA = 0x7FE00010
 EXTENDED_OFFSETS = 0x7FE00001
 EXTENDED_LENGTHS = 0x7FE00002
 ITEM = b"\xfe\xff\x00\xe0"
+ITEM_DELIMITER = b"\xfe\xff\x0d\xe0"
 SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
 UNDEFINED_LENGTH = 0xFFFFFFFF
 IMAGE_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
@@ -699,10 +701,9 @@ class _Unsure(Exception):
 
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # `stop_before_pixels`'
-_ITEM_TAG = 0xFFFEE000
-_ITEM_END = b"\xfe\xff\x0d\xe0"
-_ITEM_END_TAG = 0xFFFEE00D
-_SEQUENCE_END_TAG = 0xFFFEE0DD
+_ITEM_TAG = int(ItemTag)  # ints: a BaseTag compares in Python
+_ITEM_END_TAG = int(ItemDelimiterTag)
+_SEQUENCE_END_TAG = int(SequenceDelimiterTag)
 _ITEM_HEAD = struct.Struct("<HHL")
 _SEQUENCE_HEAD = struct.Struct("<HH2s2xL")
 _NOTHING: dict[int, Any] = {}  # the wanted tags of a sequence passed over
@@ -890,7 +891,7 @@ class _Walk:
         if length == 0:
             return {}
         if length == UNDEFINED_LENGTH:
-            if stream.read(4) == _ITEM_END:  # empty: pydicom finds it implicit, reads none
+            if stream.read(4) == ITEM_DELIMITER:  # empty: pydicom finds it implicit, reads none
                 stream.seek(at + 8)
                 return {}
             stream.seek(at)

@@ -37,6 +37,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from idcfs.slide.parse import parse_slide
 from idcfs.source.dicomfile import (
     ITEM,
+    ITEM_DELIMITER,
     SEQUENCE_DELIMITER,
     UNDEFINED_LENGTH,
     forget_converted,
@@ -52,7 +53,6 @@ times (ten took the measured gain; three took half of it)."""
 
 _UID = "1.2.826.0.1.3680043.8.498.1"
 _WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
-ITEM_DELIMITER = b"\xfe\xff\x0d\xe0"
 _LISTING = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n'
     b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
