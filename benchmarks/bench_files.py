@@ -108,9 +108,11 @@ class Bench:
 # --------------------------------------------------------------------------- the slide
 
 
-def idc_series() -> tuple[str, str, str]:
+def idc_series(instances: int) -> tuple[str, str, str]:
     """(study, series, crdc series UUID) of one slide-microscopy series of the bundled
-    IDC index: the slide takes its UIDs, so the IDC layout finds it."""
+    IDC index with `instances` instances: the slide takes its UIDs, so the IDC layout
+    finds it, and the index's `instanceCount` agrees with the bucket, as in IDC (the
+    connections idcfs opens ahead of the header reads follow it)."""
     import duckdb
 
     from idcfs.catalog.idc_index import index_parquet_path
@@ -118,9 +120,9 @@ def idc_series() -> tuple[str, str, str]:
     found = duckdb.sql(
         "select StudyInstanceUID, SeriesInstanceUID, series_aws_url "
         f"from read_parquet('{index_parquet_path()}') where Modality = 'SM' "
-        "order by SeriesInstanceUID limit 1").fetchall()
+        f"and instanceCount = {int(instances)} order by SeriesInstanceUID limit 1").fetchall()
     if not found:
-        raise SystemExit("the bundled IDC index has no SM series")
+        raise SystemExit(f"the bundled IDC index has no SM series of {instances} instances")
     study, series, url = (str(value) for value in found[0])
     return study, series, url.removeprefix(f"s3://{BUCKET}/").rstrip("/*")
 
@@ -130,7 +132,7 @@ def lay_out(work: Path, columns: int, rows: int, levels: int,
     """Generate the slide with an IDC series' UIDs into a bucket folder."""
     import pydicom
 
-    study, series, crdc = idc_series()
+    study, series, crdc = idc_series(levels)  # one instance per level
     slide = write_pyramid(work / "slide", "bench", width=columns * 256, height=rows * 256,
                           codec="jpeg_rgb", levels=levels, offset_table=layout == "bot")
     instances: dict[str, bytes] = {}

@@ -605,8 +605,11 @@ class TcpLatencyRelay(_BackgroundService):
         self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
     ) -> None:
         _set_nodelay(client_writer)
-        if self.rtt_s > 0:
-            await asyncio.sleep(self.rtt_s)
+        # The handshake's round trip is charged as a time before which no chunk leaves
+        # (`_Link.free_at`), while the upstream connection and the pipes are set up at
+        # once: their work then does not fall on the moment the handshake ends, which
+        # is when the response to a request sent beside it (a listing) comes back.
+        usable_at = asyncio.get_running_loop().time() + self.rtt_s
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
                 self.upstream_host, self.upstream_port, limit=TCP_CHUNK * 4
@@ -617,10 +620,10 @@ class TcpLatencyRelay(_BackgroundService):
         half = self.rtt_s / 2
         try:
             await asyncio.gather(
-                _pipe(client_reader, upstream_writer, _Link(half, self.bytes_per_s),
-                      self._count_up),
-                _pipe(upstream_reader, client_writer, _Link(half, self.bytes_per_s),
-                      self._count_down),
+                _pipe(client_reader, upstream_writer,
+                      _Link(half, self.bytes_per_s, usable_at), self._count_up),
+                _pipe(upstream_reader, client_writer,
+                      _Link(half, self.bytes_per_s, usable_at), self._count_down),
             )
         finally:
             upstream_writer.close()
@@ -640,13 +643,14 @@ def _set_nodelay(writer: asyncio.StreamWriter) -> None:
 
 
 class _Link:
-    """One direction of one connection: `delay` seconds of travel, and, with a
-    bandwidth, one chunk on the wire at a time."""
+    """One direction of one connection: `delay` seconds of travel, nothing sent before
+    `usable_at` (the connection's handshake), and, with a bandwidth, one chunk on the
+    wire at a time."""
 
-    def __init__(self, delay: float, bytes_per_s: float | None) -> None:
+    def __init__(self, delay: float, bytes_per_s: float | None, usable_at: float = 0.0) -> None:
         self.delay = delay
         self.bytes_per_s = bytes_per_s
-        self.free_at = 0.0  # when the chunks accepted so far have all been sent
+        self.free_at = usable_at  # when the chunks accepted so far have all been sent
 
     @property
     def chunk(self) -> int:
@@ -657,10 +661,10 @@ class _Link:
 
     def due(self, now: float, size: int) -> float:
         """When a chunk of `size` bytes read at `now` reaches the other end."""
-        if self.bytes_per_s is None:
-            return now + self.delay
-        self.free_at = max(now, self.free_at) + size / self.bytes_per_s
-        return self.free_at + self.delay
+        sent_at = max(now, self.free_at)
+        if self.bytes_per_s is not None:
+            self.free_at = sent_at = sent_at + size / self.bytes_per_s
+        return sent_at + self.delay
 
 
 async def _pipe(
