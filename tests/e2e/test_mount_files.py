@@ -293,6 +293,39 @@ def test_entering_a_series_is_one_listing_and_a_header_read_per_instance(
     assert s3_relay.count(f"/{crdc}/") > instances
 
 
+ENTERING_FAULTS = {
+    "listing-500": (dict(mode=FaultMode.ANSWER, status=500), "list-type=2"),
+    "listing-stall": (dict(mode=FaultMode.STALL, hold_s=30.0), "list-type=2"),
+    "header-503": (dict(mode=FaultMode.ANSWER, status=503,
+                        body=b"<Error><Code>SlowDown</Code></Error>"), ".dcm"),
+    "header-reset": (dict(mode=FaultMode.RESET), ".dcm"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(ENTERING_FAULTS))
+def test_entering_an_idc_series_that_fails_is_eio_and_the_next_ls_lists_it(
+        fault: str, idc_series, s3_relay: HttpRelay,  # type: ignore[no-untyped-def]
+        mount_idcfs: Mounter) -> None:
+    """A listing or a header read that keeps failing makes `ls` of the series EIO within
+    the deadline (never ENOENT: the index says the series exists), and the failure is
+    not kept: once the bucket answers, the next `ls` lists the series."""
+    _, (collection, study, series, _) = idc_series
+    mount = mount_idcfs(None, "--s3-endpoint", s3_relay.url, "--collection", collection,
+                        "--timeout", "3")
+    folder = mount.path / "collections" / collection / study / series
+    options, target = ENTERING_FAULTS[fault]
+    options = dict(options)
+    s3_relay.inject_fault(options.pop("mode"), None, target, **options)
+    began = time.monotonic()
+    with pytest.raises(OSError) as raised:
+        os.listdir(folder)
+    assert raised.value.errno == 5, f"{fault}: {raised.value}"  # EIO
+    assert time.monotonic() - began < 3 + 2.5, f"{fault}: ls outlived the deadline"
+    assert "EIO on" in mount.log()
+    s3_relay.clear_faults()
+    assert {"slide.json", "level-0"} <= set(os.listdir(folder)), fault
+
+
 def _instance_rows(slide: GeneratedSlide, series: str, crdc: str,
                    s3: RcloneS3Server) -> list[InstanceRow]:
     """sm_instance_index rows of the rekeyed slide in IDC's bucket (`idc_series`)."""
