@@ -19,10 +19,12 @@ exact after the faults stopped).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +32,6 @@ from tests.support.mounting import Mount, run_idcfs, stop_mount
 from tests.support.orthanc import OrthancServer
 from tests.support.relay import HttpRelay
 from tests.support.s3server import RcloneS3Server
-from tests.support.service import Service
 from tests.support.stress import (
     StressReport,
     StressSettings,
@@ -65,23 +66,30 @@ def soak(settings: StressSettings, slides: int,
         work = Path(scratch)
         if disk_cache:
             settings = replace(settings, extra_options=("--cache-dir", str(work / "cache")))
-        if settings.source == "bucket":
-            generated = write_bucket_stress_slides(work / "slides", work / "s3", BUCKET)
-            server: Service = RcloneS3Server(work / "s3")
-        else:
-            generated = write_stress_slides(work / "slides", count=slides)
-            server = OrthancServer()
-        with server:
-            if isinstance(server, OrthancServer):
-                server.upload(path for slide in generated for path in slide.files)
-                expected = oracle(server.dicomweb_url, generated)
-            else:
-                expected = file_oracle(generated)
-            say(f"{len(expected)} tiles over {len(generated)} slides, "
+        with served_slides(settings.source, work, slides) as (port, expected, count):
+            say(f"{len(expected)} tiles over {count} slides, "
                 f"{sum(map(len, expected.values())) / 1e6:.1f} MB")
-            with HttpRelay("127.0.0.1", server.port) as relay:
+            with HttpRelay("127.0.0.1", port) as relay:
                 report = _soaked(relay, work, settings, expected)
     return report, failed_checks(report)
+
+
+@contextlib.contextmanager
+def served_slides(source: str, work: Path,
+                  slides: int) -> Iterator[tuple[int, dict[str, bytes], int]]:
+    """Generated slides on their server, for as long as the block runs: (its port, every
+    tile's expected bytes, how many slides). A bucket's slides are files in rclone's
+    bucket, one per layout, their oracle read from the files; DICOMweb's are uploaded
+    to Orthanc, their oracle fetched from it directly."""
+    if source == "bucket":
+        generated = write_bucket_stress_slides(work / "slides", work / "s3", BUCKET)
+        with RcloneS3Server(work / "s3") as rclone:
+            yield rclone.port, file_oracle(generated), len(generated)
+        return
+    generated = write_stress_slides(work / "slides", count=slides)
+    with OrthancServer() as orthanc:
+        orthanc.upload(path for slide in generated for path in slide.files)
+        yield orthanc.port, oracle(orthanc.dicomweb_url, generated), len(generated)
 
 
 def _soaked(relay: HttpRelay, work: Path, settings: StressSettings,

@@ -117,9 +117,8 @@ def test_readers_of_a_bucket_under_faults_get_exact_bytes_or_eio(
     with HttpRelay("127.0.0.1", server.port) as relay:
         mount = mount_idcfs(None, "--files", f"s3://{BUCKET}/", "--s3-endpoint", relay.url,
                             *settings.mount_options())
-        report = _checked(run_stress(mount.path, mount.pid, relay, expected, settings,
-                                     mount.log_file))
-    summary = "\n".join(report.lines())
+        report, summary = _checked(run_stress(mount.path, mount.pid, relay, expected,
+                                              settings, mount.log_file))
     assert 0.05 <= report.faults_injected / report.frame_requests <= 0.15, summary
     assert report.frame_requests > 2 * len(expected), summary
     assert all(report.faults_by_mode.values()), "every fault mode hit some request"
@@ -132,14 +131,14 @@ def _stressed(server: OrthancServer, slides: list[GeneratedSlide], mount_idcfs, 
     expected = oracle(server.dicomweb_url, slides)
     with HttpRelay(server.host, server.port) as relay:
         mount = mount_idcfs(relay.url + "/dicom-web", *settings.mount_options())
-        report = _checked(run_stress(mount.path, mount.pid, relay, expected, settings,
-                                     mount.log_file))
-    return expected, report, "\n".join(report.lines())
+        report, summary = _checked(run_stress(mount.path, mount.pid, relay, expected,
+                                              settings, mount.log_file))
+    return expected, report, summary
 
 
-def _checked(report: StressReport) -> StressReport:
-    """The report, once every check of the soak is asserted to hold."""
+def _checked(report: StressReport) -> tuple[StressReport, str]:
+    """The report and its summary, once every check of the soak is asserted to hold."""
     summary = "\n".join(report.lines())
     print(summary)  # shown with -s
     assert failed_checks(report) == [], summary
-    return report
+    return report, summary

@@ -522,8 +522,9 @@ class TcpLatencyRelay(_BackgroundService):
     """Byte relay adding `rtt_s / 2` of one-way delay to every chunk in each direction.
 
     Chunks are pipelined: one read at time t is written at t + rtt/2 however many are
-    in flight, in order. A new connection reaches upstream one round trip after it was
-    accepted (the handshake a real link would cost). With `bytes_per_s`, each
+    in flight, in order. A new connection carries nothing for one round trip after it
+    was accepted (the handshake a real link would cost; its upstream connection is
+    opened at once). With `bytes_per_s`, each
     connection's direction is a link of that bandwidth: a chunk is sent once the ones
     before it are, takes size/bandwidth, then travels rtt/2 (the relay holds what the
     link has not sent yet, at most `TCP_QUEUE_CHUNKS` chunks, then stops reading). Holds

@@ -168,9 +168,10 @@ def fault_mix(stall_s: float, source: str = "dicomweb") -> list[tuple[FaultMode,
     stall = (FaultMode.STALL, {"hold_s": stall_s})
     short = (FaultMode.WRONG_LENGTH, {"length_delta": -100})
     if source == "bucket":
-        slow_down = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate."
+        slow_down = (b"<Error><Code>SlowDown</Code>"
+                     b"<Message>Please reduce your request rate.</Message></Error>")
         return [(FaultMode.ANSWER, {"status": 500}),
-                (FaultMode.ANSWER, {"status": 503, "body": slow_down + b"</Message></Error>",
+                (FaultMode.ANSWER, {"status": 503, "body": slow_down,
                                     "headers": {"Content-Type": "application/xml"}}),
                 (FaultMode.RESET, {}), (FaultMode.RESET_MID_BODY, {}), stall, short]
     return [
